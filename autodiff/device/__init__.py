@@ -1,0 +1,1 @@
+"""Backends: the numpy reference device (and, later, OpenCL and CUDA)."""

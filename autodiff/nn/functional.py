@@ -1,0 +1,122 @@
+"""Functional forms of activations and losses, composed from primitive ops."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ..graph.functions import iota, where
+from ..graph.shapes import FLOAT, INT
+from ..graph.tensor import Tensor, as_tensor
+from ..graph.trace import normalize_axis, trace_error
+
+
+def relu(x: Tensor) -> Tensor:
+    return x.relu()
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return x.sigmoid()
+
+
+def tanh(x: Tensor) -> Tensor:
+    return x.tanh()
+
+
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """GELU, exact (erf) or with PyTorch's tanh approximation."""
+    if approximate == "tanh":
+        inner = (x + x * x * x * 0.044715) * math.sqrt(2.0 / math.pi)
+        return x * 0.5 * (inner.tanh() + 1)
+    if approximate != "none":
+        raise trace_error("gelu", f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return x * 0.5 * ((x * (1 / math.sqrt(2.0))).erf() + 1)
+
+
+def silu(x: Tensor) -> Tensor:
+    return x * x.sigmoid()
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    # the max is a constant shift: detaching it keeps it out of the gradient, like PyTorch
+    shifted = x - x.max(dim, keepdim=True).detach()
+    e = shifted.exp()
+    return e / e.sum(dim, keepdim=True)
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    shifted = x - x.max(dim, keepdim=True).detach()
+    return shifted - shifted.exp().sum(dim, keepdim=True).log()
+
+
+def one_hot(target: Tensor, num_classes: int) -> Tensor:
+    """float32 one-hot rows of int32 class indices: shape target.shape + (num_classes,)."""
+    if target.dtype != INT:
+        raise trace_error("one_hot", f"needs int32 class indices, got {target.dtype}")
+    classes = iota(target.shape + (num_classes,), -1)
+    return target.unsqueeze(-1).eq(classes).float()
+
+
+def _reduce(loss: Tensor, reduction: str, opname: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise trace_error(opname, f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    target = as_tensor(target, input)
+    if input.shape != target.shape:
+        raise trace_error("mse_loss", f"input {input.shape} and target {target.shape} differ")
+    diff = input - target
+    return _reduce(diff * diff, reduction, "mse_loss")
+
+
+def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Cross entropy over the last axis of (N, C) or (C,) logits.
+
+    `target` is int32 class indices of shape (N,) (or ()), or float32
+    probabilities / one-hot rows of the logits' shape, as in PyTorch.
+    """
+    if logits.ndim not in (1, 2):
+        raise trace_error("cross_entropy", f"logits must be (N, C) or (C,), got {logits.shape}")
+    classes = logits.shape[-1]
+    if target.dtype == INT:
+        if target.shape != logits.shape[:-1]:
+            raise trace_error("cross_entropy", f"int targets must have shape {logits.shape[:-1]}, "
+                              f"got {target.shape} for logits {logits.shape}")
+        probs = one_hot(target, classes)
+    else:
+        if target.shape != logits.shape:
+            raise trace_error("cross_entropy", f"probability targets must have the logits' shape "
+                              f"{logits.shape}, got {target.shape}")
+        probs = target
+    if label_smoothing:
+        probs = probs * (1 - label_smoothing) + label_smoothing / classes
+    loss = -(log_softmax(logits, -1) * probs).sum(-1)
+    return _reduce(loss, reduction, "cross_entropy")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    out = x @ weight.T
+    return out + bias if bias is not None else out
+
+
+def layer_norm(x: Tensor, normalized_shape: Sequence[int] | int, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if x.shape[len(x.shape) - len(shape):] != shape:
+        raise trace_error("layer_norm", f"normalized_shape {shape} does not end {x.shape}")
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    mean = x.mean(axes, keepdim=True)
+    centered = x - mean
+    var = (centered * centered).mean(axes, keepdim=True)
+    out = centered * (var + eps).rsqrt()
+    if weight is not None:
+        out = out * weight
+    if bias is not None:
+        out = out + bias
+    return out
