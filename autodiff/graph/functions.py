@@ -9,7 +9,7 @@ from . import ops as O
 from .ops import Op
 from .program import current_program
 from .shapes import FLOAT, INT
-from .tensor import Tensor, TensorLike, _shape_arg, as_tensor, constant
+from .tensor import Tensor, TensorLike, _shape_arg, as_tensor, broadcast_operands, constant
 from .trace import broadcast_shapes, make_leaf, make_node, normalize_axis, trace_error
 
 
@@ -124,13 +124,9 @@ def stack(tensors: Sequence[TensorLike], dim: int = 0) -> Tensor:
 
 
 def where(condition: TensorLike, x: TensorLike, y: TensorLike) -> Tensor:
-    like = x if isinstance(x, Tensor) else y if isinstance(y, Tensor) else None
-    cond, x, y = as_tensor(condition), as_tensor(x, like), as_tensor(y, like)
+    cond, x, y = broadcast_operands("where", [as_tensor(condition), x, y])
     if x.dtype != y.dtype:
         x, y = x.float(), y.float()
-    shape = broadcast_shapes("where", cond.shape, x.shape, y.shape)
-    cond = cond.expand_to(shape, "where")
-    x, y = x.expand_to(shape, "where"), y.expand_to(shape, "where")
     return Tensor._wrap(make_node(Op.WHERE, [cond.node, x.node, y.node], O.NO_ARGS, "where"))
 
 

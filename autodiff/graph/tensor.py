@@ -404,6 +404,8 @@ class Tensor:
             shape = tuple(self.numel() // known if d == -1 else d for d in shape)
         if shape == self.shape:
             return self
+        if self.node.op is Op.CONST and int(np.prod(shape, dtype=np.int64)) == self.numel():
+            return constant(self.node.args.value, shape, self.dtype)
         return Tensor._wrap(make_node(Op.RESHAPE, [self.node], O.ShapeArgs(shape), "reshape"))
 
     view = reshape
@@ -502,9 +504,8 @@ def as_tensor(value: TensorLike, like: Tensor | None = None) -> Tensor:
     """Tensors pass through; Python scalars become constants; arrays become persistent tensors."""
     if isinstance(value, Tensor):
         return value
-    if isinstance(value, (bool, int, float, np.integer, np.floating)):
-        is_float = isinstance(value, (float, np.floating)) or like is None or like.dtype == FLOAT
-        return constant(value, (), FLOAT if is_float else INT)
+    if is_scalar(value):
+        return constant(value, (), as_tensor_dtype(value, like))
     return Tensor(value, name="array", requires_grad=False)
 
 
@@ -514,12 +515,27 @@ def _unary(op: Op, x: Tensor) -> Tensor:
     return Tensor._wrap(make_node(op, [x.node], O.NO_ARGS))
 
 
+def is_scalar(value: TensorLike) -> bool:
+    return isinstance(value, (bool, int, float, np.integer, np.floating))
+
+
+def broadcast_operands(opname: str, values: Sequence[TensorLike]) -> list[Tensor]:
+    """Tensors of one broadcast shape; Python scalars become constants of that shape directly."""
+    like = next((v for v in values if isinstance(v, Tensor)), None)
+    shapes = [() if is_scalar(v) else as_tensor(v, like).shape for v in values]
+    shape = broadcast_shapes(opname, *shapes)
+    return [constant(v, shape, as_tensor_dtype(v, like)) if is_scalar(v)
+            else as_tensor(v, like).expand_to(shape, opname) for v in values]
+
+
+def as_tensor_dtype(value: TensorLike, like: Tensor | None) -> str:
+    is_float = isinstance(value, (float, np.floating)) or like is None or like.dtype == FLOAT
+    return FLOAT if is_float else INT
+
+
 def _binary(op: Op, a: TensorLike, b: TensorLike, float_only: bool = False) -> Tensor:
     """Broadcast, promote int to float where mixed, then make the primitive node."""
-    like = a if isinstance(a, Tensor) else b
-    a, b = as_tensor(a, like), as_tensor(b, like)
+    a, b = broadcast_operands(op.value, [a, b])
     if a.dtype != b.dtype or (float_only and a.dtype != FLOAT):
         a, b = a.float(), b.float()
-    shape = broadcast_shapes(op.value, a.shape, b.shape)
-    a, b = a.expand_to(shape, op.value), b.expand_to(shape, op.value)
     return Tensor._wrap(make_node(op, [a.node, b.node], O.NO_ARGS))

@@ -1,0 +1,37 @@
+"""Shared fixtures: a fresh program per test, and the devices to run on."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import autodiff as ad
+
+
+def available_devices() -> list[str]:
+    """Devices the suite runs on here; AUTODIFF_TEST_DEVICES=numpy,opencl narrows it."""
+    devices = ["numpy"]
+    wanted = os.environ.get("AUTODIFF_TEST_DEVICES")
+    if wanted:
+        devices = [d for d in devices if d in wanted.split(",")]
+    return devices
+
+
+@pytest.fixture(autouse=True)
+def fresh_program():
+    """Every test traces into an empty default program with a fixed seed."""
+    ad.reset()
+    ad.manual_seed(0)
+    yield
+    ad.reset()
+
+
+@pytest.fixture(params=available_devices())
+def device(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

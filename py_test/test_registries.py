@@ -1,0 +1,26 @@
+"""Every op of the op table has an entry in every registry."""
+from __future__ import annotations
+
+import pytest
+
+from autodiff.device.numpy_device import EFFECTS
+from autodiff.device.numpy_ops import REFERENCE
+from autodiff.graph.ops import Op
+from autodiff.graph.shapes import SHAPE_RULES
+from autodiff.graph.vjp import VJP_RULES
+
+REGISTRIES = {
+    "shape rule": SHAPE_RULES,
+    "numpy reference": {**REFERENCE, **EFFECTS},
+    "VJP rule": VJP_RULES,
+}
+
+
+@pytest.mark.parametrize("registry", list(REGISTRIES))
+def test_every_op_has_an_entry(registry: str):
+    missing = [op.value for op in Op if op not in REGISTRIES[registry]]
+    assert not missing, f"no {registry} for: {missing}"
+
+
+def test_reference_and_effects_do_not_overlap():
+    assert not set(REFERENCE) & set(EFFECTS)
