@@ -14,7 +14,7 @@ from typing import IO, Any
 from .graph.ops import Op
 from .graph.program import Block, Node, Program, current_program
 
-STAGES = ("graph",)
+STAGES = ("graph", "opt")
 _DTYPE_SHORT = {"float32": "f32", "int32": "i32"}
 
 
@@ -63,7 +63,8 @@ def format_block(block: Block, show_source: bool = True) -> list[str]:
         pad = "    " * depth
         if node.op is Op.FOR:
             a = node.args
-            lines.append(f"{pad}%{node.id} = for %{a.index.id} in range({a.start}, "
+            index = f"%{a.index.id}" if a.index is not None else "_"
+            lines.append(f"{pad}%{node.id} = for {index} in range({a.start}, "
                          f"{a.start + a.count * a.step}, {a.step}):   # {a.count} iterations")
             stack.append((a.body.nodes, 0, depth + 1))
         else:
@@ -84,12 +85,20 @@ def print_graph(stage: str = "graph", program: Program | None = None, file: IO[s
                 show_source: bool = True, **options: Any) -> str:
     """Print one stage of the pipeline for the current program and return the text.
 
-    Stages: "graph" (the traced graph). Later stages arrive with their passes.
+    Stages: "graph" (the traced graph), "opt" (after the graph passes; `disable=`
+    switches passes off as in execute). Later stages arrive with their passes.
     """
     program = program or current_program()
     if stage not in STAGES:
         raise ValueError(f"unknown stage '{stage}'; choose one of {STAGES}")
-    text = format_graph(program, show_source)
+    if stage == "opt":
+        from .opt import Graph, optimize
+        graph, _ = optimize(Graph(program.root, program.variables), options.get("disable", ()))
+        shown = Program()
+        shown.root, shown.variables = graph.root, graph.variables
+        text = format_graph(shown, show_source).replace("graph:", "optimized graph:", 1)
+    else:
+        text = format_graph(program, show_source)
     print(text, file=file or sys.stdout)
     return text
 

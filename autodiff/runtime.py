@@ -2,9 +2,9 @@
 
 `compile_program` runs every compile stage for the chosen device and returns a
 `CompiledProgram`; `.run()` executes it once and returns a `Report`. The
-stages so far: the graph itself, run by the numpy reference device. Later
-stages (graph passes, lowering, fusion, memory planning, OpenCL/CUDA) plug in
-here; see TODO.md.
+stages so far: the graph passes (`autodiff/opt/`), then the numpy reference
+device runs the optimized graph. Later stages (lowering, fusion, memory
+planning, OpenCL/CUDA) plug in here; see TODO.md.
 """
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ from typing import Any
 from .graph.program import Program, current_program
 
 DEVICES = ("numpy", "opencl", "cuda")
-KNOWN_OPTIONS = ("disable",)
+KNOWN_OPTIONS = ("disable", "dump_passes")
+
+
+def known_switches() -> tuple[str, ...]:
+    """Every name `disable=` accepts: the graph passes (later: fusion kinds, memory reuse)."""
+    from .opt import PASS_NAMES
+    return PASS_NAMES
 
 
 @dataclass
@@ -53,13 +59,17 @@ def default_device() -> str:
 class CompiledProgram:
     """A program compiled for one device; `run()` executes it (again) and reports."""
 
-    def __init__(self, program: Program, device: str, disable: frozenset[str]) -> None:
+    def __init__(self, program: Program, device: str, disable: frozenset[str],
+                 dump_passes: bool | None = None) -> None:
         start = time.perf_counter()
         self.program = program
         self.device = device
         self.disable = disable
         from .device.numpy_device import NumpyGraphExecutor
-        self.graph = program.root
+        from .opt import Graph, optimize
+        self.optimized, self.pass_records = optimize(Graph(program.root, program.variables),
+                                                     disable, dump_passes)
+        self.graph = self.optimized.root
         self.executor = NumpyGraphExecutor(self.graph)
         self.compile_seconds = time.perf_counter() - start
 
@@ -74,6 +84,7 @@ class CompiledProgram:
             graph_nodes=sum(1 for _ in self.graph.walk()),
             ops_executed=self.executor.ops_executed - before,
             persistent_bytes=sum(v.nbytes for v in self.program.variables),
+            passes=[dict(r.__dict__) for r in self.pass_records],
         )
         return report
 
@@ -90,7 +101,10 @@ def compile_program(program: Program | None = None, device: str | None = None, *
         raise NotImplementedError(f"device '{device}' is not implemented yet; use device='numpy' "
                                   "(see TODO.md)")
     disable = frozenset(options.get("disable") or ())
-    return CompiledProgram(program, device, disable)
+    unknown_switches = sorted(disable - set(known_switches()))
+    if unknown_switches:
+        raise ValueError(f"disable: unknown names {unknown_switches}; known: {list(known_switches())}")
+    return CompiledProgram(program, device, disable, options.get("dump_passes"))
 
 
 def execute_program(program: Program | None = None, device: str | None = None, **options: Any) -> Report:

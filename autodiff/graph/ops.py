@@ -155,6 +155,9 @@ class ReadArgs:
 @dataclass(frozen=True, eq=False)
 class AssignArgs:
     var: Any
+    # set by the in-place marking pass: no reader of the old value runs after this update,
+    # so lowering may write the new value straight into the persistent tensor's storage
+    in_place: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,7 +179,7 @@ class ForArgs:
     start: int
     step: int
     body: Any   # graph.program.Block
-    index: Any  # the body's LOOP_INDEX node
+    index: Any  # the body's LOOP_INDEX node (None once pruned away)
 
 
 @dataclass(frozen=True)

@@ -522,10 +522,18 @@ def is_scalar(value: TensorLike) -> bool:
 def broadcast_operands(opname: str, values: Sequence[TensorLike]) -> list[Tensor]:
     """Tensors of one broadcast shape; Python scalars become constants of that shape directly."""
     like = next((v for v in values if isinstance(v, Tensor)), None)
-    shapes = [() if is_scalar(v) else as_tensor(v, like).shape for v in values]
-    shape = broadcast_shapes(opname, *shapes)
-    return [constant(v, shape, as_tensor_dtype(v, like)) if is_scalar(v)
-            else as_tensor(v, like).expand_to(shape, opname) for v in values]
+    values = [v if is_scalar(v) else as_tensor(v, like) for v in values]
+    shape = broadcast_shapes(opname, *[() if is_scalar(v) else v.shape for v in values])
+    # nodes are made in operand order, so `x + 1` reads x before making the constant
+    out = []
+    for v in values:
+        if is_scalar(v):
+            out.append(constant(v, shape, as_tensor_dtype(v, like)))
+        else:
+            expanded = v.expand_to(shape, opname)
+            expanded.node  # a persistent tensor's READ is made now, in operand order
+            out.append(expanded)
+    return out
 
 
 def as_tensor_dtype(value: TensorLike, like: Tensor | None) -> str:

@@ -50,11 +50,11 @@ def broadcast_shapes(opname: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
     out = []
     for axis in range(rank):
         sizes = [s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0]
-        big = max(sizes)
-        if any(d != big and d != 1 for d in sizes):
+        target = 0 if 0 in sizes else max(sizes)   # size 1 broadcasts to anything, even 0
+        if any(d != target and d != 1 for d in sizes):
             raise trace_error(opname, "shapes " + " and ".join(str(tuple(s)) for s in shapes)
                               + " cannot be broadcast together")
-        out.append(big if all(d != 0 for d in sizes) else 0)
+        out.append(target)
     return tuple(out)
 
 
