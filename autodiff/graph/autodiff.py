@@ -100,8 +100,10 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
     """
     outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-    if grad_outputs is None or isinstance(grad_outputs, Tensor) and len(outs) == 1:
-        grad_outputs = [grad_outputs] * len(outs) if not isinstance(grad_outputs, Tensor) else [grad_outputs]
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outs)
+    elif not isinstance(grad_outputs, (list, tuple)):
+        grad_outputs = [grad_outputs]   # one Tensor or array for one output
     if len(grad_outputs) != len(outs):
         raise TraceError(f"grad: {len(outs)} outputs but {len(grad_outputs)} grad_outputs")
     seeds = [_seed(o, g, "grad") for o, g in zip(outs, grad_outputs)]

@@ -27,10 +27,11 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     consumed = sum(1 for item in items if item is not None and item is not Ellipsis)
     if consumed > x.ndim:
         raise trace_error("getitem", f"too many indices ({consumed}) for shape {x.shape}")
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
+    if any(item is Ellipsis for item in items):
+        at = next(i for i, item in enumerate(items) if item is Ellipsis)
         items[at:at + 1] = [slice(None)] * (x.ndim - consumed)
-    items += [slice(None)] * (x.ndim - consumed - sum(1 for i in items if i is Ellipsis))
+    else:
+        items += [slice(None)] * (x.ndim - consumed)
 
     starts, stops, steps = [], [], []
     out_shape: list[int] = []   # final shape, with None axes and without int axes

@@ -315,8 +315,10 @@ class Tensor:
         return _unary(Op.ERF, self)
 
     def sigmoid(self) -> "Tensor":
-        # 0.5 * tanh(x / 2) + 0.5: no exp overflow, so no inf/inf in the gradient
-        return (self * 0.5).tanh() * 0.5 + 0.5
+        # exp(min(x, 0)) / (1 + exp(-|x|)): both exponents are <= 0, so nothing overflows
+        # (no inf/inf in the gradient) and the lower tail keeps its relative precision
+        # (log(sigmoid(-25)) is -25, not -inf)
+        return self.minimum(0).exp() / ((self.minimum(-self)).exp() + 1)
 
     def relu(self) -> "Tensor":
         # where(x > 0, x, 0): gradient 0 at x == 0, as in PyTorch

@@ -81,7 +81,8 @@ def _dot_vjp(node, xs, out, g, needs):
 def _pow_vjp(node, xs, out, g, needs):
     a, b = xs
     ga = g * b * a.pow(b - 1) if needs[0] else None
-    gb = g * out * a.log() if needs[1] else None
+    # d/db a**b = a**b log a; where a == 0 the product is 0 (torch's value), not 0 * -inf
+    gb = g * out * where(a.eq(0), 1.0, a).log() if needs[1] else None
     return [ga, gb]
 
 
