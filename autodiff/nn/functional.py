@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from ..graph.functions import iota, where
+from ..graph.functions import gather_rows, iota, random_uniform, where
 from ..graph.shapes import FLOAT, INT
 from ..graph.tensor import Tensor, as_tensor
 from ..graph.trace import normalize_axis, trace_error
@@ -120,3 +120,25 @@ def layer_norm(x: Tensor, normalized_shape: Sequence[int] | int, weight: Tensor 
     if bias is not None:
         out = out + bias
     return out
+
+
+def rms_norm(x: Tensor, normalized_shape: Sequence[int] | int, weight: Tensor | None = None,
+             eps: float = 1.1920928955078125e-07) -> Tensor:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    out = x * ((x * x).mean(axes, keepdim=True) + eps).rsqrt()
+    return out * weight if weight is not None else out
+
+
+def embedding(indices: Tensor, weight: Tensor) -> Tensor:
+    """Rows of `weight` for int32 `indices` of any shape; the gradient adds up repeated rows."""
+    if indices.dtype != INT:
+        raise trace_error("embedding", f"needs int32 indices, got {indices.dtype} {indices.shape}")
+    return gather_rows(weight, indices)
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    if not training or p == 0:
+        return x
+    keep = random_uniform(x.shape).ge(p)
+    return x * keep * (1.0 / (1.0 - p))
