@@ -29,15 +29,17 @@ def _compare(ours: nn.Module, theirs: torch.nn.Module, inputs: list[np.ndarray],
     a_inputs = [ad.Tensor(x, name=f"in{i}") for i, x in enumerate(inputs)]
     a_out = run_ours(ours, *a_inputs)
     (a_out * ad.Tensor(weights, requires_grad=False)).sum().backward()
-    names = [n for n, _ in ours.named_parameters()]
+    t_params = dict(theirs.named_parameters())
+    reached = {n: p for n, p in ours.named_parameters() if p.grad is not None}
+    assert list(reached) == [n for n, p in t_params.items() if p.grad is not None]
+    names = list(reached)
     float_inputs = [t for t in a_inputs if t.dtype == "float32"]
     got: list[np.ndarray] = []
     ad.Receiver(lambda *arrays: got.extend(arrays),
-                [a_out] + [p.grad for _, p in ours.named_parameters()] + [t.grad for t in float_inputs])
+                [a_out] + [p.grad for p in reached.values()] + [t.grad for t in float_inputs])
     ad.execute(device=device)
 
     np.testing.assert_allclose(got[0], t_out.detach().numpy(), rtol=rtol, atol=atol, err_msg="output")
-    t_params = dict(theirs.named_parameters())
     for name, grad in zip(names, got[1:1 + len(names)]):
         np.testing.assert_allclose(grad, t_params[name].grad.numpy(), rtol=10 * rtol, atol=10 * atol,
                                    err_msg=f"grad of {name}")
