@@ -1,0 +1,33 @@
+"""The reference workload: L post-norm transformer encoder layers trained with SGD.
+
+d_model 64, 4 heads, ff 128, ReLU, no dropout; input (2, 64) filled with 0.3;
+loss = sum(output) / 1000; SGD lr 0.01; the steps run inside one ir_for.
+Shared by the benchmarks and the regression tests.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import autodiff as ad
+from autodiff import nn
+
+
+def trace_reference_step(layers: int = 6, steps: int = 500, d_model: int = 64, heads: int = 4,
+                         ff: int = 128, seq: int = 2, lr: float = 0.01,
+                         losses: list[float] | None = None) -> nn.TransformerEncoder:
+    """Trace the reference training program into the current program; returns the model."""
+    model = nn.TransformerEncoder(num_layers=layers, d_model=d_model, num_heads=heads, ff_dim=ff)
+    opt = nn.SGD(model.parameters(), lr=lr)
+    data = np.full((seq, d_model), 0.3, np.float32)
+
+    def step():
+        x = ad.Feeder(lambda: data, (seq, d_model), name="x")
+        loss = model(x).sum() / 1000
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if losses is not None:
+            ad.Receiver(lambda v: losses.append(float(v)), [loss], name="loss")
+
+    ad.ir_for(steps, step)
+    return model
