@@ -13,7 +13,8 @@ from .graph.program import Program, current_program, manual_seed, reset
 from .graph.tensor import Tensor
 from .printing import pg, print_graph
 from .runtime import CompiledProgram, Report, compile, default_device, execute
-from . import nn
+from . import checkpoint, nn
+from .checkpoint import load, restore, save
 
 float32 = "float32"
 int32 = "int32"

@@ -223,6 +223,13 @@ class Tensor:
     def __rtruediv__(self, other: TensorLike) -> "Tensor":
         return _binary(Op.DIV, other, self, float_only=True)
 
+    def __floordiv__(self, other: TensorLike) -> "Tensor":
+        """Integer division of int32 tensors (truncates toward zero, like C)."""
+        a, b = broadcast_operands("floordiv", [self, other])
+        if a.dtype != INT or b.dtype != INT:
+            raise trace_error("floordiv", f"needs int32 operands, got {a.dtype} and {b.dtype}")
+        return Tensor._wrap(make_node(Op.DIV, [a.node, b.node], O.NO_ARGS, "floordiv"))
+
     def __pow__(self, other: TensorLike) -> "Tensor":
         return self.pow(other)
 

@@ -117,7 +117,7 @@ class SGD(Optimizer):
         (pass it to a Receiver to watch it), else the constant `lr`."""
         if not self.decays:
             return self.lr
-        decays_so_far = _floor_div(self.state["step"], self.decay_every)
+        decays_so_far = self.state["step"] // self.decay_every
         lr = self.gamma ** decays_so_far * self.lr
         return lr.maximum(self.min_lr) if self.min_lr > 0 else lr
 
@@ -198,15 +198,6 @@ class AdamW(Adam):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-
-
-def _floor_div(counter: Tensor, divisor: int) -> Tensor:
-    """counter // divisor for a non-negative int32 tensor (int32 DIV truncates like C).
-
-    `Tensor.__truediv__` promotes to float32, so the int32 node is made here.
-    """
-    divisor_node = constant(int(divisor), counter.shape, INT).node
-    return Tensor._wrap(make_node(Op.DIV, [counter.node, divisor_node], O.NO_ARGS, "floor_div"))
 
 
 def _one_minus_power(beta: float, t: Tensor) -> Tensor:
