@@ -15,33 +15,37 @@ from typing import Any
 
 from .graph.program import Program, current_program
 
-DEVICES = ("numpy", "opencl", "cuda")
-KNOWN_OPTIONS = ("disable", "dump_passes")
+DEVICES = ("numpy", "numpy-proc", "opencl", "cuda")
+KNOWN_OPTIONS = ("disable", "dump_passes", "debug")
 
 
 def known_switches() -> tuple[str, ...]:
-    """Every name `disable=` accepts: the graph passes (later: fusion kinds, memory reuse)."""
+    """Every name `disable=` accepts: graph passes, fusion kinds, memory reuse."""
+    from .fusion import FUSION_KINDS
     from .opt import PASS_NAMES
-    return PASS_NAMES
+    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("memory_reuse",)
 
 
 @dataclass
 class Report:
-    """What a run cost. Byte fields are None until the device plans memory."""
+    """What a compile and a run cost."""
     device: str
     compile_seconds: float = 0.0
     run_seconds: float = 0.0
     graph_nodes: int = 0
     ops_executed: int = 0
+    kernels_before_fusion: int | None = None
+    kernels_after_fusion: int | None = None
     kernels_launched: int = 0
     persistent_bytes: int = 0
     arena_bytes: int | None = None
     lower_bound_bytes: int | None = None
     no_reuse_bytes: int | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        rows = [(k, v) for k, v in self.__dict__.items() if k != "passes"]
+        rows = [(k, v) for k, v in self.__dict__.items() if k not in ("passes", "stage_seconds")]
         width = max(len(k) for k, _ in rows)
         lines = [f"{k.ljust(width)}  {v:.4f}" if isinstance(v, float) else f"{k.ljust(width)}  {v}"
                  for k, v in rows]
@@ -57,35 +61,85 @@ def default_device() -> str:
 
 
 class CompiledProgram:
-    """A program compiled for one device; `run()` executes it (again) and reports."""
+    """A program compiled for one device; `run()` executes it (again) and reports.
+
+    Stages: graph passes (autodiff/opt) -> lowering to the procedural IR
+    (autodiff/proc) -> fusion (autodiff/fusion) -> memory plan (autodiff/alloc)
+    -> the device. The numpy device stops after the graph passes and runs the
+    graph itself, the executable specification.
+    """
 
     def __init__(self, program: Program, device: str, disable: frozenset[str],
-                 dump_passes: bool | None = None) -> None:
+                 dump_passes: bool | None = None, debug: bool | None = None) -> None:
         start = time.perf_counter()
         self.program = program
         self.device = device
         self.disable = disable
-        from .device.numpy_device import NumpyGraphExecutor
+        self.debug = bool(os.environ.get("AUTODIFF_DEBUG")) if debug is None else debug
+        self.stage_seconds: dict[str, float] = {}
         from .opt import Graph, optimize
         self.optimized, self.pass_records = optimize(Graph(program.root, program.variables),
                                                      disable, dump_passes)
         self.graph = self.optimized.root
-        self.executor = NumpyGraphExecutor(self.graph)
+        self._mark("passes", start)
+        self.proc = self.plan = None
+        self.kernels_before_fusion = self.kernels_after_fusion = None
+        if device == "numpy":
+            from .device.numpy_device import NumpyGraphExecutor
+            self.executor = NumpyGraphExecutor(self.graph)
+        else:
+            self._build_procedural()
+            from .device.numpy_proc import NumpyProcExecutor
+            self.executor = NumpyProcExecutor(self.proc, self.plan)
         self.compile_seconds = time.perf_counter() - start
+
+    def _mark(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.stage_seconds[stage] = now - since
+        return now
+
+    def _build_procedural(self) -> None:
+        from .alloc.plan import plan_memory, validate_plan
+        from .fusion import fuse
+        from .proc import lower
+        at = time.perf_counter()
+        self.proc = lower(self.optimized)
+        self.kernels_before_fusion = len(self.proc.kernels())
+        at = self._mark("lowering", at)
+        self.proc = fuse(self.proc, self.disable)
+        self.kernels_after_fusion = len(self.proc.kernels())
+        at = self._mark("fusion", at)
+        self.plan = plan_memory(self.proc, reuse="memory_reuse" not in self.disable)
+        if self.debug:
+            validate_plan(self.proc, self.plan)
+        self._mark("memory", at)
+
+    @property
+    def ops_executed(self) -> int:
+        return getattr(self.executor, "ops_executed", 0)
 
     def run(self) -> Report:
         start = time.perf_counter()
-        before = self.executor.ops_executed
+        ops_before = self.ops_executed
+        launched_before = getattr(self.executor, "kernels_launched", 0)
         self.executor.run()
         report = Report(
             device=self.device,
             compile_seconds=self.compile_seconds,
             run_seconds=time.perf_counter() - start,
             graph_nodes=sum(1 for _ in self.graph.walk()),
-            ops_executed=self.executor.ops_executed - before,
+            ops_executed=self.ops_executed - ops_before,
+            kernels_before_fusion=self.kernels_before_fusion,
+            kernels_after_fusion=self.kernels_after_fusion,
+            kernels_launched=getattr(self.executor, "kernels_launched", 0) - launched_before,
             persistent_bytes=sum(v.nbytes for v in self.program.variables),
             passes=[dict(r.__dict__) for r in self.pass_records],
+            stage_seconds=dict(self.stage_seconds),
         )
+        if self.plan is not None:
+            report.arena_bytes = self.plan.arena_bytes
+            report.lower_bound_bytes = self.plan.lower_bound_bytes
+            report.no_reuse_bytes = self.plan.no_reuse_bytes
         return report
 
 
@@ -97,14 +151,16 @@ def compile_program(program: Program | None = None, device: str | None = None, *
     device = device or default_device()
     if device not in DEVICES:
         raise ValueError(f"unknown device '{device}'; choose one of {DEVICES}")
-    if device != "numpy":
+    if device in ("opencl", "cuda"):
         raise NotImplementedError(f"device '{device}' is not implemented yet; use device='numpy' "
-                                  "(see TODO.md)")
+                                  "or 'numpy-proc' (see TODO.md)")
     disable = frozenset(options.get("disable") or ())
+    # AUTODIFF_DISABLE=fusion,cse switches stages off for every compile (testing, bisecting)
+    disable |= frozenset(n for n in os.environ.get("AUTODIFF_DISABLE", "").split(",") if n)
     unknown_switches = sorted(disable - set(known_switches()))
     if unknown_switches:
         raise ValueError(f"disable: unknown names {unknown_switches}; known: {list(known_switches())}")
-    return CompiledProgram(program, device, disable, options.get("dump_passes"))
+    return CompiledProgram(program, device, disable, options.get("dump_passes"), options.get("debug"))
 
 
 def execute_program(program: Program | None = None, device: str | None = None, **options: Any) -> Report:

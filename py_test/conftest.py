@@ -11,11 +11,15 @@ import autodiff as ad
 
 def available_devices() -> list[str]:
     """Devices the suite runs on here; AUTODIFF_TEST_DEVICES=numpy,opencl narrows it."""
-    devices = ["numpy"]
+    devices = ["numpy", "numpy-proc"]
     wanted = os.environ.get("AUTODIFF_TEST_DEVICES")
     if wanted:
         devices = [d for d in devices if d in wanted.split(",")]
     return devices
+
+
+# every memory plan made during the tests is checked by the validator
+os.environ.setdefault("AUTODIFF_DEBUG", "1")
 
 
 @pytest.fixture(autouse=True)

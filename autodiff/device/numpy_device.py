@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import FeederError, ReceiverError
 from ..graph.ops import Op
 from ..graph.program import Block, Node
+from .host import call_feeder, call_receiver, receiver_due
 from .numpy_ops import REFERENCE, random_uniform
 
 
@@ -43,11 +43,6 @@ class NumpyGraphExecutor:
                 env[node.id] = REFERENCE[node.op]([env[i.id] for i in node.inputs], node)
             self.ops_executed += 1
 
-    def where(self) -> str:
-        if not self.iterations:
-            return "outside any loop"
-        return "iteration " + ", ".join(str(i) for i in self.iterations)
-
     # --- effects and leaves that need the runtime --------------------------
     def _read(self, node: Node) -> None:
         self.env[node.id] = node.args.var.value
@@ -65,30 +60,13 @@ class NumpyGraphExecutor:
         self.env[node.id] = random_uniform(node.args.seed, count, node.shape)
 
     def _feeder(self, node: Node) -> None:
-        name = node.args.name
-        try:
-            value = node.args.fn()
-        except Exception as err:
-            raise FeederError(f"Feeder '{name}' raised at {self.where()}: {err!r}") from err
-        if not isinstance(value, np.ndarray) or value.shape != node.shape or str(value.dtype) != node.dtype:
-            got = (f"shape {value.shape} dtype {value.dtype}" if isinstance(value, np.ndarray)
-                   else f"a {type(value).__name__}")
-            raise FeederError(f"Feeder '{name}' returned {got} at {self.where()}; expected a numpy "
-                              f"array of shape {node.shape} dtype {node.dtype} (convert with "
-                              f"np.asarray(x, np.{node.dtype}).reshape({node.shape}))")
+        value = call_feeder(node.args.fn, node.args.name, node.shape, node.dtype, self.iterations)
         self.env[node.id] = value.copy()
 
     def _receiver(self, node: Node) -> None:
-        every = node.args.every
-        if self.iterations and (self.iterations[-1] + 1) % every:
-            return
-        values = [np.array(self.env[i.id]) for i in node.inputs]
-        try:
-            node.args.fn(*values)
-        except Exception as err:
-            raise ReceiverError(f"Receiver '{node.args.name}' raised at {self.where()}: {err!r}; "
-                                "persistent tensors keep the values computed so far",
-                                node.args.name) from err
+        if receiver_due(node.args.every, self.iterations):
+            values = [np.array(self.env[i.id]) for i in node.inputs]
+            call_receiver(node.args.fn, node.args.name, values, self.iterations)
 
     def _for(self, node: Node) -> None:
         body = node.args.body

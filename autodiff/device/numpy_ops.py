@@ -113,15 +113,21 @@ def random_uniform(seed: int, counter: int, shape: tuple[int, ...]) -> np.ndarra
     draws the same numbers; each execution of a RANDOM node bumps `counter`.
     """
     n = int(np.prod(shape, dtype=np.int64))
-    i = np.arange(n, dtype=np.uint32)
-    key = _mix32(np.uint32(seed & 0xFFFFFFFF) ^ _mix32(np.uint32(counter & 0xFFFFFFFF)))
-    bits = _mix32(i ^ key)
-    return ((bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)).reshape(shape)
+    return hash_uniform(seed, np.asarray(counter), np.arange(n)).reshape(shape)
+
+
+def hash_uniform(seed: int, counter: np.ndarray, element: np.ndarray) -> np.ndarray:
+    """uniform [0, 1) = top 24 bits of mix(element ^ mix(seed ^ mix(counter))) * 2^-24."""
+    counter = np.asarray(counter).astype(np.int64) & 0xFFFFFFFF
+    element = np.asarray(element).astype(np.int64) & 0xFFFFFFFF
+    key = _mix32(np.uint32(seed & 0xFFFFFFFF) ^ _mix32(counter.astype(np.uint32)))
+    bits = _mix32(element.astype(np.uint32) ^ key)
+    return (bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
 def _mix32(x):
     """lowbias32 integer hash (uint32 arithmetic wraps like in C)."""
-    x = np.array(x, dtype=np.uint32, ndmin=1)
+    x = np.array(x, dtype=np.uint32)
     with np.errstate(over="ignore"):
         x = x ^ (x >> np.uint32(16))
         x = x * np.uint32(0x7FEB352D)

@@ -40,42 +40,49 @@ def _common_block(a: Block, b: Block) -> Block:
     return block
 
 
-def in_place_updates(root: Block) -> set[int]:
-    """Ids of the ASSIGN nodes that can write straight into their tensor."""
+def _late_reads(root: Block) -> list[tuple[Node, Node]]:
+    """(READ, ASSIGN) pairs where the read's value is still used after the update ran."""
     order = _positions(root)
     readers: dict[int, list[Node]] = {}        # READ id -> nodes that use it
     reads_of: dict[int, list[Node]] = {}       # variable id -> its READ nodes
+    updates: list[Node] = []
     for node in root.walk():
         if node.op is Op.READ:
             reads_of.setdefault(node.args.var.id, []).append(node)
+        elif node.op is Op.ASSIGN:
+            updates.append(node)
         for i in node.inputs:
             if i.op is Op.READ:
                 readers.setdefault(i.id, []).append(node)
-    marked: set[int] = set()
-    for node in root.walk():
-        if node.op is not Op.ASSIGN:
-            continue
-        at = order[node.id]
-        late = False
-        for read in reads_of.get(node.args.var.id, []):
+    pairs = []
+    for update in updates:
+        at = order[update.id]
+        for read in reads_of.get(update.args.var.id, []):
             if order[read.id] > at:
                 continue   # reads the new value
             for user in readers.get(read.id, []):
-                if user is node:
+                if user is update:
                     continue
                 used_later = order[user.id] > at
                 # user and update share a loop the read is outside of: the next iteration
                 # uses the read again after this iteration's update
-                common = _common_block(user.block, node.block)
+                common = _common_block(user.block, update.block)
                 loop_reuse = common is not read.block and read.block.encloses(common)
                 if used_later or loop_reuse:
-                    late = True
+                    pairs.append((read, update))
                     break
-            if late:
-                break
-        if not late:
-            marked.add(node.id)
-    return marked
+    return pairs
+
+
+def in_place_updates(root: Block) -> set[int]:
+    """Ids of the ASSIGN nodes that can write straight into their tensor."""
+    late = {update.id for _, update in _late_reads(root)}
+    return {n.id for n in root.walk() if n.op is Op.ASSIGN and n.id not in late}
+
+
+def stale_reads(root: Block) -> set[int]:
+    """Ids of the READ nodes whose value must be copied before an update overwrites it."""
+    return {read.id for read, _ in _late_reads(root)}
 
 
 def mark_in_place(graph: Graph) -> Graph:

@@ -1,0 +1,250 @@
+"""Access expressions: symbolic integer index arithmetic, kept simplified.
+
+Every index is a linear form `sum(coef * atom) + const` over atoms: iteration
+variables (each with an extent, 0 <= v < extent), floor divisions and modulos of
+linear forms by positive constants, and run-time values (a loaded int32, e.g. a
+gather index). Building `//` and `%` simplifies on the spot with bounds analysis,
+so a reshape followed by its inverse gives back the plain variables:
+`(i*64 + j) // 64 -> i` and `(i*64 + j) % 64 -> j` when 0 <= j < 64.
+
+Forms are immutable and hashable, so kernels equal up to buffers compare equal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Var:
+    """An iteration variable: 0 <= value < extent."""
+    name: str
+    extent: int
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class DivAtom:
+    """floor(form / divisor), divisor > 0."""
+    form: "Index"
+    divisor: int
+
+
+@dataclass(frozen=True)
+class ModAtom:
+    """form mod divisor (floor modulo), divisor > 0."""
+    form: "Index"
+    divisor: int
+
+
+@dataclass(frozen=True)
+class DynAtom:
+    """An int32 value computed at run time (e.g. a loaded index), within [low, high]."""
+    value: object   # a proc.ir expression
+    low: int
+    high: int
+
+
+Atom = Union[Var, DivAtom, ModAtom, DynAtom]
+
+
+@dataclass(frozen=True)
+class Index:
+    """sum(coef * atom for atom, coef in terms) + const, terms sorted canonically."""
+    terms: tuple[tuple[Atom, int], ...]
+    const: int
+
+    # --- construction -------------------------------------------------------
+    @staticmethod
+    def of(value: "int | Atom | Index") -> "Index":
+        if isinstance(value, Index):
+            return value
+        if isinstance(value, (int, np.integer)):
+            return Index((), int(value))
+        return Index(((value, 1),), 0)
+
+    def __add__(self, other: "int | Index | Atom") -> "Index":
+        other = Index.of(other)
+        coefs: dict[Atom, int] = dict(self.terms)
+        for atom, coef in other.terms:
+            coefs[atom] = coefs.get(atom, 0) + coef
+        return _make(coefs, self.const + other.const)
+
+    __radd__ = __add__
+
+    def __neg__(self) -> "Index":
+        return self * -1
+
+    def __sub__(self, other: "int | Index | Atom") -> "Index":
+        return self + (-Index.of(other))
+
+    def __mul__(self, factor: int) -> "Index":
+        factor = int(factor)
+        return _make({a: c * factor for a, c in self.terms}, self.const * factor)
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, divisor: int) -> "Index":
+        divisor = int(divisor)
+        assert divisor > 0
+        if divisor == 1:
+            return self
+        # terms whose coefficient divides exactly come out of the floor unchanged
+        exact = {a: c // divisor for a, c in self.terms if c % divisor == 0}
+        rest = Index(tuple((a, c) for a, c in self.terms if c % divisor), self.const % divisor)
+        outside = _make(exact, self.const // divisor)
+        low, high = rest.bounds()
+        if 0 <= low and high < divisor:
+            return outside
+        if rest.is_const():
+            return outside + rest.const // divisor
+        # (a // p) // q == a // (p*q)
+        if len(rest.terms) == 1 and rest.const == 0 and rest.terms[0][1] == 1 and isinstance(rest.terms[0][0], DivAtom):
+            inner = rest.terms[0][0]
+            return outside + inner.form // (inner.divisor * divisor)
+        return outside + Index.of(DivAtom(rest, divisor))
+
+    def __mod__(self, divisor: int) -> "Index":
+        divisor = int(divisor)
+        assert divisor > 0
+        if divisor == 1:
+            return Index.of(0)
+        rest = Index(tuple((a, c % divisor) for a, c in self.terms if c % divisor), self.const % divisor)
+        rest = _make(dict(rest.terms), rest.const)
+        low, high = rest.bounds()
+        if 0 <= low and high < divisor:
+            return rest
+        if rest.is_const():
+            return Index.of(rest.const % divisor)
+        return Index.of(ModAtom(rest, divisor))
+
+    # --- queries -----------------------------------------------------------------
+    def is_const(self) -> bool:
+        return not self.terms
+
+    def bounds(self) -> tuple[int, int]:
+        """Inclusive [low, high] over every value of the variables."""
+        low = high = self.const
+        for atom, coef in self.terms:
+            a_low, a_high = atom_bounds(atom)
+            if coef >= 0:
+                low, high = low + coef * a_low, high + coef * a_high
+            else:
+                low, high = low + coef * a_high, high + coef * a_low
+        return low, high
+
+    def variables(self) -> list[Var]:
+        out: dict[Var, None] = {}
+        stack: list[Index] = [self]
+        while stack:
+            form = stack.pop()
+            for atom, _ in form.terms:
+                if isinstance(atom, Var):
+                    out[atom] = None
+                elif isinstance(atom, (DivAtom, ModAtom)):
+                    stack.append(atom.form)
+        return list(out)
+
+    def substitute(self, mapping: Callable[[Atom], "Index | None"]) -> "Index":
+        """Replace atoms: `mapping(atom)` gives the new form of a Var or DynAtom, or None to keep it."""
+        out = Index.of(self.const)
+        for atom, coef in self.terms:
+            if isinstance(atom, DivAtom):
+                new = atom.form.substitute(mapping) // atom.divisor
+            elif isinstance(atom, ModAtom):
+                new = atom.form.substitute(mapping) % atom.divisor
+            else:
+                new = mapping(atom)
+                new = Index.of(atom) if new is None else new
+            out = out + new * coef
+        return out
+
+    def __repr__(self) -> str:
+        return render_index(self, lambda v: v.name, str)
+
+
+def atom_bounds(atom: Atom) -> tuple[int, int]:
+    if isinstance(atom, Var):
+        return 0, atom.extent - 1
+    if isinstance(atom, DynAtom):
+        return atom.low, atom.high
+    low, high = atom.form.bounds()
+    if isinstance(atom, DivAtom):
+        return low // atom.divisor, high // atom.divisor
+    if 0 <= low and high < atom.divisor:
+        return low, high
+    return 0, atom.divisor - 1
+
+
+def _sort_key(atom: Atom) -> tuple:
+    if isinstance(atom, Var):
+        return (0, atom.name)
+    if isinstance(atom, DivAtom):
+        return (1, repr(atom.form), atom.divisor)
+    if isinstance(atom, ModAtom):
+        return (2, repr(atom.form), atom.divisor)
+    return (3, repr(atom.value))
+
+
+def _make(coefs: dict[Atom, int], const: int) -> Index:
+    terms = tuple(sorted(((a, c) for a, c in coefs.items() if c != 0), key=lambda t: _sort_key(t[0])))
+    return Index(terms, int(const))
+
+
+def flat_index(indices: tuple[Index, ...], shape: tuple[int, ...]) -> Index:
+    """Row-major element offset of a multi-index."""
+    offset = Index.of(0)
+    stride = 1
+    for index, size in zip(reversed(indices), reversed(shape)):
+        offset = offset + index * stride
+        stride *= size
+    return offset
+
+
+def unflatten(offset: Index, shape: tuple[int, ...]) -> tuple[Index, ...]:
+    """The multi-index of a row-major offset (inverse of flat_index)."""
+    out = []
+    stride = 1
+    strides = []
+    for size in reversed(shape):
+        strides.append(stride)
+        stride *= size
+    for size, stride in zip(shape, reversed(strides)):
+        out.append((offset // stride) % size if size > 1 else Index.of(0))
+    return tuple(out)
+
+
+def render_index(form: Index, name_of: Callable[[Var], str], render_dyn: Callable[[object], str]) -> str:
+    """C-like text: `i0*64 + i1`, `(i0 + 3) / 4`, `(i1 % 8)`; integer math on non-negatives."""
+    parts: list[str] = []
+    for atom, coef in form.terms:
+        if isinstance(atom, Var):
+            text = name_of(atom)
+        elif isinstance(atom, DynAtom):
+            text = render_dyn(atom.value)
+        elif isinstance(atom, DivAtom):
+            text = f"(({render_index(atom.form, name_of, render_dyn)}) / {atom.divisor})"
+        else:
+            text = f"(({render_index(atom.form, name_of, render_dyn)}) % {atom.divisor})"
+        parts.append(text if coef == 1 else f"{text}*{coef}" if coef > 0 else f"{text}*({coef})")
+    if form.const or not parts:
+        parts.append(str(form.const))
+    return " + ".join(parts)
+
+
+def evaluate_index(form: Index, values: Callable[[Atom], np.ndarray]) -> np.ndarray:
+    """Vectorized value of a form; `values` gives arrays for Vars and DynAtoms (broadcastable)."""
+    total: np.ndarray | int = form.const
+    for atom, coef in form.terms:
+        if isinstance(atom, DivAtom):
+            v = evaluate_index(atom.form, values) // atom.divisor
+        elif isinstance(atom, ModAtom):
+            v = evaluate_index(atom.form, values) % atom.divisor
+        else:
+            v = values(atom)
+        total = total + v * coef
+    return np.asarray(total, dtype=np.int64)

@@ -1,0 +1,297 @@
+"""The procedural IR: buffers, kernels with scalar value expressions, and commands.
+
+A kernel computes one output buffer over its iteration space (the output shape,
+one variable per axis). Its value is a scalar expression tree: loads through
+access expressions, constants, index values, elementwise ops (the graph's op
+table, reused), and reductions that loop over variables of their own. Fusion is
+substitution: a load of a producer's buffer is replaced by the producer's
+expression with the producer's output variables set to the load's indices.
+
+Commands run in order: kernels, loops (a body run `count` times, its index a
+variable kernels may use), feeds (host -> device) and receives (device -> host).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Union
+
+from ..graph.ops import Op
+from .index import DynAtom, Index, Var
+
+
+# --- buffers -------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Buffer:
+    """Device storage. `kind`: temp (in the arena), persistent (a Variable's), feed (staging)."""
+    id: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str
+    var: object = None          # the graph Variable of a persistent buffer
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * 4
+
+    def __repr__(self) -> str:
+        return f"{self.name}"
+
+
+# --- value expressions ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Valid:
+    """low <= form < high, all of them: where a padded or concatenated load is defined."""
+    ranges: tuple[tuple[Index, int, int], ...]
+
+
+@dataclass(frozen=True)
+class Load:
+    """buffer[indices] (one index per buffer axis)."""
+    buffer_id: int
+    indices: tuple[Index, ...]
+    dtype: str
+    one_to_one: bool = True     # each element of the buffer is read at most once per kernel
+
+
+@dataclass(frozen=True)
+class Guard:
+    """`body` where `valid` holds, else `otherwise` (padding, concatenation).
+
+    Devices evaluate `body` only where valid, so its loads may be out of range elsewhere.
+    """
+    valid: Valid
+    body: "Expr"
+    otherwise: "Expr"
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float | int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class IndexValue:
+    """An access expression used as a value (IOTA, loop indices)."""
+    index: Index
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Alu:
+    """An elementwise op of the op table over sub-expressions."""
+    op: Op
+    args: tuple["Expr", ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """Reduce `body` over `variables` (own variables, each with its extent)."""
+    op: Op                       # SUM, MAX or ARGMAX (index of the first maximum along one variable)
+    variables: tuple[Var, ...]
+    body: "Expr"
+    dtype: str
+
+
+@dataclass(frozen=True)
+class RandomBits:
+    """Uniform [0, 1) from hash(seed, counter, element): counter counts executions."""
+    seed: int
+    counter: Index
+    element: Index
+
+
+Expr = Union[Load, Guard, Const, IndexValue, Alu, Reduce, RandomBits]
+
+
+def children(expr: Expr) -> tuple[Expr, ...]:
+    if isinstance(expr, Alu):
+        return expr.args
+    if isinstance(expr, Reduce):
+        return (expr.body,)
+    if isinstance(expr, Guard):
+        return _dyn_values(f for f, _, _ in expr.valid.ranges) + (expr.body, expr.otherwise)
+    if isinstance(expr, Load):
+        return _dyn_values(expr.indices)
+    if isinstance(expr, (IndexValue, RandomBits)):
+        forms = [expr.index] if isinstance(expr, IndexValue) else [expr.counter, expr.element]
+        return _dyn_values(forms)
+    return ()
+
+
+def _dyn_values(forms) -> tuple:
+    """Run-time values inside access expressions (gather indices), outermost first."""
+    out: list = []
+    stack = list(forms)
+    while stack:
+        form = stack.pop()
+        for atom, _ in form.terms:
+            if isinstance(atom, DynAtom):
+                out.append(atom.value)
+            elif hasattr(atom, "form"):
+                stack.append(atom.form)
+    return tuple(out)
+
+
+def walk_expr(expr: Expr) -> Iterator[Expr]:
+    """Every distinct sub-expression once (iterative, deterministic order)."""
+    seen: set[int] = set()
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack.extend(reversed(children(e)))
+
+
+def loads_of(expr: Expr) -> list[Load]:
+    return [e for e in walk_expr(expr) if isinstance(e, Load)]
+
+
+def expr_size(expr: Expr) -> int:
+    return len(set(walk_expr(expr)))
+
+
+def map_expr(expr: Expr, replace_load: Callable[[Load], Expr | None] | None = None,
+             map_index: Callable[[Index], Index] | None = None) -> Expr:
+    """Rebuild `expr` bottom-up, applying `map_index` to every access expression and
+    `replace_load` to every (rebuilt) load; None from `replace_load` keeps the load.
+
+    Iterative post-order with memoization, so shared sub-expressions stay shared.
+    """
+    done: dict[int, Expr] = {}
+    stack: list[tuple[Expr, bool]] = [(expr, False)]
+    while stack:
+        e, expanded = stack.pop()
+        if id(e) in done:
+            continue
+        if not expanded:
+            stack.append((e, True))
+            stack.extend((c, False) for c in children(e) if id(c) not in done)
+            continue
+
+        def form(index: Index) -> Index:
+            index = _sub_dyn(index, done)
+            return map_index(index) if map_index is not None else index
+
+        if isinstance(e, Alu):
+            new: Expr = Alu(e.op, tuple(done[id(a)] for a in e.args), e.dtype)
+        elif isinstance(e, Reduce):
+            new = Reduce(e.op, e.variables, done[id(e.body)], e.dtype)
+        elif isinstance(e, Guard):
+            valid = Valid(tuple((form(f), lo, hi) for f, lo, hi in e.valid.ranges))
+            new = Guard(valid, done[id(e.body)], done[id(e.otherwise)], e.dtype)
+        elif isinstance(e, Load):
+            new = Load(e.buffer_id, tuple(form(i) for i in e.indices), e.dtype, e.one_to_one)
+            if replace_load is not None:
+                new = replace_load(new) or new
+        elif isinstance(e, IndexValue):
+            new = IndexValue(form(e.index), e.dtype)
+        elif isinstance(e, RandomBits):
+            new = RandomBits(e.seed, form(e.counter), form(e.element))
+        else:
+            new = e
+        done[id(e)] = new
+    return done[id(expr)]
+
+
+def substitute_vars(expr: Expr, mapping: dict[Var, Index]) -> Expr:
+    """`expr` with each variable in `mapping` replaced by its access expression."""
+    return map_expr(expr, map_index=lambda index: index.substitute(lambda atom: mapping.get(atom)))
+
+
+def _sub_dyn(index: Index, done: dict[int, Expr]) -> Index:
+    """Point run-time values inside `index` at their rebuilt expressions."""
+    if not any(isinstance(a, DynAtom) or hasattr(a, "form") for a, _ in index.terms):
+        return index
+
+    def mapping(atom):
+        if isinstance(atom, DynAtom) and id(atom.value) in done:
+            return Index.of(DynAtom(done[id(atom.value)], atom.low, atom.high))
+        return None
+    return index.substitute(mapping)
+
+
+# --- kernels and commands ------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Kernel:
+    name: str
+    out: Buffer
+    variables: tuple[Var, ...]          # one per output axis
+    value: Expr
+    kind: str                            # elementwise | reduce | matmul | gather | copy | assign | snapshot
+    sources: list[int] = field(default_factory=list)   # graph node ids it computes
+    ops: list[str] = field(default_factory=list)       # their op names, in program order
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.out.shape
+
+
+@dataclass(eq=False)
+class KernelCmd:
+    kernel: Kernel
+
+
+@dataclass(eq=False)
+class FeedCmd:
+    buffer: Buffer
+    fn: Callable
+    name: str
+
+
+@dataclass(eq=False)
+class ReceiveCmd:
+    buffers: list[Buffer]
+    fn: Callable
+    name: str
+    every: int
+
+
+@dataclass(eq=False)
+class LoopCmd:
+    count: int
+    variable: Var                        # the iteration number 0 .. count-1
+    body: list["Command"]
+
+
+Command = Union[KernelCmd, FeedCmd, ReceiveCmd, LoopCmd]
+
+
+@dataclass
+class ProcProgram:
+    """The procedural program: commands plus every buffer they touch."""
+    commands: list[Command]
+    buffers: list[Buffer]
+    run_counter: Var                     # how many runs came before (for RANDOM counters)
+    loop_vars: list[Var] = field(default_factory=list)
+
+    def walk(self) -> Iterator[Command]:
+        """Every command in program order, loop bodies included (a loop before its body)."""
+        stack: list[Iterator[Command]] = [iter(self.commands)]
+        while stack:
+            cmd = next(stack[-1], None)
+            if cmd is None:
+                stack.pop()
+                continue
+            yield cmd
+            if isinstance(cmd, LoopCmd):
+                stack.append(iter(cmd.body))
+
+    def kernels(self) -> list[Kernel]:
+        return [c.kernel for c in self.walk() if isinstance(c, KernelCmd)]
