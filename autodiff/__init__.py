@@ -11,7 +11,7 @@ from .graph.functions import (abs, arange, cat, concat, cos, exp, full, full_lik
                               rsqrt, sigmoid, sin, sqrt, stack, tanh, where, zeros, zeros_like)
 from .graph.program import Program, current_program, manual_seed, reset
 from .graph.tensor import Tensor
-from .printing import pg, print_graph
+from .printing import pg, plot_memory, print_graph
 from .runtime import CompiledProgram, Report, compile, default_device, execute
 from . import checkpoint, nn
 from .checkpoint import load, restore, save

@@ -14,7 +14,7 @@ from typing import IO, Any
 from .graph.ops import Op
 from .graph.program import Block, Node, Program, current_program
 
-STAGES = ("graph", "opt")
+STAGES = ("graph", "opt", "proc", "fused", "memory")
 _DTYPE_SHORT = {"float32": "f32", "int32": "i32"}
 
 
@@ -85,13 +85,17 @@ def print_graph(stage: str = "graph", program: Program | None = None, file: IO[s
                 show_source: bool = True, **options: Any) -> str:
     """Print one stage of the pipeline for the current program and return the text.
 
-    Stages: "graph" (the traced graph), "opt" (after the graph passes; `disable=`
-    switches passes off as in execute). Later stages arrive with their passes.
+    Stages: "graph" (the traced graph), "opt" (after the graph passes), "proc" (the
+    procedural IR as lowered, one kernel per compute node), "fused" (after fusion,
+    each kernel with the graph nodes it computes), "memory" (the arena plan).
+    `disable=` switches stages off as in execute.
     """
     program = program or current_program()
     if stage not in STAGES:
         raise ValueError(f"unknown stage '{stage}'; choose one of {STAGES}")
-    if stage == "opt":
+    if stage in ("proc", "fused", "memory"):
+        text = format_procedural(program, stage, options)
+    elif stage == "opt":
         from .opt import Graph, optimize
         graph, _ = optimize(Graph(program.root, program.variables), options.get("disable", ()))
         shown = Program()
@@ -104,3 +108,26 @@ def print_graph(stage: str = "graph", program: Program | None = None, file: IO[s
 
 
 pg = print_graph
+
+
+def format_procedural(program: Program, stage: str, options: dict[str, Any]) -> str:
+    from .alloc.plan import format_plan
+    from .proc.text import format_program
+    from .runtime import compile_program
+    disable = set(options.get("disable", ()))
+    if stage == "proc":
+        disable.add("fusion")
+    compiled = compile_program(program, "numpy-proc", disable=disable)
+    if stage == "memory":
+        return format_plan(compiled.proc, compiled.plan)
+    node_ops = {n.id: n.op.value for n in compiled.graph.walk()}
+    return format_program(compiled.proc, node_ops, show_sources=(stage == "fused"))
+
+
+def plot_memory(path: str, program: Program | None = None, **options: Any) -> str:
+    """Draw the current program's memory plan (offset x time rectangles) to a PNG at `path`."""
+    from .alloc.plan import plot_plan
+    from .runtime import compile_program
+    compiled = compile_program(program or current_program(), "numpy-proc", disable=set(options.get("disable", ())))
+    plot_plan(compiled.proc, compiled.plan, path)
+    return path

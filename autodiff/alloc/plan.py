@@ -200,3 +200,50 @@ def _chained(a: Lifetime, b: Lifetime, plan: MemoryPlan) -> bool:
         group.setdefault(x, x)
         group[y] = group[x]
     return a.buffer.id in group and group.get(a.buffer.id) == group.get(b.buffer.id)
+
+
+def format_plan(program: ProcProgram, plan: MemoryPlan) -> str:
+    """The plan as a table: every temporary's offset, size and lifetime; then the totals."""
+    rows = sorted(plan.lifetimes.values(), key=lambda l: (plan.offsets[l.buffer.id], l.start))
+    lines = [f"{'buffer':<16} {'offset':>10} {'bytes':>10} {'live':>13}  note"]
+    for life in rows:
+        b = life.buffer
+        note = ""
+        for src, dst in plan.in_place:
+            if dst == b.id:
+                note = f"writes over {next(x.name for x in program.buffers if x.id == src)}"
+        lines.append(f"{b.name:<16} {plan.offsets[b.id]:>10} {b.nbytes:>10} {f'[{life.start}, {life.end}]':>13}  {note}")
+    lines.append(f"arena {plan.arena_bytes} bytes; liveness lower bound {plan.lower_bound_bytes}; "
+                 f"no reuse {plan.no_reuse_bytes}; persistent {plan.persistent_bytes}; feed staging "
+                 f"{plan.feed_bytes}; placement '{plan.strategy}' in {plan.seconds:.3f} s")
+    return "\n".join(lines)
+
+
+def plot_plan(program: ProcProgram, plan: MemoryPlan, path: str) -> None:
+    """Draw the plan: one labelled rectangle (time x bytes) per temporary, to a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    figure, axes = plt.subplots(figsize=(12, 6))
+    colors = plt.get_cmap("tab20")
+    for n, life in enumerate(plan.lifetimes.values()):
+        b = life.buffer
+        box = Rectangle((life.start, plan.offsets[b.id]), life.end - life.start + 1, b.nbytes,
+                        facecolor=colors(n % 20), edgecolor="black", linewidth=0.4)
+        axes.add_patch(box)
+        if b.nbytes > plan.arena_bytes * 0.03:
+            axes.text(life.start + 0.1, plan.offsets[b.id] + b.nbytes / 2, b.name, fontsize=6, va="center")
+    steps = max((l.end for l in plan.lifetimes.values()), default=0) + 1
+    axes.set_xlim(0, max(steps, 1))
+    axes.set_ylim(0, max(plan.arena_bytes, 1))
+    axes.axhline(plan.lower_bound_bytes, color="red", linestyle="--", linewidth=0.8, label="liveness lower bound")
+    axes.set_xlabel("step (command in program order)")
+    axes.set_ylabel("arena offset (bytes)")
+    axes.set_title(f"memory plan: arena {plan.arena_bytes} B, lower bound {plan.lower_bound_bytes} B, "
+                   f"no reuse {plan.no_reuse_bytes} B")
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
