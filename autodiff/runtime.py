@@ -57,7 +57,8 @@ def default_device() -> str:
     chosen = os.environ.get("AUTODIFF_DEVICE")
     if chosen:
         return chosen
-    return "numpy"  # OpenCL becomes the default once its backend lands (TODO.md)
+    from .device.opencl import opencl_available
+    return "opencl" if opencl_available() else "numpy"
 
 
 class CompiledProgram:
@@ -89,8 +90,14 @@ class CompiledProgram:
             self.executor = NumpyGraphExecutor(self.graph)
         else:
             self._build_procedural()
-            from .device.numpy_proc import NumpyProcExecutor
-            self.executor = NumpyProcExecutor(self.proc, self.plan)
+            at = time.perf_counter()
+            if device == "opencl":
+                from .device.opencl import OpenCLExecutor
+                self.executor = OpenCLExecutor(self.proc, self.plan)
+            else:
+                from .device.numpy_proc import NumpyProcExecutor
+                self.executor = NumpyProcExecutor(self.proc, self.plan)
+            self._mark("device build", at)
         self.compile_seconds = time.perf_counter() - start
 
     def _mark(self, stage: str, since: float) -> float:
@@ -113,6 +120,14 @@ class CompiledProgram:
         if self.debug:
             validate_plan(self.proc, self.plan)
         self._mark("memory", at)
+
+    @property
+    def kernels(self) -> dict[str, str]:
+        """Generated source of each distinct kernel, by name (devices that generate code)."""
+        rendered = getattr(self.executor, "rendered", None)
+        if rendered is None:
+            return {}
+        return {r.name: r.source for r in rendered}
 
     @property
     def ops_executed(self) -> int:
@@ -151,9 +166,9 @@ def compile_program(program: Program | None = None, device: str | None = None, *
     device = device or default_device()
     if device not in DEVICES:
         raise ValueError(f"unknown device '{device}'; choose one of {DEVICES}")
-    if device in ("opencl", "cuda"):
-        raise NotImplementedError(f"device '{device}' is not implemented yet; use device='numpy' "
-                                  "or 'numpy-proc' (see TODO.md)")
+    if device == "cuda":
+        raise NotImplementedError("device 'cuda' is not implemented yet; use 'opencl', 'numpy' or "
+                                  "'numpy-proc' (see TODO.md)")
     disable = frozenset(options.get("disable") or ())
     # AUTODIFF_DISABLE=fusion,cse switches stages off for every compile (testing, bisecting)
     disable |= frozenset(n for n in os.environ.get("AUTODIFF_DISABLE", "").split(",") if n)

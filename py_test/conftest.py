@@ -12,6 +12,9 @@ import autodiff as ad
 def available_devices() -> list[str]:
     """Devices the suite runs on here; AUTODIFF_TEST_DEVICES=numpy,opencl narrows it."""
     devices = ["numpy", "numpy-proc"]
+    from autodiff.device.opencl import opencl_available
+    if opencl_available():
+        devices.append("opencl")
     wanted = os.environ.get("AUTODIFF_TEST_DEVICES")
     if wanted:
         devices = [d for d in devices if d in wanted.split(",")]

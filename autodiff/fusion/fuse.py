@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..proc.index import Index
-from ..proc.ir import (Command, Expr, FeedCmd, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, ReceiveCmd,
-                       Reduce, children, expr_size, map_expr, substitute_vars, walk_expr)
+from ..proc.index import Index, Var
+from ..proc.ir import (Buffer, Command, Expr, FeedCmd, Kernel, KernelCmd, Load, LoopCmd, ProcProgram,
+                       ReceiveCmd, Reduce, children, expr_size, map_expr, substitute_vars, walk_expr)
 
 FUSION_KINDS = ("elementwise_fusion", "reduce_fusion", "dot_fusion")
 MAX_EXPRESSION = 160
@@ -109,20 +109,20 @@ class Fusion:
             return "dot_fusion" if producer.kind == "matmul" else "reduce_fusion"
         return "reduce_fusion" if use_inside_reduce else "elementwise_fusion"
 
-    def can_inline(self, producer: Kernel, at: int, block: list[Command], uses: list[_Use],
-                   outside_readers: set[int]) -> bool:
+    def can_inline(self, producer: Kernel, at: int, uses: list[_Use], outside_readers: set[int],
+                   writes: dict[int, list[int]]) -> bool:
         out = producer.out
         if out.kind != "temp" or out.id in self.received or out.id in outside_readers or not uses:
             return False
         expensive = _has_reduce(producer.value)
-        if expensive and (len(uses) != 1 or len(uses[0].loads) != 1):
+        # equal loads are one read: the renderer computes an equal expression once
+        if expensive and (len(uses) != 1 or len(set(load for load, _ in uses[0].loads)) != 1):
             return False
         read = {load.buffer_id for load, _ in _loads_with_context(producer.value)}
         for use in uses:
             # nothing in between may write what the producer reads
-            for cmd in block[at + 1:use.position]:
-                if read.intersection(_written(cmd)):
-                    return False
+            if any(at < w < use.position for b in read for w in writes.get(b, ())):
+                return False
             for load, inside in use.loads:
                 kind = self.kind_allowed(producer, inside)
                 if kind is None or kind not in self.enabled:
@@ -131,8 +131,8 @@ class Fusion:
                     return False           # a dot operand or a broadcast inside a reduction
                 if expensive and not load.one_to_one:
                     return False
-            grown = expr_size(use.kernel.value) + len(use.loads) * expr_size(producer.value)
-            if grown > MAX_EXPRESSION:
+            distinct = len(set(load for load, _ in use.loads))
+            if expr_size(use.kernel.value) + distinct * expr_size(producer.value) > MAX_EXPRESSION:
                 return False
         return True
 
@@ -151,35 +151,85 @@ class Fusion:
         consumer.value = map_expr(consumer.value, replace_load=replace)
         consumer.sources = producer.sources + consumer.sources
         consumer.ops = producer.ops + consumer.ops
-        if producer.kind == "matmul" or consumer.kind == "matmul":
-            consumer.kind = "matmul" if consumer.kind not in ("assign",) else consumer.kind
-        elif producer.kind == "reduce" and consumer.kind == "elementwise":
-            consumer.kind = "reduce"
+        if consumer.kind not in ("assign", "copy", "snapshot"):
+            if producer.kind == "matmul":
+                consumer.kind = "matmul"
+            elif producer.kind == "reduce" and consumer.kind == "elementwise":
+                consumer.kind = "reduce"
 
     def fuse_block(self, block: list[Command]) -> list[Command]:
-        outside = _readers_elsewhere(self.program, block)
-        removed: set[int] = set()
-        for at, cmd in enumerate(block):
+        """Inline producers forward through the block until nothing changes."""
+        for cmd in block:
             if isinstance(cmd, LoopCmd):
                 cmd.body = self.fuse_block(cmd.body)
-                continue
+        outside = _readers_elsewhere(self.program, block)
+        while True:
+            block, changed = self._one_pass(block, outside)
+            if not changed:
+                return block
+
+    def _one_pass(self, block: list[Command], outside: set[int]) -> tuple[list[Command], bool]:
+        loads_at: dict[int, list[tuple[Load, bool]]] = {}
+        readers: dict[int, list[int]] = {}       # buffer id -> positions of kernels loading it
+        writes: dict[int, list[int]] = {}        # buffer id -> positions of commands writing it
+        for pos, cmd in enumerate(block):
+            for b in _written(cmd):
+                writes.setdefault(b, []).append(pos)
+            if isinstance(cmd, KernelCmd):
+                loads_at[pos] = _loads_with_context(cmd.kernel.value)
+                for b in dict.fromkeys(load.buffer_id for load, _ in loads_at[pos]):
+                    readers.setdefault(b, []).append(pos)
+        removed: set[int] = set()
+        for at, cmd in enumerate(block):
             if not isinstance(cmd, KernelCmd):
                 continue
             producer = cmd.kernel
-            uses = []
-            for pos in range(at + 1, len(block)):
-                other = block[pos]
-                if pos in removed or not isinstance(other, KernelCmd):
-                    continue
-                loads = [(l, inside) for l, inside in _loads_with_context(other.kernel.value)
-                         if l.buffer_id == producer.out.id]
-                if loads:
-                    uses.append(_Use(other.kernel, pos, loads))
-            if self.can_inline(producer, at, block, uses, outside):
+            positions = sorted(set(p for p in readers.get(producer.out.id, ()) if p > at and p not in removed))
+            uses = [_Use(block[p].kernel, p, [(l, i) for l, i in loads_at[p] if l.buffer_id == producer.out.id])
+                    for p in positions]
+            if self.can_inline(producer, at, uses, outside, writes):
                 for use in uses:
                     self.inline(producer, use.kernel)
+                    loads_at[use.position] = _loads_with_context(use.kernel.value)
+                    for b in dict.fromkeys(load.buffer_id for load, _ in loads_at[use.position]):
+                        if use.position not in readers.setdefault(b, []):
+                            readers[b].append(use.position)
                 removed.add(at)
-        return [cmd for i, cmd in enumerate(block) if i not in removed]
+        return [cmd for i, cmd in enumerate(block) if i not in removed], bool(removed)
+
+
+def separate_self_reads(program: ProcProgram) -> None:
+    """A kernel that reads its own output buffer anywhere but at the element it writes
+    (p.copy_(p.T), p -= p @ p) would race with itself: it writes a temporary instead,
+    and a copy kernel moves the result into place."""
+    stack: list[list[Command]] = [program.commands]
+    while stack:
+        block = stack.pop()
+        at = 0
+        while at < len(block):
+            cmd = block[at]
+            if isinstance(cmd, LoopCmd):
+                stack.append(cmd.body)
+            elif isinstance(cmd, KernelCmd) and _reads_elsewhere(cmd.kernel):
+                kernel = cmd.kernel
+                target = kernel.out
+                temp = Buffer(max(b.id for b in program.buffers) + 1, f"new_{target.name}", target.shape,
+                              target.dtype, "temp")
+                program.buffers.append(temp)
+                kernel.out = temp
+                variables = tuple(Var(f"{v.name}c", v.extent) for v in kernel.variables)
+                copy = Kernel(f"copy_{target.name}", target, variables,
+                              Load(temp.id, tuple(Index.of(v) for v in variables), temp.dtype),
+                              "copy", list(kernel.sources[-1:]), ["copy"])
+                block.insert(at + 1, KernelCmd(copy))
+                at += 1
+            at += 1
+
+
+def _reads_elsewhere(kernel: Kernel) -> bool:
+    identity = tuple(Index.of(v) for v in kernel.variables)
+    return any(load.buffer_id == kernel.out.id and (inside or load.indices != identity)
+               for load, inside in _loads_with_context(kernel.value))
 
 
 def fuse(program: ProcProgram, disable: frozenset[str] = frozenset()) -> ProcProgram:
@@ -187,6 +237,7 @@ def fuse(program: ProcProgram, disable: frozenset[str] = frozenset()) -> ProcPro
     fusion = Fusion(program, disable)
     if fusion.enabled:
         program.commands = fusion.fuse_block(program.commands)
+    separate_self_reads(program)
     used = {b.id for b in _live_buffers(program)}
     program.buffers = [b for b in program.buffers if b.kind != "temp" or b.id in used]
     for kernel in program.kernels():

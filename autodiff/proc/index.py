@@ -102,6 +102,11 @@ class Index:
             return outside
         if rest.is_const():
             return outside + rest.const // divisor
+        # (k*A + R) // (k*m) == A // m when 0 <= R < k
+        split = _split_by_factor(self, divisor)
+        if split is not None:
+            k, main, _ = split
+            return main // (divisor // k)
         # (a // p) // q == a // (p*q)
         if len(rest.terms) == 1 and rest.const == 0 and rest.terms[0][1] == 1 and isinstance(rest.terms[0][0], DivAtom):
             inner = rest.terms[0][0]
@@ -120,6 +125,11 @@ class Index:
             return rest
         if rest.is_const():
             return Index.of(rest.const % divisor)
+        # (k*A + R) % (k*m) == k*(A % m) + R when 0 <= R < k
+        split = _split_by_factor(rest, divisor)
+        if split is not None:
+            k, main, remainder = split
+            return (main % (divisor // k)) * k + remainder
         return Index.of(ModAtom(rest, divisor))
 
     # --- queries -----------------------------------------------------------------
@@ -191,8 +201,39 @@ def _sort_key(atom: Atom) -> tuple:
 
 
 def _make(coefs: dict[Atom, int], const: int) -> Index:
-    terms = tuple(sorted(((a, c) for a, c in coefs.items() if c != 0), key=lambda t: _sort_key(t[0])))
+    coefs = {a: c for a, c in coefs.items() if c != 0 and not (isinstance(a, Var) and a.extent == 1)}
+    # split-then-merge: c*b*(g // b) + c*(g % b) is c*g
+    changed = True
+    while changed:
+        changed = False
+        for atom in list(coefs):
+            if not isinstance(atom, ModAtom) or atom not in coefs:
+                continue
+            c = coefs[atom]
+            div = DivAtom(atom.form, atom.divisor)
+            if coefs.get(div) == c * atom.divisor:
+                del coefs[atom], coefs[div]
+                for inner, k in atom.form.terms:
+                    coefs[inner] = coefs.get(inner, 0) + c * k
+                const += c * atom.form.const
+                coefs = {a: v for a, v in coefs.items() if v != 0}
+                changed = True
+                break
+    terms = tuple(sorted(coefs.items(), key=lambda t: _sort_key(t[0])))
     return Index(terms, int(const))
+
+
+def _split_by_factor(form: "Index", divisor: int) -> tuple[int, "Index", "Index"] | None:
+    """(k, A, R) with form = k*A + R, k > 1 dividing `divisor` and 0 <= R < k, if one exists."""
+    for k in sorted({abs(c) for _, c in form.terms if c > 1}, reverse=True):
+        if divisor % k:
+            continue
+        main = {a: c // k for a, c in form.terms if c % k == 0}
+        rest = Index(tuple((a, c) for a, c in form.terms if c % k), form.const % k)
+        low, high = rest.bounds()
+        if 0 <= low and high < k and main:
+            return k, _make(main, form.const // k), rest
+    return None
 
 
 def flat_index(indices: tuple[Index, ...], shape: tuple[int, ...]) -> Index:

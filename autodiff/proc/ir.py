@@ -111,6 +111,7 @@ class RandomBits:
     seed: int
     counter: Index
     element: Index
+    dtype: str = "float32"
 
 
 Expr = Union[Load, Guard, Const, IndexValue, Alu, Reduce, RandomBits]
@@ -163,7 +164,7 @@ def loads_of(expr: Expr) -> list[Load]:
 
 
 def expr_size(expr: Expr) -> int:
-    return len(set(walk_expr(expr)))
+    return sum(1 for _ in walk_expr(expr))
 
 
 def map_expr(expr: Expr, replace_load: Callable[[Load], Expr | None] | None = None,

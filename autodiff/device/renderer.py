@@ -1,0 +1,354 @@
+"""One C-style renderer for kernels; OpenCL C and CUDA C differ by a few attributes.
+
+A kernel becomes one function: each work-item computes one output element. Its
+value expression is emitted one statement per line with common subexpressions
+named once; reductions become loops, and a statement is hoisted out of every
+loop whose variables it does not use. Guarded expressions (padding,
+concatenation) become if-blocks, and nothing inside one is hoisted out of it, so
+an out-of-range load is never executed.
+
+Buffers are parameters (pointer + element offset), named in order of first use,
+and variables are renamed in order of appearance: two kernels that differ only
+in which buffers they touch render to the same source and are built once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..graph.ops import Op
+from ..proc.index import DynAtom, Index, Var, flat_index, render_index
+from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children)
+
+LOCAL_SIZE = 64   # one fixed work-group size: PoCL rebuilds a kernel for each new local size
+
+
+class CStyleLanguage:
+    """The parts of C that differ between OpenCL C and CUDA C."""
+    name = "c"
+    kernel_prefix = "void"
+    buffer_qualifier = ""
+    global_id = "0"
+    types = {"float32": "float", "int32": "int"}
+    infinity = "INFINITY"
+    nan = "NAN"
+    math = {Op.EXP: "exp", Op.LOG: "log", Op.SQRT: "sqrt", Op.SIN: "sin", Op.COS: "cos", Op.TANH: "tanh",
+            Op.ERF: "erf", Op.POW: "pow"}
+    uint = "uint"
+    helper_prefix = "inline"
+
+    def preamble(self) -> str:
+        return f"""// lowbias32 integer hash: the same bits as autodiff.device.numpy_ops.hash_uniform
+{self.helper_prefix} {self.uint} ad_mix32({self.uint} x) {{
+    x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+    return x;
+}}
+{self.helper_prefix} float ad_uniform(int seed, int counter, int element) {{
+    {self.uint} key = ad_mix32(({self.uint})seed ^ ad_mix32(({self.uint})counter));
+    return (float)(ad_mix32(({self.uint})element ^ key) >> 8) * 5.9604644775390625e-08f;
+}}
+"""
+
+    def buffer_param(self, ctype: str, name: str, written: bool) -> str:
+        const = "" if written else "const "
+        qualifier = f"{self.buffer_qualifier} " if self.buffer_qualifier else ""
+        return f"{qualifier}{const}{ctype}* {name}"
+
+
+class OpenCLLanguage(CStyleLanguage):
+    name = "opencl"
+    kernel_prefix = "__kernel void"
+    buffer_qualifier = "__global"
+    global_id = "get_global_id(0)"
+
+
+class CUDALanguage(CStyleLanguage):
+    name = "cuda"
+    kernel_prefix = 'extern "C" __global__ void'
+    buffer_qualifier = ""
+    global_id = "(blockIdx.x * blockDim.x + threadIdx.x)"
+    infinity = "__int_as_float(0x7f800000)"
+    nan = "__int_as_float(0x7fffffff)"
+    math = {Op.EXP: "expf", Op.LOG: "logf", Op.SQRT: "sqrtf", Op.SIN: "sinf", Op.COS: "cosf",
+            Op.TANH: "tanhf", Op.ERF: "erff", Op.POW: "powf"}
+    uint = "unsigned int"
+    helper_prefix = "__device__ inline"
+
+
+@dataclass
+class Param:
+    """One kernel argument: a buffer's pointer, its element offset, or an int variable."""
+    kind: str           # "buffer" | "offset" | "var"
+    buffer_id: int = -1
+    var: Var | None = None
+
+
+@dataclass
+class RenderedKernel:
+    name: str
+    body: str           # the function text with the name as {name}
+    params: list[Param]
+    global_size: int
+    local_size: int
+
+    @property
+    def source(self) -> str:
+        return self.body.replace("{name}", self.name)
+
+
+@dataclass(eq=False)
+class _Scope:
+    parent: "_Scope | None"
+    variables: tuple[Var, ...] = ()
+    guard: bool = False
+    lines: list[str] = field(default_factory=list)
+
+    def chain(self) -> list["_Scope"]:
+        out, scope = [], self
+        while scope is not None:
+            out.append(scope)
+            scope = scope.parent
+        return out
+
+
+class KernelRenderer:
+    """Renders one kernel; `render()` gives its canonical source and parameter list."""
+
+    def __init__(self, kernel: Kernel, language: CStyleLanguage, buffers: dict) -> None:
+        self.kernel = kernel
+        self.lang = language
+        self.buffers = buffers                      # buffer id -> proc Buffer
+        self.slots: dict[int, int] = {}             # buffer id -> parameter slot
+        self.var_names: dict[Var, str] = {}
+        self.outer_vars: list[Var] = []             # loop / run variables passed as ints
+        self.memo: dict[Expr, tuple[str, _Scope]] = {}
+        self.uses: dict[int, frozenset[Var]] = {}
+        self.counter = 0
+
+    # --- names ---------------------------------------------------------------------
+    def slot(self, buffer_id: int) -> int:
+        if buffer_id not in self.slots:
+            self.slots[buffer_id] = len(self.slots)
+        return self.slots[buffer_id]
+
+    def var_name(self, var: Var) -> str:
+        if var not in self.var_names:   # a variable from outside the kernel: a loop index or the run
+            self.var_names[var] = f"L{len(self.outer_vars)}"
+            self.outer_vars.append(var)
+        return self.var_names[var]
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def ctype(self, dtype: str) -> str:
+        return self.lang.types[dtype]
+
+    def literal(self, value: float | int, dtype: str) -> str:
+        if dtype == "int32":
+            return str(int(value))
+        value = float(value)
+        if math.isnan(value):
+            return self.lang.nan
+        if math.isinf(value):
+            return self.lang.infinity if value > 0 else f"(-{self.lang.infinity})"
+        text = repr(value)
+        if "e" not in text and "." not in text:
+            text += ".0"
+        return f"{text}f"
+
+    # --- scopes ----------------------------------------------------------------------
+    def variables_of(self, expr: Expr) -> frozenset[Var]:
+        """Every variable `expr` depends on (memoized, iterative)."""
+        stack = [(expr, False)]
+        while stack:
+            e, expanded = stack.pop()
+            if id(e) in self.uses:
+                continue
+            kids = list(children(e))
+            if not expanded:
+                stack.append((e, True))
+                stack.extend((k, False) for k in kids if id(k) not in self.uses)
+                continue
+            found: set[Var] = set()
+            for k in kids:
+                found |= self.uses[id(k)]
+            for form in _forms(e):
+                found |= set(form.variables())
+            if isinstance(e, Reduce):
+                found -= set(e.variables)
+            self.uses[id(e)] = frozenset(found)
+        return self.uses[id(expr)]
+
+    def home(self, expr: Expr, scope: _Scope) -> _Scope:
+        """The outermost scope `expr` can be computed in: below every loop defining a variable it
+        uses, and never outside a guard (its loads may be out of range elsewhere)."""
+        used = self.variables_of(expr)
+        best = scope
+        for s in scope.chain():
+            best = s
+            if s.guard or used.intersection(s.variables):
+                break
+        return best
+
+    def emit(self, scope: _Scope, dtype: str, text: str, prefix: str = "v") -> str:
+        name = self.fresh(prefix)
+        scope.lines.append(f"{self.ctype(dtype)} {name} = {text};")
+        return name
+
+    # --- expressions -------------------------------------------------------------------
+    def index(self, form: Index, scope: _Scope) -> str:
+        return render_index(form, self.var_name, lambda e: self.value(e, scope))
+
+    def value(self, expr: Expr, scope: _Scope) -> str:
+        """A C expression (a name or a literal) for `expr`, emitting statements as needed."""
+        if isinstance(expr, Const):
+            return self.literal(expr.value, expr.dtype)
+        known = self.memo.get(expr)
+        if known is not None and known[1] in scope.chain():
+            return known[0]
+        target = self.home(expr, scope)
+        if isinstance(expr, IndexValue):
+            text = f"({self.ctype(expr.dtype)})({self.index(expr.index, target)})"
+        elif isinstance(expr, Load):
+            buffer = self.buffers[expr.buffer_id]
+            slot = self.slot(expr.buffer_id)
+            offset = self.index(flat_index(expr.indices, buffer.shape), target)
+            text = f"b{slot}[o{slot} + {offset}]"
+        elif isinstance(expr, Alu):
+            text = self.alu(expr, [self.value(a, target) for a in expr.args])
+        elif isinstance(expr, RandomBits):
+            text = (f"ad_uniform({expr.seed & 0x7FFFFFFF}, {self.index(expr.counter, target)}, "
+                    f"{self.index(expr.element, target)})")
+        elif isinstance(expr, Guard):
+            name = self.guard(expr, target)
+            self.memo[expr] = (name, target)
+            return name
+        elif isinstance(expr, Reduce):
+            name = self.reduce(expr, target)
+            self.memo[expr] = (name, target)
+            return name
+        else:
+            raise AssertionError(f"cannot render {type(expr).__name__}")
+        name = self.emit(target, expr.dtype, text)
+        self.memo[expr] = (name, target)
+        return name
+
+    def alu(self, e: Alu, args: list[str]) -> str:
+        op, t = e.op, self.ctype(e.dtype)
+        one, zero = self.literal(1, e.dtype), self.literal(0, e.dtype)
+        if op in self.lang.math:
+            return f"{self.lang.math[op]}({', '.join(args)})"
+        simple = {Op.ADD: "{0} + {1}", Op.SUB: "{0} - {1}", Op.MUL: "{0} * {1}", Op.DIV: "{0} / {1}",
+                  Op.NEG: "-{0}", Op.RECIP: f"{one} / {{0}}", Op.DETACH: "{0}", Op.CAST: f"({t})({{0}})",
+                  Op.LT: f"({{0}} < {{1}}) ? {one} : {zero}", Op.GT: f"({{0}} > {{1}}) ? {one} : {zero}",
+                  Op.EQ: f"({{0}} == {{1}}) ? {one} : {zero}",
+                  Op.WHERE: "({0} != 0) ? {1} : {2}",
+                  # NaN propagates, as in numpy (fmax/fmin would drop it)
+                  Op.MAXIMUM: "({0} > {1} || {0} != {0}) ? {0} : {1}",
+                  Op.MINIMUM: "({0} < {1} || {0} != {0}) ? {0} : {1}"}
+        if op in simple:
+            return simple[op].format(*args)
+        raise AssertionError(f"no C rendering for {op.value}")
+
+    def guard(self, e: Guard, scope: _Scope) -> str:
+        name = self.fresh("g")
+        otherwise = self.value(e.otherwise, scope)
+        cond = " && ".join(f"({lo} <= {v} && {v} < {hi})" for v, lo, hi in
+                           ((self.index(f, scope), lo, hi) for f, lo, hi in e.valid.ranges))
+        scope.lines.append(f"{self.ctype(e.dtype)} {name} = {otherwise};")
+        inner = _Scope(scope, guard=True)
+        value = self.value(e.body, inner)
+        scope.lines.append(f"if ({cond}) {{")
+        scope.lines.extend("    " + line for line in inner.lines)
+        scope.lines.append(f"    {name} = {value};")
+        scope.lines.append("}")
+        return name
+
+    def reduce(self, e: Reduce, scope: _Scope) -> str:
+        for v in e.variables:
+            self.var_names[v] = self.fresh("r")
+        t = self.ctype(e.dtype)
+        acc = self.fresh("acc")
+        if e.op is Op.SUM:
+            scope.lines.append(f"{t} {acc} = {self.literal(0, e.dtype)};")
+        elif e.op is Op.MAX:
+            scope.lines.append(f"{t} {acc} = {'-' + self.lang.infinity if e.dtype == 'float32' else '-2147483647 - 1'};")
+        else:   # ARGMAX: the first index of the maximum
+            best = self.fresh("best")
+            scope.lines.append(f"float {best} = -{self.lang.infinity};")
+            scope.lines.append(f"int {acc} = 0;")
+        inner = _Scope(scope, variables=e.variables)
+        value = self.value(e.body, inner)
+        if e.op is Op.SUM:
+            inner.lines.append(f"{acc} += {value};")
+        elif e.op is Op.MAX:
+            inner.lines.append(f"{acc} = ({value} > {acc} || {value} != {value}) ? {value} : {acc};")
+        else:
+            (var,) = e.variables
+            inner.lines.append(f"if ({value} > {best}) {{ {best} = {value}; {acc} = {self.var_names[var]}; }}")
+        body = inner.lines
+        for v in reversed(e.variables):
+            body = [f"for (int {self.var_names[v]} = 0; {self.var_names[v]} < {v.extent}; {self.var_names[v]}++) {{"] + \
+                ["    " + line for line in body] + ["}"]
+        scope.lines.extend(body)
+        return acc
+
+    # --- the kernel ---------------------------------------------------------------------
+    def render(self) -> RenderedKernel:
+        kernel = self.kernel
+        out = kernel.out
+        self.slot(out.id)
+        size = max(out.size, 1)
+        root = _Scope(None, variables=kernel.variables)
+        for n, v in enumerate(kernel.variables):
+            self.var_names[v] = f"i{n}"
+        # i0..in from the flat work-item id
+        stride = 1
+        index_lines = []
+        for n, extent in reversed(list(enumerate(out.shape))):
+            if extent == 1:
+                text = "0"
+            else:
+                text = f"(gid / {stride}) % {extent}" if stride > 1 else f"gid % {extent}"
+            if n == 0 and extent > 1:
+                text = f"gid / {stride}" if stride > 1 else "gid"
+            index_lines.append(f"const int i{n} = {text};")
+            stride *= extent
+        value = self.value(kernel.value, root)
+        store = "b0[o0 + gid]"   # the output is written in row-major order of its variables
+        params: list[Param] = []
+        declarations: list[str] = []
+        for buffer_id, slot in self.slots.items():
+            buffer = self.buffers[buffer_id]
+            declarations.append(self.lang.buffer_param(self.ctype(buffer.dtype), f"b{slot}", slot == 0))
+            declarations.append(f"const int o{slot}")
+            params += [Param("buffer", buffer_id), Param("offset", buffer_id)]
+        for n, var in enumerate(self.outer_vars):
+            declarations.append(f"const int L{n}")
+            params.append(Param("var", var=var))
+        lines = [f"{self.lang.kernel_prefix} {{name}}({', '.join(declarations)}) {{",
+                 f"    const int gid = {self.lang.global_id};",
+                 f"    if (gid >= {size}) return;"]
+        lines += ["    " + line for line in reversed(index_lines)]
+        lines += ["    " + line for line in root.lines]
+        lines.append(f"    {store} = {value};")
+        lines.append("}")
+        global_size = (size + LOCAL_SIZE - 1) // LOCAL_SIZE * LOCAL_SIZE
+        return RenderedKernel(kernel.name, "\n".join(lines), params, global_size, LOCAL_SIZE)
+
+
+def _forms(e: Expr) -> list[Index]:
+    if isinstance(e, Load):
+        return list(e.indices)
+    if isinstance(e, IndexValue):
+        return [e.index]
+    if isinstance(e, Guard):
+        return [f for f, _, _ in e.valid.ranges]
+    if isinstance(e, RandomBits):
+        return [e.counter, e.element]
+    return []
+
+
+def render_kernel(kernel: Kernel, language: CStyleLanguage, buffers: dict) -> RenderedKernel:
+    return KernelRenderer(kernel, language, buffers).render()
