@@ -14,7 +14,7 @@ from typing import IO, Any
 from .graph.ops import Op
 from .graph.program import Block, Node, Program, current_program
 
-STAGES = ("graph", "opt", "proc", "fused", "memory")
+STAGES = ("graph", "opt", "proc", "fused", "memory", "kernels")
 _DTYPE_SHORT = {"float32": "f32", "int32": "i32"}
 
 
@@ -87,13 +87,18 @@ def print_graph(stage: str = "graph", program: Program | None = None, file: IO[s
 
     Stages: "graph" (the traced graph), "opt" (after the graph passes), "proc" (the
     procedural IR as lowered, one kernel per compute node), "fused" (after fusion,
-    each kernel with the graph nodes it computes), "memory" (the arena plan).
+    each kernel with the graph nodes it computes), "memory" (the arena plan), "kernels"
+    (the generated OpenCL source; `device=` picks another code-generating device).
     `disable=` switches stages off as in execute.
     """
     program = program or current_program()
     if stage not in STAGES:
         raise ValueError(f"unknown stage '{stage}'; choose one of {STAGES}")
-    if stage in ("proc", "fused", "memory"):
+    if stage == "kernels":
+        from .runtime import compile_program
+        compiled = compile_program(program, options.get("device", "opencl"), disable=set(options.get("disable", ())))
+        text = "\n\n".join(f"// {name}\n{source}" for name, source in compiled.kernels.items())
+    elif stage in ("proc", "fused", "memory"):
         text = format_procedural(program, stage, options)
     elif stage == "opt":
         from .opt import Graph, optimize

@@ -23,7 +23,7 @@ def known_switches() -> tuple[str, ...]:
     """Every name `disable=` accepts: graph passes, fusion kinds, memory reuse."""
     from .fusion import FUSION_KINDS
     from .opt import PASS_NAMES
-    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("memory_reuse",)
+    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("memory_reuse", "megakernel")
 
 
 @dataclass
@@ -93,7 +93,7 @@ class CompiledProgram:
             at = time.perf_counter()
             if device == "opencl":
                 from .device.opencl import OpenCLExecutor
-                self.executor = OpenCLExecutor(self.proc, self.plan)
+                self.executor = OpenCLExecutor(self.proc, self.plan, megakernels="megakernel" not in disable)
             else:
                 from .device.numpy_proc import NumpyProcExecutor
                 self.executor = NumpyProcExecutor(self.proc, self.plan)
@@ -127,7 +127,7 @@ class CompiledProgram:
         rendered = getattr(self.executor, "rendered", None)
         if rendered is None:
             return {}
-        return {r.name: r.source for r in rendered}
+        return {r.name: r.source for r in rendered + getattr(self.executor, "mega_rendered", [])}
 
     @property
     def ops_executed(self) -> int:

@@ -20,10 +20,10 @@ import numpy as np
 
 from ..alloc.plan import MemoryPlan
 from ..errors import DeviceMemoryError, ReceiverError
-from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
+from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd, Reduce, walk_expr
 from ..proc.index import Var
 from .host import call_feeder, call_receiver, receiver_due
-from .renderer import OpenCLLanguage, RenderedKernel, render_kernel
+from .renderer import OpenCLLanguage, RenderedKernel, render_kernel, render_megakernel
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
 os.environ.setdefault("POCL_CPU_TARGET", "native")
@@ -109,7 +109,12 @@ def build_program(context, language, rendered: list[RenderedKernel]) -> tuple[An
     names, sources = unique_kernels(rendered)
     source = language.preamble() + "\n" + "\n\n".join(sources) + "\n"
     try:
-        program = cl.Program(context, source).build()
+        try:
+            program = cl.Program(context, source).build()
+        except cl.RuntimeError:
+            # PoCL's on-disk kernel cache is shared by processes; a build that raced another
+            # process writing the same entry fails once with an empty log: build again
+            program = cl.Program(context, source).build()
     except cl.RuntimeError as err:
         # find the kernel that fails on its own, so the error names it
         for body in sources:
@@ -131,10 +136,51 @@ class _Launch:
     var_args: list[tuple[int, Var]]     # (argument index, loop variable) set at each launch
 
 
+MEGAKERNEL_MAX_ELEMENTS = 1 << 15      # a stage this big or bigger keeps its own launch (all cores)
+MEGAKERNEL_MAX_WORK = 1 << 21          # elements x reduction length of one stage
+# PoCL's build time grows faster than linearly with the barriers in one kernel (measured: 45
+# stages 7.7 s cold, 275 stages 111 s), so a long run of small kernels is cut into pieces
+MEGAKERNEL_MAX_STAGES = 48
+# ... and a program with more small kernels than this keeps one launch per kernel: its
+# kernels repeat (one layer's kernels per layer) and are built once each, while stages of
+# megakernels are all built (offsets are baked in). See TODO.md for sharing stages.
+MEGAKERNEL_MAX_PROGRAM_STAGES = 96
+
+
+def _small(kernel: Kernel) -> bool:
+    """Cheap enough to run on one work-group: launch cost would dominate its own launch."""
+    inner = 1
+    for e in walk_expr(kernel.value):
+        if isinstance(e, Reduce):
+            for v in e.variables:
+                inner *= v.extent
+    return kernel.out.size <= MEGAKERNEL_MAX_ELEMENTS and kernel.out.size * inner <= MEGAKERNEL_MAX_WORK
+
+
+def segments(commands: list) -> list[list]:
+    """Maximal runs of consecutive small kernels (length >= 2), the candidates for a megakernel."""
+    runs, current = [], []
+    for cmd in commands:
+        if isinstance(cmd, KernelCmd) and _small(cmd.kernel) and len(current) < MEGAKERNEL_MAX_STAGES:
+            current.append(cmd)
+            continue
+        if isinstance(cmd, KernelCmd) and _small(cmd.kernel):   # full: start the next piece
+            runs.append(current)
+            current = [cmd]
+            continue
+        if len(current) >= 2:
+            runs.append(current)
+        current = []
+    if len(current) >= 2:
+        runs.append(current)
+    return runs
+
+
 class OpenCLExecutor:
     language = OpenCLLanguage()
 
-    def __init__(self, program: ProcProgram, plan: MemoryPlan, device_name: str | None = None) -> None:
+    def __init__(self, program: ProcProgram, plan: MemoryPlan, device_name: str | None = None,
+                 megakernels: bool = True) -> None:
         cl = _cl()
         self.cl = cl
         self.program = program
@@ -144,14 +190,37 @@ class OpenCLExecutor:
         self.buffers = {b.id: b for b in program.buffers}
         self._check_memory()
         start = time.perf_counter()
+        self._place_buffers()
         kernels = program.kernels()
-        self.rendered = [render_kernel(k, self.language, self.buffers) for k in kernels]
-        self.cl_program, self.function_names, self.source = build_program(self.context, self.language, self.rendered)
-        self.build_seconds = time.perf_counter() - start
-        self._allocate()
+        # kernels grouped into megakernels launch as one; the rest launch one by one
+        self.mega_of: dict[int, int] = {}             # id(KernelCmd) -> megakernel index
+        mega_groups: list[list[KernelCmd]] = []
+        small = sum(1 for k in kernels if _small(k))
+        if megakernels and small <= MEGAKERNEL_MAX_PROGRAM_STAGES:
+            stack = [program.commands]
+            while stack:
+                commands = stack.pop()
+                stack.extend(c.body for c in commands if isinstance(c, LoopCmd))
+                for run in segments(commands):
+                    for cmd in run:
+                        self.mega_of[id(cmd)] = len(mega_groups)
+                    mega_groups.append(run)
+        grouped = {id(cmd.kernel) for group in mega_groups for cmd in group}
+        singles = [k for k in kernels if id(k) not in grouped]
+        self.rendered = [render_kernel(k, self.language, self.buffers) for k in singles]
+        self.mega_rendered = [render_megakernel(f"stages_{n}_{group[0].kernel.name}", [c.kernel for c in group],
+                                                self.language, self.buffers, self._place)
+                              for n, group in enumerate(mega_groups)]
+        self.cl_program, names, self.source = build_program(self.context, self.language,
+                                                            self.rendered + self.mega_rendered)
+        self.function_names = names[:len(self.rendered)]
         self.launch_of: dict[int, _Launch] = {}
-        for kernel, rendered, fn in zip(kernels, self.rendered, self.function_names):
+        for kernel, rendered, fn in zip(singles, self.rendered, self.function_names):
             self.launch_of[id(kernel)] = self._prepare(rendered, fn)
+        self.mega_launches = [self._prepare(r, fn) for r, fn in zip(self.mega_rendered, names[len(self.rendered):])]
+        self.steps = self._steps(program.commands)
+        self._warm_up()
+        self.build_seconds = time.perf_counter() - start
         self.runs = 0
         self.kernels_launched = 0
 
@@ -164,31 +233,74 @@ class OpenCLExecutor:
                                     f"{self.plan.arena_bytes}, persistent {self.plan.persistent_bytes}, feed "
                                     f"{self.plan.feed_bytes}); {self.device.name} has {available}")
 
-    def _allocate(self) -> None:
+    def _place_buffers(self) -> None:
+        """Temporaries at their planned arena offsets; persistent tensors and Feeder staging
+        side by side in one 'state' buffer (outside the arena: they outlive every step)."""
         mf = self.cl.mem_flags
         self.arena = self.cl.Buffer(self.context, mf.READ_WRITE, max(self.plan.arena_bytes, 64))
-        self.device_buffers: dict[int, Any] = {}
-        self.element_offset: dict[int, int] = {}
+        self.state_offset: dict[int, int] = {}
+        at = 0
         for b in self.program.buffers:
-            if b.kind == "temp":
-                self.device_buffers[b.id] = self.arena
-                self.element_offset[b.id] = self.plan.offsets.get(b.id, 0) // 4
-            else:
-                self.device_buffers[b.id] = self.cl.Buffer(self.context, mf.READ_WRITE, max(b.nbytes, 4))
-                self.element_offset[b.id] = 0
+            if b.kind != "temp":
+                self.state_offset[b.id] = at
+                at += (b.nbytes + 63) // 64 * 64
+        self.state = self.cl.Buffer(self.context, mf.READ_WRITE, max(at, 64))
+
+    def _place(self, buffer_id: int) -> tuple[str, int]:
+        """(device buffer name, element offset) of a buffer, fixed for this compiled program."""
+        if buffer_id in self.state_offset:
+            return "state", self.state_offset[buffer_id] // 4
+        return "arena", self.plan.offsets.get(buffer_id, 0) // 4
 
     def _prepare(self, rendered: RenderedKernel, function: str) -> _Launch:
         kernel = self.cl.Kernel(self.cl_program, function)
         var_args = []
         for position, param in enumerate(rendered.params):
-            if param.kind == "buffer":
-                kernel.set_arg(position, self.device_buffers[param.buffer_id])
+            if param.kind in ("arena", "state"):
+                kernel.set_arg(position, self.arena if param.kind == "arena" else self.state)
+            elif param.kind == "buffer":
+                where, _ = self._place(param.buffer_id)
+                kernel.set_arg(position, self.arena if where == "arena" else self.state)
             elif param.kind == "offset":
-                kernel.set_arg(position, np.int32(self.element_offset[param.buffer_id]))
+                kernel.set_arg(position, np.int32(self._place(param.buffer_id)[1]))
             else:
                 kernel.set_arg(position, np.int32(0))
                 var_args.append((position, param.var))
         return _Launch(kernel, (rendered.global_size,), (rendered.local_size,), var_args)
+
+    def _steps(self, commands: list) -> list[tuple]:
+        """The command list as prepared steps: ('launch', _Launch) | ('feed', cmd) |
+        ('receive', cmd) | ('loop', cmd, steps); a megakernel's kernels become one launch."""
+        steps: list[tuple] = []
+        for cmd in commands:
+            if isinstance(cmd, KernelCmd):
+                mega = self.mega_of.get(id(cmd))
+                if mega is None:
+                    steps.append(("launch", self.launch_of[id(cmd.kernel)]))
+                elif not steps or steps[-1] != ("launch", self.mega_launches[mega]):
+                    steps.append(("launch", self.mega_launches[mega]))
+            elif isinstance(cmd, FeedCmd):
+                steps.append(("feed", cmd))
+            elif isinstance(cmd, ReceiveCmd):
+                steps.append(("receive", cmd))
+            elif isinstance(cmd, LoopCmd):
+                steps.append(("loop", cmd, self._steps(cmd.body)))
+        return steps
+
+    def _warm_up(self) -> None:
+        """Launch each distinct kernel once on zeroed buffers: PoCL generates a kernel's code at
+        its first launch, and that time belongs to compiling, not to the first training steps.
+        (Zeros keep gather indices in range; the run uploads the real values first.)"""
+        for buffer in (self.arena, self.state):
+            self.cl.enqueue_fill_buffer(self.queue, buffer, np.uint32(0), 0, buffer.size)
+        done: set[int] = set()
+        for launch in list(self.launch_of.values()) + self.mega_launches:
+            key = launch.kernel.function_name
+            if key in done:
+                continue
+            done.add(key)
+            self.cl.enqueue_nd_range_kernel(self.queue, launch.kernel, launch.global_size, launch.local_size)
+        self.queue.finish()
 
     # --- running ------------------------------------------------------------------------
     def run(self) -> None:
@@ -196,14 +308,14 @@ class OpenCLExecutor:
         persistent = [b for b in self.program.buffers if b.kind == "persistent"]
         for b in persistent:
             if b.nbytes:
-                cl.enqueue_copy(self.queue, self.device_buffers[b.id],
-                                np.ascontiguousarray(b.var.value, dtype=b.dtype), is_blocking=False)
+                cl.enqueue_copy(self.queue, self.state, np.ascontiguousarray(b.var.value, dtype=b.dtype),
+                                dst_offset=self.state_offset[b.id], is_blocking=False)
         self.values: dict[Var, int] = {self.program.run_counter: self.runs}
         self.iterations: list[int] = []
         self.pending: list[tuple[list, list[np.ndarray], ReceiveCmd, tuple[int, ...]]] = []
         self.error: BaseException | None = None
         try:
-            self._run_commands(self.program.commands)
+            self._run_steps(self.steps)
             self.queue.finish()
             self._deliver(wait=True)
         finally:
@@ -211,59 +323,69 @@ class OpenCLExecutor:
             for b in persistent:
                 if b.nbytes:
                     host = np.empty(b.shape, b.dtype)
-                    cl.enqueue_copy(self.queue, host, self.device_buffers[b.id], is_blocking=True)
+                    cl.enqueue_copy(self.queue, host, self.state, src_offset=self.state_offset[b.id],
+                                    is_blocking=True)
                     b.var.value = host
             self.runs += 1
         if self.error is not None:
             raise self.error
 
-    def _run_commands(self, commands) -> None:
+    def _run_steps(self, steps: list[tuple]) -> None:
         cl = self.cl
-        for cmd in commands:
+        enqueue = cl.enqueue_nd_range_kernel
+        queue = self.queue
+        for step in steps:
             if self.error is not None:
                 return
-            if isinstance(cmd, KernelCmd):
-                launch = self.launch_of[id(cmd.kernel)]
+            kind = step[0]
+            if kind == "launch":
+                launch = step[1]
                 for position, var in launch.var_args:
                     launch.kernel.set_arg(position, np.int32(self.values[var]))
-                cl.enqueue_nd_range_kernel(self.queue, launch.kernel, launch.global_size, launch.local_size)
+                enqueue(queue, launch.kernel, launch.global_size, launch.local_size)
                 self.kernels_launched += 1
-            elif isinstance(cmd, FeedCmd):
+            elif kind == "feed":
+                cmd = step[1]
                 b = cmd.buffer
                 value = call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, self.iterations)
                 if b.nbytes:
-                    cl.enqueue_copy(self.queue, self.device_buffers[b.id], np.ascontiguousarray(value),
-                                    is_blocking=False)
-            elif isinstance(cmd, ReceiveCmd):
-                if receiver_due(cmd.every, self.iterations):
-                    arrays, events = [], []
-                    for b in cmd.buffers:
-                        host = np.empty(b.shape, b.dtype)
-                        if b.nbytes:
-                            events.append(cl.enqueue_copy(self.queue, host, self.device_buffers[b.id],
-                                                          src_offset=self.element_offset[b.id] * 4,
-                                                          is_blocking=False))
-                        arrays.append(host)
-                    self.pending.append((events, arrays, cmd, tuple(self.iterations)))
-                    self.queue.flush()
-            elif isinstance(cmd, LoopCmd):
-                self._run_loop(cmd)
+                    cl.enqueue_copy(queue, self.state, np.ascontiguousarray(value),
+                                    dst_offset=self.state_offset[b.id], is_blocking=False)
+            elif kind == "receive":
+                self._receive(step[1])
+            else:
+                self._run_loop(step[1], step[2])
 
-    def _run_loop(self, loop: LoopCmd) -> None:
+    def _receive(self, cmd: ReceiveCmd) -> None:
+        if not receiver_due(cmd.every, self.iterations):
+            return
+        arrays, events = [], []
+        for b in cmd.buffers:
+            host = np.empty(b.shape, b.dtype)
+            if b.nbytes:
+                where, offset = self._place(b.id)
+                events.append(self.cl.enqueue_copy(self.queue, host, self.arena if where == "arena" else self.state,
+                                                   src_offset=offset * 4, is_blocking=False))
+            arrays.append(host)
+        self.pending.append((events, arrays, cmd, tuple(self.iterations)))
+        self.queue.flush()
+
+    def _run_loop(self, loop: LoopCmd, body: list[tuple]) -> None:
         self.iterations.append(0)
         marks: list[Any] = []
         try:
             for i in range(loop.count):
                 self.iterations[-1] = i
                 self.values[loop.variable] = i
-                self._run_commands(loop.body)
+                self._run_steps(body)
                 if self.error is not None:
                     return
                 # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device
                 marks.append(self.cl.enqueue_marker(self.queue))
                 if len(marks) > MAX_ITERATIONS_AHEAD:
                     marks.pop(0).wait()
-                self._deliver(wait=False)
+                if self.pending:
+                    self._deliver(wait=False)
         finally:
             self.iterations.pop()
 

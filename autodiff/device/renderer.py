@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..graph.ops import Op
 from ..proc.index import DynAtom, Index, Var, flat_index, render_index
@@ -60,25 +61,32 @@ class OpenCLLanguage(CStyleLanguage):
     kernel_prefix = "__kernel void"
     buffer_qualifier = "__global"
     global_id = "get_global_id(0)"
+    local_id = "get_local_id(0)"
+    barrier = "barrier(CLK_GLOBAL_MEM_FENCE);"
 
 
 class CUDALanguage(CStyleLanguage):
+    """CUDA C++ as NVRTC compiles it: no system headers, so no INFINITY or NAN macros (their bit
+    patterns instead), the float overloads of the math functions, C linkage so kernels keep
+    their names, and helpers that are device functions private to the module."""
     name = "cuda"
     kernel_prefix = 'extern "C" __global__ void'
     buffer_qualifier = ""
-    global_id = "(blockIdx.x * blockDim.x + threadIdx.x)"
+    global_id = "(int)(blockIdx.x * blockDim.x + threadIdx.x)"
+    local_id = "(int)threadIdx.x"
+    barrier = "__syncthreads();"
     infinity = "__int_as_float(0x7f800000)"
     nan = "__int_as_float(0x7fffffff)"
     math = {Op.EXP: "expf", Op.LOG: "logf", Op.SQRT: "sqrtf", Op.SIN: "sinf", Op.COS: "cosf",
             Op.TANH: "tanhf", Op.ERF: "erff", Op.POW: "powf"}
     uint = "unsigned int"
-    helper_prefix = "__device__ inline"
+    helper_prefix = "static __device__ __forceinline__"
 
 
 @dataclass
 class Param:
     """One kernel argument: a buffer's pointer, its element offset, or an int variable."""
-    kind: str           # "buffer" | "offset" | "var"
+    kind: str           # "buffer" | "offset" | "var" | "arena" | "state"
     buffer_id: int = -1
     var: Var | None = None
 
@@ -295,7 +303,8 @@ class KernelRenderer:
         return acc
 
     # --- the kernel ---------------------------------------------------------------------
-    def render(self) -> RenderedKernel:
+    def render_body(self) -> tuple[list[str], int]:
+        """The statements computing element `gid` of the output, and the element count."""
         kernel = self.kernel
         out = kernel.out
         self.slot(out.id)
@@ -316,7 +325,11 @@ class KernelRenderer:
             index_lines.append(f"const int i{n} = {text};")
             stride *= extent
         value = self.value(kernel.value, root)
-        store = "b0[o0 + gid]"   # the output is written in row-major order of its variables
+        # the output is written in row-major order of its variables
+        return list(reversed(index_lines)) + root.lines + [f"b0[o0 + gid] = {value};"], size
+
+    def render(self) -> RenderedKernel:
+        body, size = self.render_body()
         params: list[Param] = []
         declarations: list[str] = []
         for buffer_id, slot in self.slots.items():
@@ -330,12 +343,47 @@ class KernelRenderer:
         lines = [f"{self.lang.kernel_prefix} {{name}}({', '.join(declarations)}) {{",
                  f"    const int gid = {self.lang.global_id};",
                  f"    if (gid >= {size}) return;"]
-        lines += ["    " + line for line in reversed(index_lines)]
-        lines += ["    " + line for line in root.lines]
-        lines.append(f"    {store} = {value};")
+        lines += ["    " + line for line in body]
         lines.append("}")
         global_size = (size + LOCAL_SIZE - 1) // LOCAL_SIZE * LOCAL_SIZE
-        return RenderedKernel(kernel.name, "\n".join(lines), params, global_size, LOCAL_SIZE)
+        return RenderedKernel(self.kernel.name, "\n".join(lines), params, global_size, LOCAL_SIZE)
+
+
+def render_megakernel(name: str, kernels: list[Kernel], language: CStyleLanguage, buffers: dict,
+                      place: Callable[[int], tuple[str, int]], group: int = LOCAL_SIZE) -> RenderedKernel:
+    """Several kernels as the stages of one single-work-group kernel, a barrier between stages.
+
+    One launch instead of one per kernel: for small kernels the launch, not the work, is
+    the cost. Buffers are not parameters here: `place(buffer id)` gives the device buffer
+    ("arena" or "state") and the element offset, both fixed for the compiled program.
+    """
+    outer: list[Var] = []
+    stages: list[str] = []
+    for kernel in kernels:
+        renderer = KernelRenderer(kernel, language, buffers)
+        body, size = renderer.render_body()
+        lines = [f"{{   // {kernel.name}"]
+        for buffer_id, slot in renderer.slots.items():
+            buffer = buffers[buffer_id]
+            where, offset = place(buffer_id)
+            ctype = renderer.ctype(buffer.dtype)
+            qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
+            lines.append(f"    {qualifier}{ctype}* b{slot} = ({qualifier}{ctype}*){where};")
+            lines.append(f"    const int o{slot} = {offset};")
+        for n, var in enumerate(renderer.outer_vars):
+            if var not in outer:
+                outer.append(var)
+            lines.append(f"    const int L{n} = V{outer.index(var)};")
+        lines.append(f"    for (int gid = {language.local_id}; gid < {size}; gid += {group}) {{")
+        lines += ["        " + line for line in body]
+        lines += ["    }", "}", language.barrier]
+        stages += lines
+    qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
+    declarations = [f"{qualifier}float* arena", f"{qualifier}float* state"] + [f"const int V{n}" for n in range(len(outer))]
+    params = [Param("arena"), Param("state")] + [Param("var", var=v) for v in outer]
+    text = "\n".join([f"{language.kernel_prefix} {{name}}({', '.join(declarations)}) {{"]
+                     + ["    " + line for line in stages] + ["}"])
+    return RenderedKernel(name, text, params, group, group)
 
 
 def _forms(e: Expr) -> list[Index]:
