@@ -57,6 +57,9 @@ def default_device() -> str:
     chosen = os.environ.get("AUTODIFF_DEVICE")
     if chosen:
         return chosen
+    from .device.cuda import cuda_available
+    if cuda_available():
+        return "cuda"
     from .device.opencl import opencl_available
     return "opencl" if opencl_available() else "numpy"
 
@@ -94,6 +97,9 @@ class CompiledProgram:
             if device == "opencl":
                 from .device.opencl import OpenCLExecutor
                 self.executor = OpenCLExecutor(self.proc, self.plan, megakernels="megakernel" not in disable)
+            elif device == "cuda":
+                from .device.cuda import CUDAExecutor
+                self.executor = CUDAExecutor(self.proc, self.plan)
             else:
                 from .device.numpy_proc import NumpyProcExecutor
                 self.executor = NumpyProcExecutor(self.proc, self.plan)
@@ -166,9 +172,6 @@ def compile_program(program: Program | None = None, device: str | None = None, *
     device = device or default_device()
     if device not in DEVICES:
         raise ValueError(f"unknown device '{device}'; choose one of {DEVICES}")
-    if device == "cuda":
-        raise NotImplementedError("device 'cuda' is not implemented yet; use 'opencl', 'numpy' or "
-                                  "'numpy-proc' (see TODO.md)")
     disable = frozenset(options.get("disable") or ())
     # AUTODIFF_DISABLE=fusion,cse switches stages off for every compile (testing, bisecting)
     disable |= frozenset(n for n in os.environ.get("AUTODIFF_DISABLE", "").split(",") if n)

@@ -15,6 +15,9 @@ def available_devices() -> list[str]:
     from autodiff.device.opencl import opencl_available
     if opencl_available():
         devices.append("opencl")
+    from autodiff.device.cuda import cuda_available
+    if cuda_available():
+        devices.append("cuda")
     wanted = os.environ.get("AUTODIFF_TEST_DEVICES")
     if wanted:
         devices = [d for d in devices if d in wanted.split(",")]

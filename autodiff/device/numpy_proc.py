@@ -35,7 +35,7 @@ class NumpyProcExecutor:
             if b.kind == "temp" and b.id in plan.offsets:
                 start = plan.offsets[b.id]
                 self.views[b.id] = self.arena[start:start + b.nbytes].view(b.dtype)
-            elif b.kind == "feed":
+            else:   # feed staging, and empty temporaries no kernel writes
                 self.views[b.id] = np.zeros(b.size, b.dtype)
         self.runs = 0
         self.kernels_launched = 0

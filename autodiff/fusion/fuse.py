@@ -238,6 +238,7 @@ def fuse(program: ProcProgram, disable: frozenset[str] = frozenset()) -> ProcPro
     if fusion.enabled:
         program.commands = fusion.fuse_block(program.commands)
     separate_self_reads(program)
+    _drop_empty_kernels(program.commands)
     used = {b.id for b in _live_buffers(program)}
     program.buffers = [b for b in program.buffers if b.kind != "temp" or b.id in used]
     for kernel in program.kernels():
@@ -245,10 +246,21 @@ def fuse(program: ProcProgram, disable: frozenset[str] = frozenset()) -> ProcPro
     return program
 
 
+def _drop_empty_kernels(commands: list[Command]) -> None:
+    """A kernel writing a zero-size buffer computes nothing: no launch at all."""
+    commands[:] = [c for c in commands if not (isinstance(c, KernelCmd) and c.kernel.out.size == 0)]
+    for cmd in commands:
+        if isinstance(cmd, LoopCmd):
+            _drop_empty_kernels(cmd.body)
+
+
 def _live_buffers(program: ProcProgram):
+    buffers = {b.id: b for b in program.buffers}
     for cmd in program.walk():
         if isinstance(cmd, KernelCmd):
             yield cmd.kernel.out
+            for load, _ in _loads_with_context(cmd.kernel.value):
+                yield buffers[load.buffer_id]
         elif isinstance(cmd, ReceiveCmd):
             yield from cmd.buffers
 

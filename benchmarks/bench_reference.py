@@ -1,0 +1,102 @@
+"""The reference transformer benchmark: autodiff vs PyTorch eager vs torch.compile.
+
+    python benchmarks/bench_reference.py [--layers 1 2 4 6] [--steps 500] [--no-compile] [--json out.json]
+
+L post-norm encoder layers (d_model 64, 4 heads, ff 128, ReLU, no dropout), input
+(2, 64) filled with 0.3, loss = sum(output) / 1000, SGD lr 0.01; every framework
+starts from the same weights. Columns: first call / compile seconds, steady ms per
+step (autodiff: the whole ir_for run / steps; torch: median step), final loss.
+Kernel caches (PoCL's, pyopencl's, inductor's) are whatever this machine has:
+run twice to see warm numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import autodiff as ad  # noqa: E402
+from reference_model import trace_reference_step  # noqa: E402
+
+
+def run_autodiff(layers: int, steps: int, device: str) -> tuple[dict, dict]:
+    ad.reset()
+    ad.manual_seed(0)
+    losses: list[float] = []
+    start = time.perf_counter()
+    model = trace_reference_step(layers, steps=steps, losses=losses)
+    state = model.state_dict()
+    compiled = ad.compile(device=device)
+    compile_s = time.perf_counter() - start
+    report = compiled.run()
+    return state, dict(framework=f"autodiff {device}", compile_s=compile_s,
+                       ms_per_step=1000 * report.run_seconds / steps, final_loss=losses[-1],
+                       kernels=report.kernels_after_fusion, launches_per_step=report.kernels_launched / steps)
+
+
+def run_torch(state: dict, layers: int, steps: int, compiled: bool) -> dict:
+    import torch
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.full((2, 64), 0.3)
+
+    def step() -> torch.Tensor:
+        opt.zero_grad()
+        loss = model(x).sum() / 1000
+        loss.backward()
+        opt.step()
+        return loss
+
+    fn = torch.compile(step) if compiled else step
+    start = time.perf_counter()
+    loss = fn()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps - 1):
+        t = time.perf_counter()
+        loss = fn()
+        times.append(time.perf_counter() - t)
+    return dict(framework="torch.compile" if compiled else "torch eager", compile_s=first,
+                ms_per_step=1000 * statistics.median(times), final_loss=float(loss))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4, 6])
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--device", default="opencl")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows = []
+    for layers in args.layers:
+        state, ours = run_autodiff(layers, args.steps, args.device)
+        results = [ours, run_torch(state, layers, args.steps, False)]
+        if not args.no_compile:
+            results.append(run_torch(state, layers, args.steps, True))
+        eager_ms = results[1]["ms_per_step"]
+        for r in results:
+            r.update(layers=layers, vs_eager=eager_ms / r["ms_per_step"])
+            rows.append(r)
+    print(f"machine: {platform.machine()}, {platform.python_version()}; steps {args.steps}")
+    print(f"{'L':>2} {'framework':<18} {'compile s':>9} {'ms/step':>8} {'speedup vs eager':>16} {'final loss':>12}")
+    for r in rows:
+        print(f"{r['layers']:>2} {r['framework']:<18} {r['compile_s']:>9.2f} {r['ms_per_step']:>8.3f} "
+              f"{r['vs_eager']:>16.2f} {r['final_loss']:>12.6f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
