@@ -23,7 +23,7 @@ def known_switches() -> tuple[str, ...]:
     """Every name `disable=` accepts: graph passes, fusion kinds, memory reuse."""
     from .fusion import FUSION_KINDS
     from .opt import PASS_NAMES
-    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("memory_reuse", "megakernel")
+    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("memory_reuse", "megakernel", "tiled_matmul")
 
 
 @dataclass
@@ -96,7 +96,8 @@ class CompiledProgram:
             at = time.perf_counter()
             if device == "opencl":
                 from .device.opencl import OpenCLExecutor
-                self.executor = OpenCLExecutor(self.proc, self.plan, megakernels="megakernel" not in disable)
+                self.executor = OpenCLExecutor(self.proc, self.plan, megakernels="megakernel" not in disable,
+                                               tiled_matmuls="tiled_matmul" not in disable)
             elif device == "cuda":
                 from .device.cuda import CUDAExecutor
                 self.executor = CUDAExecutor(self.proc, self.plan)

@@ -1,6 +1,6 @@
 """Train an MLP classifier inside one ir_for loop: MNIST from a local file, else sklearn's digits.
 
-    python examples/mnist.py                      # digits (ships with scikit-learn), numpy device
+    python examples/mnist.py                      # digits (ships with scikit-learn), best device
     python examples/mnist.py --data mnist.npz     # a local MNIST file with x_train/y_train/x_test/y_test
     python examples/mnist.py --steps 50 --show-graph
 """
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--device", default=None, help="numpy, opencl or cuda (default: best available)")
+    parser.add_argument("--device", default=None, help="numpy, numpy-proc, opencl or cuda (default: best available)")
     parser.add_argument("--show-graph", action="store_true", help="print the traced graph")
     args = parser.parse_args()
 

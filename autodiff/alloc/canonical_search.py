@@ -121,7 +121,7 @@ class _Partition:
     buffers: np.ndarray  # int64 buffer indices
     ranks: np.ndarray    # preorder rank of each entry of `buffers`
     by_rank: list[int]   # buffer index of each rank
-    by_rank_array: np.ndarray
+    by_rank_array: np.ndarray  # the same, as an array for vectorised lookups
 
 
 @dataclass

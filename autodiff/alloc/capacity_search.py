@@ -18,7 +18,8 @@ Two facts shape this driver.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -26,10 +27,11 @@ from .canonical_search import CanonicalSearch, Outcome, SearchTables
 from .greedy import height_of
 from .sections import SectionedProblem
 
-# Default node budget per second of time budget. Set below what a current
-# machine does (4-13k nodes/s on the MiniMalloc set) so that the node budget,
-# not the clock, normally ends the search and results stay deterministic.
-NODES_PER_SECOND = 3000
+# Default node budget per second of time budget. Set at the slow end of what
+# one core of a current machine does (2-13k nodes/s across the MiniMalloc set)
+# so that the node budget, not the clock, normally ends the search and
+# results stay deterministic.
+NODES_PER_SECOND = 2000
 
 # The portfolio run at each capacity: preorder letters (see
 # CanonicalSearch._ranked) and whether ties are broken at random. "TW" leaves
@@ -46,8 +48,11 @@ _BOUND_TURNS = 2
 # Capacities (in units) at or above this would overflow the search's keys.
 _MAX_CAPACITY = 1 << 39
 
-# At most this fraction of the budget goes to any one descent probe.
-_DESCENT_SHARE = 4
+# A descent probe may use at most this many nodes per buffer, and at most
+# 1/_DESCENT_SHARE of the budget: near the best achievable height a probe is
+# a lottery ticket, and many small tickets beat a few large ones.
+_DESCENT_NODES_PER_BUFFER = 20
+_DESCENT_SHARE = 8
 
 
 @dataclass
@@ -59,7 +64,7 @@ class _Probe:
     budget: int          # nodes this probe may use before it is given up
     spent: int = 0
     turn: int = 0        # index of the search whose turn is next
-    finished: list[str] = field(default_factory=list)  # name of the search that finished
+    winner: str = ""     # name of the search that finished, once one has
 
     def run_slice(self, slice_nodes: int, deadline: float) -> Outcome:
         """Run the next search for up to ``slice_nodes`` nodes."""
@@ -70,7 +75,7 @@ class _Probe:
         outcome = search.resume(before + allowed, deadline)
         self.spent += search.nodes - before
         if outcome is not Outcome.ABORTED:
-            self.finished.append(name)
+            self.winner = name
         return outcome
 
     @property
@@ -78,10 +83,8 @@ class _Probe:
         return self.spent >= self.budget
 
     def plan(self) -> list[int]:
-        for name, search in self.searches:
-            if name == self.finished[-1]:
-                return list(search.solution)
-        raise AssertionError("no finished search")
+        """The offsets found by the winning search."""
+        return next(list(search.solution) for name, search in self.searches if name == self.winner)
 
 
 def _probe(
@@ -102,12 +105,18 @@ def _probe(
 
 
 def lowest_capacity_plan(
-    problem: SectionedProblem, upper_bound: int, node_budget: int, deadline: float, seed: int
+    problem: SectionedProblem,
+    upper_bound: int,
+    node_budget: int,
+    deadline: float,
+    seed: int,
+    on_plan: Callable[[list[int]], None] | None = None,
 ) -> tuple[list[int], str] | None:
     """The lowest plan found with height <= ``upper_bound`` (units), or None.
 
     Stops at the liveness bound, when ``node_budget`` nodes are spent, at
     ``deadline``, or once no capacity below the best plan is left open.
+    ``on_plan`` sees every improved plan as it is found.
     """
     if not SearchTables.affordable(problem) or upper_bound >= _MAX_CAPACITY:
         return None  # too large to search; the caller keeps its greedy plan
@@ -118,15 +127,21 @@ def lowest_capacity_plan(
     bound = _probe(tables, problem.lower_bound(), node_budget, seed)
     descent: _Probe | None = None
     descent_low = bound.capacity + 1  # the descent has given up on capacities below
+    descent_budget = min(node_budget // _DESCENT_SHARE, _DESCENT_NODES_PER_BUFFER * problem.num_buffers)
+    descent_budget = max(descent_budget, slice_nodes)
     probes_started = 0
     spent = 0
     turn = 0
     while spent < node_budget and time.perf_counter() < deadline:
+        if descent is None and descent_low >= best_height:
+            # Every capacity below the best plan was given up on at this
+            # probe size: start over above the bound with probes twice as big.
+            descent_low = bound.capacity + 1
+            descent_budget *= 2
         if descent is None and descent_low < best_height:
             probes_started += 1
             capacity = (descent_low + best_height - 1) // 2
-            budget = max(node_budget // _DESCENT_SHARE, slice_nodes)
-            descent = _probe(tables, capacity, budget, seed + probes_started, DESCENT_PORTFOLIO)
+            descent = _probe(tables, capacity, descent_budget, seed + probes_started, DESCENT_PORTFOLIO)
         # The bound probe takes _BOUND_TURNS slices, then the descent one.
         turn = (turn + 1) % (_BOUND_TURNS + 1)
         probe = descent if turn == 0 and descent is not None else bound
@@ -136,7 +151,9 @@ def lowest_capacity_plan(
         if outcome is Outcome.FOUND:
             plan = probe.plan()
             best_height = height_of(problem, plan)
-            best = (plan, f"search:{probe.finished[-1]}")
+            best = (plan, f"search:{probe.winner}")
+            if on_plan is not None:
+                on_plan(plan)
             if probe is bound:
                 return best
             descent = None

@@ -28,7 +28,7 @@ are skipped beyond about 64 MB (the greedy plan is kept).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from .capacity_search import NODES_PER_SECOND, lowest_capacity_plan
@@ -57,6 +57,8 @@ class Placement:
     lower_bound: int   # liveness lower bound in bytes; height >= lower_bound
     strategy: str      # the method that produced this plan, e.g. "greedy:size"
     seconds: float     # wall-clock time spent planning
+    # (seconds since the start, height) each time a better plan was found.
+    progress: list[tuple[float, int]] = field(default_factory=list)
 
 
 class PlacementError(Exception):
@@ -91,7 +93,8 @@ def place_buffers(
     Zero-size buffers and buffers that are never live (``start == end``) get
     offset 0 and do not count towards the height. ``node_budget`` bounds the
     exact search (default ``time_budget_s * NODES_PER_SECOND``); ``seed``
-    picks the order of the search's randomised restarts.
+    picks the random tie-breaks of the search's randomised preorders. The
+    result's ``progress`` lists each improvement as (seconds, height).
     """
     began = time.perf_counter()
     _check_input(buffers, alignment, time_budget_s)
@@ -104,8 +107,14 @@ def place_buffers(
     problem = build_sectioned_problem(
         [b.start for b in live], [b.end for b in live], [b.size for b in live], alignment
     )
+    progress: list[tuple[float, int]] = []
+
+    def record(unit_offsets: list[int]) -> None:
+        progress.append((time.perf_counter() - began, _height_in_bytes(live, unit_offsets, problem.unit)))
+
     target = problem.lower_bound()
     unit_offsets, strategy = _best_greedy(problem, target)
+    record(unit_offsets)
     if height_of(problem, unit_offsets) > target:
         if node_budget is None:
             node_budget = int(time_budget_s * NODES_PER_SECOND)
@@ -115,15 +124,20 @@ def place_buffers(
             node_budget=node_budget,
             deadline=began + time_budget_s,
             seed=seed,
+            on_plan=record,
         )
         if searched is not None:
             unit_offsets, strategy = searched
 
-    height = 0
     for b, off in zip(live, unit_offsets):
         offsets[b.id] = off * problem.unit
-        height = max(height, off * problem.unit + b.size)
-    return Placement(offsets, height, lower_bound, strategy, time.perf_counter() - began)
+    height = _height_in_bytes(live, unit_offsets, problem.unit)
+    return Placement(offsets, height, lower_bound, strategy, time.perf_counter() - began, progress)
+
+
+def _height_in_bytes(live: Sequence[Buffer], unit_offsets: Sequence[int], unit: int) -> int:
+    """The real height: unpadded sizes on top of offsets in units."""
+    return max(off * unit + b.size for b, off in zip(live, unit_offsets))
 
 
 def _best_greedy(problem: SectionedProblem, target: int) -> tuple[list[int], str]:

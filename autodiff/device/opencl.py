@@ -23,6 +23,8 @@ from ..errors import DeviceMemoryError, ReceiverError
 from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd, Reduce, walk_expr
 from ..proc.index import Var
 from .host import call_feeder, call_receiver, receiver_due
+from .matmul_lowering import match_matmul, render_matmul_kernel
+from .matmul_source import BUILD_OPTIONS
 from .renderer import OpenCLLanguage, RenderedKernel, render_kernel, render_megakernel
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
@@ -110,16 +112,16 @@ def build_program(context, language, rendered: list[RenderedKernel]) -> tuple[An
     source = language.preamble() + "\n" + "\n\n".join(sources) + "\n"
     try:
         try:
-            program = cl.Program(context, source).build()
+            program = cl.Program(context, source).build(options=BUILD_OPTIONS)
         except cl.RuntimeError:
             # PoCL's on-disk kernel cache is shared by processes; a build that raced another
             # process writing the same entry fails once with an empty log: build again
-            program = cl.Program(context, source).build()
+            program = cl.Program(context, source).build(options=BUILD_OPTIONS)
     except cl.RuntimeError as err:
         # find the kernel that fails on its own, so the error names it
         for body in sources:
             try:
-                cl.Program(context, language.preamble() + "\n" + body).build()
+                cl.Program(context, language.preamble() + "\n" + body).build(options=BUILD_OPTIONS)
             except cl.RuntimeError as single:
                 name = body.split("(")[0].split()[-1]
                 raise KernelBuildError(f"kernel {name} failed to build:\n{numbered(body)}\n--- compiler log ---\n"
@@ -180,7 +182,7 @@ class OpenCLExecutor:
     language = OpenCLLanguage()
 
     def __init__(self, program: ProcProgram, plan: MemoryPlan, device_name: str | None = None,
-                 megakernels: bool = True) -> None:
+                 megakernels: bool = True, tiled_matmuls: bool = True) -> None:
         cl = _cl()
         self.cl = cl
         self.program = program
@@ -206,8 +208,9 @@ class OpenCLExecutor:
                         self.mega_of[id(cmd)] = len(mega_groups)
                     mega_groups.append(run)
         grouped = {id(cmd.kernel) for group in mega_groups for cmd in group}
+        self.tiled_matmuls = tiled_matmuls
         singles = [k for k in kernels if id(k) not in grouped]
-        self.rendered = [render_kernel(k, self.language, self.buffers) for k in singles]
+        self.rendered = [self._render_single(k, tiled_matmuls) for k in singles]
         self.mega_rendered = [render_megakernel(f"stages_{n}_{group[0].kernel.name}", [c.kernel for c in group],
                                                 self.language, self.buffers, self._place)
                               for n, group in enumerate(mega_groups)]
@@ -225,6 +228,14 @@ class OpenCLExecutor:
         self.kernels_launched = 0
 
     # --- setup ------------------------------------------------------------------------
+    def _render_single(self, kernel: Kernel, tiled_matmuls: bool) -> RenderedKernel:
+        """A matrix product (with its epilogue) uses the tiled generator; the rest the C renderer."""
+        if tiled_matmuls:
+            match = match_matmul(kernel, self.buffers)
+            if match is not None:
+                return render_matmul_kernel(kernel, match, self.language, self.buffers)
+        return render_kernel(kernel, self.language, self.buffers)
+
     def _check_memory(self) -> None:
         needed = self.plan.arena_bytes + self.plan.persistent_bytes + self.plan.feed_bytes
         available = self.device.global_mem_size
@@ -263,10 +274,13 @@ class OpenCLExecutor:
                 kernel.set_arg(position, self.arena if where == "arena" else self.state)
             elif param.kind == "offset":
                 kernel.set_arg(position, np.int32(self._place(param.buffer_id)[1]))
+            elif param.kind == "offset64":
+                kernel.set_arg(position, np.int64(self._place(param.buffer_id)[1]))
             else:
                 kernel.set_arg(position, np.int32(0))
                 var_args.append((position, param.var))
-        return _Launch(kernel, (rendered.global_size,), (rendered.local_size,), var_args)
+        sizes = [s if isinstance(s, tuple) else (s,) for s in (rendered.global_size, rendered.local_size)]
+        return _Launch(kernel, sizes[0], sizes[1], var_args)
 
     def _steps(self, commands: list) -> list[tuple]:
         """The command list as prepared steps: ('launch', _Launch) | ('feed', cmd) |

@@ -22,6 +22,7 @@ from ..proc.index import DynAtom, Index, Var, flat_index, render_index
 from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children)
 
 LOCAL_SIZE = 64   # one fixed work-group size: PoCL rebuilds a kernel for each new local size
+ACCUMULATOR = -1  # a Load of this buffer id renders as `acc` (a matmul epilogue's input)
 
 
 class CStyleLanguage:
@@ -86,7 +87,7 @@ class CUDALanguage(CStyleLanguage):
 @dataclass
 class Param:
     """One kernel argument: a buffer's pointer, its element offset, or an int variable."""
-    kind: str           # "buffer" | "offset" | "var" | "arena" | "state"
+    kind: str           # "buffer" | "offset" (int) | "offset64" (long) | "var" | "arena" | "state"
     buffer_id: int = -1
     var: Var | None = None
 
@@ -96,8 +97,8 @@ class RenderedKernel:
     name: str
     body: str           # the function text with the name as {name}
     params: list[Param]
-    global_size: int
-    local_size: int
+    global_size: int | tuple[int, ...]
+    local_size: int | tuple[int, ...]
 
     @property
     def source(self) -> str:
@@ -218,6 +219,8 @@ class KernelRenderer:
         target = self.home(expr, scope)
         if isinstance(expr, IndexValue):
             text = f"({self.ctype(expr.dtype)})({self.index(expr.index, target)})"
+        elif isinstance(expr, Load) and expr.buffer_id == ACCUMULATOR:
+            return "acc"
         elif isinstance(expr, Load):
             buffer = self.buffers[expr.buffer_id]
             slot = self.slot(expr.buffer_id)
@@ -327,6 +330,14 @@ class KernelRenderer:
         value = self.value(kernel.value, root)
         # the output is written in row-major order of its variables
         return list(reversed(index_lines)) + root.lines + [f"b0[o0 + gid] = {value};"], size
+
+    def render_expression(self, value: Expr, variables: tuple[Var, ...]) -> tuple[list[str], str]:
+        """Statements and the final value of `value`, its variables named i0, i1, ..."""
+        root = _Scope(None, variables=variables)
+        for n, v in enumerate(variables):
+            self.var_names[v] = f"i{n}"
+        result = self.value(value, root)
+        return root.lines, result
 
     def render(self) -> RenderedKernel:
         body, size = self.render_body()

@@ -1,0 +1,167 @@
+"""Kernels that are a matrix product (plus an epilogue) use the tiled matmul generator.
+
+A kernel matches when its value holds exactly one `sum[k](A[..] * B[..])` whose
+operands are plain loads at affine offsets: A row-major (m, k) or transposed (k, m),
+B row-major (k, n) or transposed (n, k), each with one batch stride (or 0 for a
+broadcast), the output packed (batch, m, n). Everything around the product (bias,
+activation, `p - lr * grad`) becomes the epilogue: a small helper function called
+with the accumulator, rendered by the same C renderer as every other kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph.ops import Op
+from ..proc.index import Index, Var, flat_index
+from ..proc.ir import Alu, Expr, Kernel, Load, Reduce, walk_expr
+from .matmul_source import Epilogue, MatmulShape, render_matmul
+from .renderer import ACCUMULATOR, CStyleLanguage, KernelRenderer, Param, RenderedKernel
+
+MIN_WORK = 32 * 32 * 32   # smaller products gain nothing from tiling
+
+
+@dataclass
+class MatmulMatch:
+    product: Reduce
+    a: Load
+    b: Load
+    shape: MatmulShape
+    a_offset: int
+    b_offset: int
+
+
+def _linear(form: Index, allowed: tuple[Var, ...]) -> dict[Var, int] | None:
+    """Coefficients of a purely linear form in `allowed` variables (None: not such a form)."""
+    coefs: dict[Var, int] = {}
+    for atom, coef in form.terms:
+        if not isinstance(atom, Var) or atom not in allowed:
+            return None
+        coefs[atom] = coef
+    return coefs
+
+
+def _batch_stride(coefs: dict[Var, int], batch: tuple[Var, ...]) -> int | None:
+    """One stride for the flattened batch index, or None when the batch axes do not flatten."""
+    stride, expected = None, None
+    for var in reversed(batch):
+        c = coefs.get(var, 0)
+        if stride is None:
+            stride, expected = c, c * var.extent
+            continue
+        if c != expected:
+            return None
+        expected = c * var.extent
+    return stride or 0
+
+
+def match_matmul(kernel: Kernel, buffers: dict) -> MatmulMatch | None:
+    products = [e for e in walk_expr(kernel.value) if isinstance(e, Reduce) and e.op is Op.SUM
+                and len(e.variables) == 1 and isinstance(e.body, Alu) and e.body.op is Op.MUL
+                and all(isinstance(x, Load) for x in e.body.args)]
+    if len(products) != 1 or len(kernel.variables) < 2 or kernel.out.dtype != "float32":
+        return None
+    product = products[0]
+    if any(isinstance(e, Reduce) and e is not product for e in walk_expr(kernel.value)):
+        return None
+    (k,) = product.variables
+    a, b = product.body.args
+    *batch, m, n = kernel.variables
+    batch = tuple(batch)
+    if m.extent < 2 or n.extent < 2 or k.extent < 2 or m.extent * n.extent * k.extent < MIN_WORK:
+        return None
+    fa = flat_index(a.indices, buffers[a.buffer_id].shape)
+    fb = flat_index(b.indices, buffers[b.buffer_id].shape)
+    ca, cb = _linear(fa, batch + (m, k)), _linear(fb, batch + (k, n))
+    if ca is None or cb is None:
+        a, b, fa, fb = b, a, fb, fa       # the product may list its operands the other way round
+        ca, cb = _linear(fa, batch + (m, k)), _linear(fb, batch + (k, n))
+        if ca is None or cb is None:
+            return None
+    M, N, K = m.extent, n.extent, k.extent
+    if ca.get(k) == 1 and ca.get(m) == K:
+        a_t = False
+    elif ca.get(m) == 1 and ca.get(k) == M:
+        a_t = True
+    else:
+        return None
+    if cb.get(n) == 1 and cb.get(k) == N:
+        b_t = False
+    elif cb.get(k) == 1 and cb.get(n) == K:
+        b_t = True
+    else:
+        return None
+    sa, sb = _batch_stride(ca, batch), _batch_stride(cb, batch)
+    if sa is None or sb is None or fa.const < 0 or fb.const < 0:
+        return None
+    count = int(np.prod([v.extent for v in batch], dtype=np.int64)) if batch else 1
+    shape = MatmulShape(M, N, K, count, a_t, b_t, sa, sb)
+    return MatmulMatch(product, a, b, shape, fa.const, fb.const)
+
+
+def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLanguage,
+                         buffers: dict) -> RenderedKernel:
+    """The tiled kernel with the rest of the kernel's value as its epilogue function."""
+    accumulator = Load(ACCUMULATOR, (), "float32")
+    epilogue_value = _replace(kernel.value, match.product, accumulator)
+    *batch, m, n = kernel.variables
+    renderer = KernelRenderer(kernel, language, buffers)
+    body_lines, value = renderer.render_expression(epilogue_value, kernel.variables)
+    params = [Param("buffer", kernel.out.id), Param("offset64", kernel.out.id),
+              Param("buffer", match.a.buffer_id), Param("offset64", match.a.buffer_id),
+              Param("buffer", match.b.buffer_id), Param("offset64", match.b.buffer_id)]
+    helper_params, call_args = [], []
+    for buffer_id, slot in renderer.slots.items():   # buffers the epilogue reads (the output too)
+        ctype = renderer.ctype(buffers[buffer_id].dtype)
+        helper_params += [language.buffer_param(ctype, f"b{slot}", False), f"const int o{slot}"]
+        call_args += [f"b{slot}", f"o{slot}"]
+        params += [Param("buffer", buffer_id), Param("offset", buffer_id)]
+    for index, var in enumerate(renderer.outer_vars):
+        helper_params.append(f"const int L{index}")
+        call_args.append(f"L{index}")
+        params.append(Param("var", var=var))
+    # batch variables from the flat batch index b
+    index_lines, stride = [], 1
+    for position in reversed(range(len(batch))):
+        extent = batch[position].extent
+        index_lines.append(f"const int i{position} = (b / {stride}) % {extent};")
+        stride *= extent
+    index_lines += [f"const int i{len(batch)} = m;", f"const int i{len(batch) + 1} = n;"]
+    helper = ["inline float {name}_epilogue(" + ", ".join(["const float acc", "const int m", "const int n",
+                                                            "const int b"] + helper_params) + ") {"]
+    helper += ["    " + line for line in index_lines + body_lines] + [f"    return {value};", "}"]
+    epilogue = Epilogue(f"{{name}}_epilogue({', '.join(['acc', 'm', 'n', 'b'] + call_args)})",
+                        tuple(helper_params))
+    placeholder = "AUTODIFFMATMULKERNEL"
+    tiled = render_matmul(match.shape, Epilogue(epilogue.expression.replace("{name}", placeholder),
+                                                epilogue.parameters), name=placeholder)
+    body = "\n".join(helper) + "\n" + tiled.source.replace(placeholder, "{name}")
+    global_size = tuple(int(g) for g in tiled.global_size)
+    local_size = tuple(int(s) for s in tiled.local_size)
+    return RenderedKernel(kernel.name, body, params, global_size, local_size)
+
+
+def _replace(value: Expr, target: Reduce, with_expr: Expr) -> Expr:
+    """`value` with the one product replaced by the accumulator (iterative rebuild)."""
+    from ..proc.ir import Alu as _Alu, Guard, children
+    done: dict[int, Expr] = {}
+    stack: list[tuple[Expr, bool]] = [(value, False)]
+    while stack:
+        e, expanded = stack.pop()
+        if id(e) in done:
+            continue
+        if e is target:
+            done[id(e)] = with_expr
+            continue
+        if not expanded:
+            stack.append((e, True))
+            stack.extend((c, False) for c in children(e) if id(c) not in done)
+            continue
+        if isinstance(e, _Alu):
+            done[id(e)] = _Alu(e.op, tuple(done[id(a)] for a in e.args), e.dtype)
+        elif isinstance(e, Guard):
+            done[id(e)] = Guard(e.valid, done[id(e.body)], done[id(e.otherwise)], e.dtype)
+        else:
+            done[id(e)] = e
+    return done[id(value)]

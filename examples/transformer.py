@@ -1,0 +1,70 @@
+"""The reference transformer workload: 6 post-norm encoder layers trained with SGD in one ir_for.
+
+    model = TransformerEncoder(num_layers=6, d_model=64, num_heads=4, ff_dim=128)
+    x     = Feeder of shape (2, 64) filled with 0.3 (an unbatched sequence of 2 tokens)
+    res   = model(x).sum() / 1000
+    res.backward(); SGD(lr=0.01)    # 500 iterations (--steps) inside ir_for
+
+The same program as benchmarks/reference_model.py. Prints the loss every 20
+steps, the parameter count, a checksum (the sum of all parameter values after
+training, which must be finite), and the report's compile and run seconds.
+
+    python examples/transformer.py                    # best device, 500 steps
+    python examples/transformer.py --device numpy --steps 50 --layers 2 --show-graph
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+import autodiff as ad
+from autodiff import nn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--device", default=None, help="numpy, numpy-proc, opencl or cuda (default: best available)")
+    parser.add_argument("--show-graph", action="store_true", help="print the traced graph")
+    args = parser.parse_args()
+
+    ad.manual_seed(0)
+    d_model, seq = 64, 2
+    model = nn.TransformerEncoder(num_layers=args.layers, d_model=d_model, num_heads=4, ff_dim=128)
+    opt = nn.SGD(model.parameters(), lr=args.lr)
+    data = np.full((seq, d_model), 0.3, np.float32)
+
+    def train_step(step: ad.Tensor) -> None:
+        x = ad.Feeder(lambda: data, (seq, d_model), name="x")
+        res = model(x).sum() / 1000
+        opt.zero_grad()
+        res.backward()
+        opt.step()
+        ad.Receiver(lambda i, v: print(f"step {int(i) + 1:5d}  loss {float(v):.6f}"), [step, res],
+                    name="loss", every=20)
+
+    ad.ir_for(args.steps, train_step)
+
+    if args.show_graph:
+        ad.print_graph()
+    start = time.perf_counter()
+    report = ad.execute(device=args.device)
+    seconds = time.perf_counter() - start
+    checksum = sum(float(p.numpy().astype(np.float64).sum()) for p in model.parameters())
+    compiled = "" if report.kernels_after_fusion is None else \
+        f", {report.kernels_after_fusion} kernels after fusion, arena {report.arena_bytes} bytes"
+    print(f"device {report.device}: {args.steps} steps in {seconds:.2f} s{compiled}")
+    print(f"compile {report.compile_seconds:.2f} s  run {report.run_seconds:.2f} s  "
+          f"{1000 * report.run_seconds / max(args.steps, 1):.3f} ms/step")
+    print(f"parameters {model.num_parameters()}  checksum {checksum:.6f}")
+    if not math.isfinite(checksum):
+        raise SystemExit("the parameters are not finite after training")
+
+
+if __name__ == "__main__":
+    main()
