@@ -68,7 +68,7 @@ def run_torch(state: dict, layers: int, steps: int, compiled: bool) -> dict:
         loss = fn()
         times.append(time.perf_counter() - t)
     return dict(framework="torch.compile" if compiled else "torch eager", compile_s=first,
-                ms_per_step=1000 * statistics.median(times), final_loss=float(loss))
+                ms_per_step=1000 * statistics.median(times), final_loss=float(loss.detach()))
 
 
 def main() -> None:
