@@ -1,0 +1,84 @@
+"""Edge shapes on every device: sizes that are not multiples of a vector width or a tile,
+0-d tensors, long reductions, very skinny and tall matrix products."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import autodiff as ad
+
+SIZES = [1, 3, 17, 255, 1023]
+
+
+def _run(device: str, build) -> list[np.ndarray]:
+    got: list[np.ndarray] = []
+    outputs = build()
+    ad.Receiver(lambda *a: got.extend(a), outputs, name="out")
+    ad.execute(device=device)
+    return got
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_elementwise_and_reductions_of_odd_sizes(device, n):
+    x = np.random.default_rng(n).standard_normal((n, 3)).astype(np.float32)
+    got = _run(device, lambda: [(ad.Tensor(x).tanh() * 2 + 1), ad.Tensor(x).sum(0), ad.Tensor(x).max(1),
+                                ad.Tensor(x).T.exp().sum()])
+    np.testing.assert_allclose(got[0], np.tanh(x) * 2 + 1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], x.sum(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[2], x.max(1), rtol=1e-6)
+    np.testing.assert_allclose(got[3], np.exp(x).sum(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (3, 17, 5), (17, 255, 3), (2, 64, 64), (2, 64, 128),
+                                     (128, 2, 64), (255, 33, 17), (64, 96, 80), (1023, 4, 3)])
+def test_matmul_shapes(device, m, k, n):
+    rng = np.random.default_rng(m * 1000 + k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = _run(device, lambda: [ad.Tensor(a) @ ad.Tensor(b), (ad.Tensor(a) @ ad.Tensor(b) + ad.Tensor(bias)).relu(),
+                                ad.Tensor(b).T @ ad.Tensor(a).T, ad.Tensor(a).T.T @ ad.Tensor(b.T.copy()).T])
+    want = a @ b
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[1], np.maximum(want + bias, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[2], want.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[3], want, rtol=1e-4, atol=1e-4)
+
+
+def test_batched_matmul_with_broadcast_batch(device):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 33, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 36)).astype(np.float32)
+    c = rng.standard_normal((4, 36, 40)).astype(np.float32)
+    got = _run(device, lambda: [ad.Tensor(a) @ ad.Tensor(b), ad.Tensor(a) @ ad.Tensor(c).mT])
+    np.testing.assert_allclose(got[0], a @ b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[1], a @ c.transpose(0, 2, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_zero_d_tensors(device):
+    got = _run(device, lambda: [ad.Tensor(np.float32(2.5)) * 3 + ad.Tensor(np.float32(1.0)).exp(),
+                                ad.Tensor(np.float32(-4.0)).abs().sqrt()])
+    np.testing.assert_allclose(got[0], 2.5 * 3 + np.e, rtol=1e-6)
+    np.testing.assert_allclose(got[1], 2.0, rtol=1e-6)
+
+
+def test_long_reduction(device):
+    x = np.random.default_rng(0).random(200_003).astype(np.float32)
+    got = _run(device, lambda: [ad.Tensor(x).sum(), ad.Tensor(x).max(), ad.Tensor(x).mean()])
+    np.testing.assert_allclose(got[0], x.astype(np.float64).sum(), rtol=1e-4)
+    assert got[1] == x.max()
+    np.testing.assert_allclose(got[2], x.astype(np.float64).mean(), rtol=1e-4)
+
+
+def test_big_matmul_with_gradient_and_update(device):
+    """The tiled path with an SGD epilogue: gradients and the update agree with numpy."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((96, 130)).astype(np.float32)
+    w0 = rng.standard_normal((130, 70)).astype(np.float32) * 0.1
+    w = ad.Tensor(w0, name="w")
+    loss = (ad.Tensor(x, requires_grad=False) @ w).square().sum()
+    loss.backward()
+    w.sub_(w.grad * 1e-3)
+    ad.execute(device=device)
+    grad = 2 * x.T @ (x @ w0)
+    np.testing.assert_allclose(w.numpy(), w0 - 1e-3 * grad, rtol=1e-4, atol=1e-4)
