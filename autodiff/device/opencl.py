@@ -1,7 +1,9 @@
 """The OpenCL runtime: build once, allocate one arena, replay prepared launch lists.
 
 Every distinct kernel source is built once, all in one program (kernels that
-differ only in their buffers share a source). Each launch gets its own kernel
+differ only in their buffers share a source). Runs of small kernels launch as
+megakernels (see megakernel.py), whose offsets come from a table, so the equal
+layers of a model share their megakernels too. Each launch gets its own kernel
 object with its arguments set once at compile time; inside a loop only the
 kernels that use the loop index get that one argument set again. Feeders are
 called as the host reaches them and copied without blocking; Receivers read
@@ -20,12 +22,13 @@ import numpy as np
 
 from ..alloc.plan import MemoryPlan
 from ..errors import DeviceMemoryError, ReceiverError
-from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd, Reduce, walk_expr
+from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 from ..proc.index import Var
 from .host import call_feeder, call_receiver, receiver_due
 from .matmul_lowering import match_matmul, render_matmul_kernel
 from .matmul_source import BUILD_OPTIONS
-from .renderer import OpenCLLanguage, RenderedKernel, render_kernel, render_megakernel
+from .megakernel import is_small, plan_megakernels
+from .renderer import OpenCLLanguage, RenderedKernel, render_kernel, render_megakernel, render_stage
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
 os.environ.setdefault("POCL_CPU_TARGET", "native")
@@ -138,46 +141,6 @@ class _Launch:
     var_args: list[tuple[int, Var]]     # (argument index, loop variable) set at each launch
 
 
-MEGAKERNEL_MAX_ELEMENTS = 1 << 15      # a stage this big or bigger keeps its own launch (all cores)
-MEGAKERNEL_MAX_WORK = 1 << 21          # elements x reduction length of one stage
-# PoCL's build time grows faster than linearly with the barriers in one kernel (measured: 45
-# stages 7.7 s cold, 275 stages 111 s), so a long run of small kernels is cut into pieces
-MEGAKERNEL_MAX_STAGES = 48
-# ... and a program with more small kernels than this keeps one launch per kernel: its
-# kernels repeat (one layer's kernels per layer) and are built once each, while stages of
-# megakernels are all built (offsets are baked in). See TODO.md for sharing stages.
-MEGAKERNEL_MAX_PROGRAM_STAGES = 96
-
-
-def _small(kernel: Kernel) -> bool:
-    """Cheap enough to run on one work-group: launch cost would dominate its own launch."""
-    inner = 1
-    for e in walk_expr(kernel.value):
-        if isinstance(e, Reduce):
-            for v in e.variables:
-                inner *= v.extent
-    return kernel.out.size <= MEGAKERNEL_MAX_ELEMENTS and kernel.out.size * inner <= MEGAKERNEL_MAX_WORK
-
-
-def segments(commands: list) -> list[list]:
-    """Maximal runs of consecutive small kernels (length >= 2), the candidates for a megakernel."""
-    runs, current = [], []
-    for cmd in commands:
-        if isinstance(cmd, KernelCmd) and _small(cmd.kernel) and len(current) < MEGAKERNEL_MAX_STAGES:
-            current.append(cmd)
-            continue
-        if isinstance(cmd, KernelCmd) and _small(cmd.kernel):   # full: start the next piece
-            runs.append(current)
-            current = [cmd]
-            continue
-        if len(current) >= 2:
-            runs.append(current)
-        current = []
-    if len(current) >= 2:
-        runs.append(current)
-    return runs
-
-
 class OpenCLExecutor:
     language = OpenCLLanguage()
 
@@ -194,33 +157,27 @@ class OpenCLExecutor:
         start = time.perf_counter()
         self._place_buffers()
         kernels = program.kernels()
-        # kernels grouped into megakernels launch as one; the rest launch one by one
-        self.mega_of: dict[int, int] = {}             # id(KernelCmd) -> megakernel index
-        mega_groups: list[list[KernelCmd]] = []
-        small = sum(1 for k in kernels if _small(k))
-        if megakernels and small <= MEGAKERNEL_MAX_PROGRAM_STAGES:
-            stack = [program.commands]
-            while stack:
-                commands = stack.pop()
-                stack.extend(c.body for c in commands if isinstance(c, LoopCmd))
-                for run in segments(commands):
-                    for cmd in run:
-                        self.mega_of[id(cmd)] = len(mega_groups)
-                    mega_groups.append(run)
-        grouped = {id(cmd.kernel) for group in mega_groups for cmd in group}
         self.tiled_matmuls = tiled_matmuls
+        # runs of small kernels launch as one megakernel per piece; the rest one by one
+        stages = {id(k): render_stage(k, self.language, self.buffers, lambda b: self._place(b)[0])
+                  for k in kernels if is_small(k)} if megakernels else {}
+        mega_groups = plan_megakernels(program, lambda k: stages[id(k)].signature) if megakernels else []
+        self.mega_of: dict[int, int] = {id(cmd): n for n, group in enumerate(mega_groups) for cmd in group}
+        grouped = {id(cmd.kernel) for group in mega_groups for cmd in group}
         singles = [k for k in kernels if id(k) not in grouped]
         self.rendered = [self._render_single(k, tiled_matmuls) for k in singles]
-        self.mega_rendered = [render_megakernel(f"stages_{n}_{group[0].kernel.name}", [c.kernel for c in group],
-                                                self.language, self.buffers, self._place)
+        self.mega_rendered = [render_megakernel(f"stages_{n}_{group[0].kernel.name}",
+                                                [stages[id(c.kernel)] for c in group], self.language)
                               for n, group in enumerate(mega_groups)]
         self.cl_program, names, self.source = build_program(self.context, self.language,
                                                             self.rendered + self.mega_rendered)
+        self._place_tables()
         self.function_names = names[:len(self.rendered)]
         self.launch_of: dict[int, _Launch] = {}
         for kernel, rendered, fn in zip(singles, self.rendered, self.function_names):
             self.launch_of[id(kernel)] = self._prepare(rendered, fn)
-        self.mega_launches = [self._prepare(r, fn) for r, fn in zip(self.mega_rendered, names[len(self.rendered):])]
+        self.mega_launches = [self._prepare(r, fn, base) for r, fn, base in
+                              zip(self.mega_rendered, names[len(self.rendered):], self.table_bases)]
         self.steps = self._steps(program.commands)
         self._warm_up()
         self.build_seconds = time.perf_counter() - start
@@ -263,11 +220,26 @@ class OpenCLExecutor:
             return "state", self.state_offset[buffer_id] // 4
         return "arena", self.plan.offsets.get(buffer_id, 0) // 4
 
-    def _prepare(self, rendered: RenderedKernel, function: str) -> _Launch:
+    def _place_tables(self) -> None:
+        """One int buffer with every megakernel launch's offset table, side by side."""
+        entries: list[int] = []
+        self.table_bases: list[int] = []
+        for rendered in self.mega_rendered:
+            self.table_bases.append(len(entries))
+            entries += [self._place(buffer_id)[1] for buffer_id in rendered.table]
+        table = np.array(entries or [0], dtype=np.int32)
+        self.table = self.cl.Buffer(self.context, self.cl.mem_flags.READ_ONLY | self.cl.mem_flags.COPY_HOST_PTR,
+                                    hostbuf=table)
+
+    def _prepare(self, rendered: RenderedKernel, function: str, table_base: int = 0) -> _Launch:
         kernel = self.cl.Kernel(self.cl_program, function)
         var_args = []
         for position, param in enumerate(rendered.params):
-            if param.kind in ("arena", "state"):
+            if param.kind == "table":
+                kernel.set_arg(position, self.table)
+            elif param.kind == "table_base":
+                kernel.set_arg(position, np.int32(table_base))
+            elif param.kind in ("arena", "state"):
                 kernel.set_arg(position, self.arena if param.kind == "arena" else self.state)
             elif param.kind == "buffer":
                 where, _ = self._place(param.buffer_id)

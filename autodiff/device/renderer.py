@@ -88,6 +88,7 @@ class CUDALanguage(CStyleLanguage):
 class Param:
     """One kernel argument: a buffer's pointer, its element offset, or an int variable."""
     kind: str           # "buffer" | "offset" (int) | "offset64" (long) | "var" | "arena" | "state"
+    #                     | "table" (a megakernel's offset table) | "table_base" (its first entry)
     buffer_id: int = -1
     var: Var | None = None
 
@@ -99,6 +100,7 @@ class RenderedKernel:
     params: list[Param]
     global_size: int | tuple[int, ...]
     local_size: int | tuple[int, ...]
+    table: list[int] = field(default_factory=list)   # a megakernel's offset table (buffer ids)
 
     @property
     def source(self) -> str:
@@ -360,41 +362,72 @@ class KernelRenderer:
         return RenderedKernel(self.kernel.name, "\n".join(lines), params, global_size, LOCAL_SIZE)
 
 
-def render_megakernel(name: str, kernels: list[Kernel], language: CStyleLanguage, buffers: dict,
-                      place: Callable[[int], tuple[str, int]], group: int = LOCAL_SIZE) -> RenderedKernel:
+@dataclass
+class Stage:
+    """One kernel as a stage of a megakernel. Its text names no offset and no position: it
+    reads its buffers' element offsets from the launch's offset table (`tab`), so the stages
+    of two equal layers render to equal text and their megakernels share one function."""
+    name: str
+    lines: list[str]
+    table: list[int]        # buffer ids whose offsets the stage reads from `tab`, in order
+    outer: list[Var]        # the loop variables named L0, L1, ... in its text
+
+    @property
+    def signature(self) -> str:
+        return "\n".join(self.lines)
+
+
+def render_stage(kernel: Kernel, language: CStyleLanguage, buffers: dict,
+                 where: Callable[[int], str], group: int = LOCAL_SIZE) -> Stage:
+    """`where(buffer id)` names the device buffer ("arena" or "state") a buffer lives in."""
+    renderer = KernelRenderer(kernel, language, buffers)
+    body, size = renderer.render_body()
+    qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
+    lines = ["{"]
+    for buffer_id, slot in renderer.slots.items():
+        ctype = renderer.ctype(buffers[buffer_id].dtype)
+        lines.append(f"    {qualifier}{ctype}* b{slot} = ({qualifier}{ctype}*){where(buffer_id)};")
+        lines.append(f"    const int o{slot} = tab[{slot}];")
+    for n in range(len(renderer.outer_vars)):
+        lines.append(f"    const int L{n} = @{n}@;")      # bound to the megakernel's V names
+    lines.append(f"    for (int gid = {language.local_id}; gid < {size}; gid += {group}) {{")
+    lines += ["        " + line for line in body]
+    lines += ["    }", "}", f"tab += {len(renderer.slots)};", language.barrier]
+    return Stage(kernel.name, lines, list(renderer.slots), list(renderer.outer_vars))
+
+
+def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
+                      group: int = LOCAL_SIZE) -> RenderedKernel:
     """Several kernels as the stages of one single-work-group kernel, a barrier between stages.
 
     One launch instead of one per kernel: for small kernels the launch, not the work, is
-    the cost. Buffers are not parameters here: `place(buffer id)` gives the device buffer
-    ("arena" or "state") and the element offset, both fixed for the compiled program.
+    the cost. Buffers are not parameters here: each stage names the device buffer it uses,
+    and reads its element offsets from an int table at `table + T` (`T` per launch).
     """
     outer: list[Var] = []
-    stages: list[str] = []
-    for kernel in kernels:
-        renderer = KernelRenderer(kernel, language, buffers)
-        body, size = renderer.render_body()
-        lines = [f"{{   // {kernel.name}"]
-        for buffer_id, slot in renderer.slots.items():
-            buffer = buffers[buffer_id]
-            where, offset = place(buffer_id)
-            ctype = renderer.ctype(buffer.dtype)
-            qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
-            lines.append(f"    {qualifier}{ctype}* b{slot} = ({qualifier}{ctype}*){where};")
-            lines.append(f"    const int o{slot} = {offset};")
-        for n, var in enumerate(renderer.outer_vars):
+    text_lines: list[str] = []
+    table: list[int] = []
+    for stage in stages:
+        binding = {}
+        for n, var in enumerate(stage.outer):
             if var not in outer:
                 outer.append(var)
-            lines.append(f"    const int L{n} = V{outer.index(var)};")
-        lines.append(f"    for (int gid = {language.local_id}; gid < {size}; gid += {group}) {{")
-        lines += ["        " + line for line in body]
-        lines += ["    }", "}", language.barrier]
-        stages += lines
+            binding[f"@{n}@"] = f"V{outer.index(var)}"
+        # the kernel's name without its number, so equal layers still render equal text
+        for line in [f"// {stage.name.rstrip('0123456789').rstrip('_')}"] + stage.lines:
+            for placeholder, v in binding.items():
+                line = line.replace(placeholder, v)
+            text_lines.append(line)
+        table += stage.table
     qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
-    declarations = [f"{qualifier}float* arena", f"{qualifier}float* state"] + [f"const int V{n}" for n in range(len(outer))]
-    params = [Param("arena"), Param("state")] + [Param("var", var=v) for v in outer]
-    text = "\n".join([f"{language.kernel_prefix} {{name}}({', '.join(declarations)}) {{"]
-                     + ["    " + line for line in stages] + ["}"])
-    return RenderedKernel(name, text, params, group, group)
+    declarations = ([f"{qualifier}float* arena", f"{qualifier}float* state", f"{qualifier}const int* table",
+                     "const int T"] + [f"const int V{n}" for n in range(len(outer))])
+    params = [Param("arena"), Param("state"), Param("table"), Param("table_base")] + \
+        [Param("var", var=v) for v in outer]
+    text = "\n".join([f"{language.kernel_prefix} {{name}}({', '.join(declarations)}) {{",
+                      f"    {qualifier}const int* tab = table + T;"]
+                     + ["    " + line for line in text_lines] + ["}"])
+    return RenderedKernel(name, text, params, group, group, table)
 
 
 def _forms(e: Expr) -> list[Index]:
