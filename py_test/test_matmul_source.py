@@ -60,7 +60,7 @@ CASES = [
     Case("tn_17x33x19", Shape(17, 33, 19, a_transposed=True)),
     Case("tt_17x33x19", Shape(17, 33, 19, a_transposed=True, b_transposed=True)),
     Case("tn_20x40x700_packed", Shape(20, 40, 700, a_transposed=True)),
-    Case("tn_100x70x600_packed_a", Shape(100, 70, 600, a_transposed=True)),
+    Case("tn_100x70x600", Shape(100, 70, 600, a_transposed=True)),
     Case("tn_pack_a_edges_37x45x1100", Shape(37, 45, 1100, a_transposed=True),
          ms.Tiling(ms.PACKED, 6, 16, (4, 2), 4, 128, pack_a=True)),
     Case("nt_dot_17x33x19", Shape(17, 33, 19, b_transposed=True), ms.Tiling(ms.DOT, 3, 3, (4, 1))),

@@ -189,11 +189,11 @@ def choose_tiling(m: int, n: int, k: int, a_transposed: bool = False,
     # into the same cache sets (1024^2: 104 vs 127 GFLOP/s), and a transposed
     # B cannot be read as vectors at all.
     group_m = _work_group_extent(m, rows, 16)
-    if a_transposed and not b_transposed and (group_m * rows) % VECTOR_WIDTH == 0:
-        # A^T's rows are M*4 bytes apart too: copy A's panel as well, and let
-        # 4 column blocks share it (1024^2, one thread: 45 vs 34 GFLOP/s).
-        group_n = _work_group_extent(n, cols, 4)
-        return Tiling(PACKED, rows, cols, (group_m, group_n), k_unroll=4, k_chunk=512, pack_a=True)
+    # pack_a (A^T's panel copied too, 4 column blocks sharing it) is never chosen:
+    # it gained on the 2-core Zen CPU (1024^2, one thread: 45 vs 34 GFLOP/s), but on
+    # an AVX-512 Xeon PoCL 3.0 computed wrong columns for some shapes with edges in
+    # both m and n (20x40x700, 30x30x30), and was no faster there (1024^2: 144-150
+    # vs 150-155 GFLOP/s). Explicit tilings may still ask for it.
     return Tiling(PACKED, rows, cols, (group_m, 1), k_unroll=4, k_chunk=512)
 
 
