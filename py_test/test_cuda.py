@@ -33,7 +33,7 @@ import autodiff as ad
 import autodiff.nn.functional as F
 from autodiff import nn
 from autodiff.device.cuda import CUDAExecutor, cuda_available
-from autodiff.device.opencl import KernelBuildError, unique_kernels
+from autodiff.device.build import KernelBuildError, unique_kernels
 from autodiff.device.renderer import CUDALanguage, render_kernel
 from autodiff.errors import DeviceMemoryError, ReceiverError
 from autodiff.graph.ops import Op

@@ -39,7 +39,7 @@ from ..errors import DeviceMemoryError, ReceiverError
 from ..proc.index import Var
 from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 from .host import call_feeder, call_receiver, receiver_due
-from .opencl import KernelBuildError, numbered, unique_kernels
+from .build import build_kernels
 from .renderer import CUDALanguage, RenderedKernel, render_kernel
 
 BLOCK_SIZE = 256             # threads per block; every kernel returns early past its last element
@@ -70,25 +70,12 @@ def cuda_available() -> bool:
 
 def build_module(cp, language: CUDALanguage, rendered: list[RenderedKernel]) -> tuple[Any, list[str], str]:
     """(the compiled module, each kernel's function name, the module source)."""
-    names, sources = unique_kernels(rendered)
-    source = language.preamble() + "\n" + "\n\n".join(sources) + "\n"
-    failed = cp.cuda.compiler.CompileException
-    module = cp.RawModule(code=source, options=NVRTC_OPTIONS)
-    try:
+    def build(source: str):
+        module = cp.RawModule(code=source, options=NVRTC_OPTIONS)
         module.compile()
-    except failed as err:
-        # find the kernel that fails on its own, so the error names it
-        for body in sources:
-            single = language.preamble() + "\n" + body + "\n"
-            try:
-                cp.RawModule(code=single, options=NVRTC_OPTIONS).compile()
-            except failed as log:
-                name = body.split("(")[0].split()[-1]
-                raise KernelBuildError(f"kernel {name} failed to build:\n{numbered(single)}\n--- NVRTC log ---\n"
-                                       f"{log}") from None
-        raise KernelBuildError(f"the program failed to build:\n{numbered(source)}\n--- NVRTC log ---\n"
-                               f"{err}") from None
-    return module, names, source
+        return module
+
+    return build_kernels(language, rendered, build, cp.cuda.compiler.CompileException, "NVRTC")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from ..alloc.plan import MemoryPlan
 from ..errors import DeviceMemoryError, ReceiverError
 from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 from ..proc.index import Var
+from .build import build_kernels
 from .host import call_feeder, call_receiver, receiver_due
 from .matmul_lowering import match_matmul, render_matmul_kernel
 from .matmul_source import BUILD_OPTIONS
@@ -38,10 +39,6 @@ MAX_ITERATIONS_AHEAD = 64   # the host waits when it gets this many loop iterati
 INSTALL_HINT = ("no OpenCL platform found. On a CPU-only machine install PoCL: "
                 "pip install pyopencl pocl-binary-distribution (or apt-get install pocl-opencl-icd); "
                 "or run with device='numpy'")
-
-
-class KernelBuildError(RuntimeError):
-    """A kernel failed to build: its name, its numbered source and the compiler log."""
 
 
 def _cl():
@@ -93,44 +90,18 @@ def _context_and_queue(device):
     return _contexts[key]
 
 
-def numbered(source: str) -> str:
-    return "\n".join(f"{n:4d}  {line}" for n, line in enumerate(source.splitlines(), 1))
-
-
-def unique_kernels(rendered: list[RenderedKernel]) -> tuple[list[str], list[str]]:
-    """(function name of each kernel, the distinct function sources): equal bodies share a name."""
-    name_of_body: dict[str, str] = {}
-    names, sources = [], []
-    for r in rendered:
-        if r.body not in name_of_body:
-            name_of_body[r.body] = r.name
-            sources.append(r.body.replace("{name}", r.name))
-        names.append(name_of_body[r.body])
-    return names, sources
-
-
 def build_program(context, language, rendered: list[RenderedKernel]) -> tuple[Any, list[str], str]:
     cl = _cl()
-    names, sources = unique_kernels(rendered)
-    source = language.preamble() + "\n" + "\n\n".join(sources) + "\n"
-    try:
+
+    def build(source: str):
         try:
-            program = cl.Program(context, source).build(options=BUILD_OPTIONS)
+            return cl.Program(context, source).build(options=BUILD_OPTIONS)
         except cl.RuntimeError:
             # PoCL's on-disk kernel cache is shared by processes; a build that raced another
             # process writing the same entry fails once with an empty log: build again
-            program = cl.Program(context, source).build(options=BUILD_OPTIONS)
-    except cl.RuntimeError as err:
-        # find the kernel that fails on its own, so the error names it
-        for body in sources:
-            try:
-                cl.Program(context, language.preamble() + "\n" + body).build(options=BUILD_OPTIONS)
-            except cl.RuntimeError as single:
-                name = body.split("(")[0].split()[-1]
-                raise KernelBuildError(f"kernel {name} failed to build:\n{numbered(body)}\n--- compiler log ---\n"
-                                       f"{single}") from None
-        raise KernelBuildError(f"the program failed to build:\n{numbered(source)}\n{err}") from None
-    return program, names, source
+            return cl.Program(context, source).build(options=BUILD_OPTIONS)
+
+    return build_kernels(language, rendered, build, cl.RuntimeError, "compiler")
 
 
 @dataclass
