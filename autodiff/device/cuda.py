@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 
 from ..alloc.plan import MemoryPlan
-from ..errors import DeviceMemoryError, ReceiverError
+from ..errors import DeviceMemoryError
 from ..proc.index import Var
 from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
-from .host import call_feeder, call_receiver, receiver_due
+from .host import PendingReceive, call_feeder, deliver_receives, receiver_due
 from .build import build_kernels
 from .renderer import CUDALanguage, RenderedKernel, render_kernel
 
@@ -205,7 +205,7 @@ class CUDAExecutor:
                 self._copy(self._pointer(b), host.ctypes.data, b.nbytes, to_device=True)
         self.values: dict[Var, int] = {self.program.run_counter: self.runs}
         self.iterations: list[int] = []
-        self.pending: list[tuple[Any, list[np.ndarray], ReceiveCmd, tuple[int, ...]]] = []
+        self.pending: list[PendingReceive] = []
         self.error: BaseException | None = None
         try:
             with self.stream:
@@ -273,7 +273,11 @@ class CUDAExecutor:
             if b.nbytes:
                 self._copy(host.ctypes.data, self._pointer(b), b.nbytes, to_device=False)
             arrays.append(host)
-        self.pending.append((self.stream.record(), arrays, cmd, tuple(self.iterations)))
+        event = self.stream.record()
+        # pinned staging is reused: the callback gets copies
+        self.pending.append(PendingReceive(
+            ready=lambda: event.done, wait=event.synchronize, arrays=arrays, fn=lambda *a: cmd.fn(*[x.copy() for x in a]),
+            name=cmd.name, iterations=tuple(self.iterations)))
 
     def _run_loop(self, loop: LoopCmd) -> None:
         graph = None if self.capturing or loop.count < 2 else self._graph_plan(loop)
@@ -359,17 +363,9 @@ class CUDAExecutor:
 
     # --- Receivers ----------------------------------------------------------------------------
     def _deliver(self, wait: bool) -> None:
-        """Call back the Receivers whose data has arrived, in program order."""
-        while self.pending and self.error is None:
-            event, arrays, cmd, iterations = self.pending[0]
-            if not wait and not event.done:
-                return
-            event.synchronize()
-            self.pending.pop(0)
-            try:
-                call_receiver(cmd.fn, cmd.name, [a.copy() for a in arrays], iterations)
-            except ReceiverError as err:
-                self.error = err   # stop issuing work; raised once the stream has drained
+        if self.error is None:
+            # a callback that raises stops issuing work; raised once the stream has drained
+            self.error = deliver_receives(self.pending, wait)
 
 
 def _device_name(cp, device_id: int) -> str:

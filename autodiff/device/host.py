@@ -1,6 +1,7 @@
 """Host-side work shared by every device: calling Feeders and Receivers with clear errors."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -42,3 +43,30 @@ def call_receiver(fn: Callable[..., object], name: str, values: list[np.ndarray]
     except Exception as err:
         raise ReceiverError(f"Receiver '{name}' raised at {where_in_loops(iterations)}: {err!r}; "
                             "persistent tensors keep the values computed so far", name) from err
+
+
+@dataclass
+class PendingReceive:
+    """A Receiver's copies in flight: delivered once `ready()`; `wait()` blocks until they are."""
+    ready: Callable[[], bool]
+    wait: Callable[[], None]
+    arrays: list[np.ndarray]
+    fn: Callable[..., object]
+    name: str
+    iterations: tuple[int, ...]
+
+
+def deliver_receives(pending: list[PendingReceive], wait: bool) -> ReceiverError | None:
+    """Call back the Receivers whose data has arrived, in program order; without `wait`, stop at
+    the first still in flight. A callback that raises stops delivery and is returned."""
+    while pending:
+        first = pending[0]
+        if not wait and not first.ready():
+            return None
+        first.wait()
+        pending.pop(0)
+        try:
+            call_receiver(first.fn, first.name, first.arrays, first.iterations)
+        except ReceiverError as err:
+            return err
+    return None

@@ -16,7 +16,7 @@ import numpy as np
 from ..alloc.plan import MemoryPlan
 from ..graph.ops import Op
 from ..proc.index import Atom, DynAtom, Var, evaluate_index, flat_index
-from ..proc.ir import (Alu, Buffer, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load,
+from ..proc.ir import (Alu, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load,
                        LoopCmd, ProcProgram, RandomBits, ReceiveCmd, Reduce, walk_expr)
 from .host import call_feeder, call_receiver, receiver_due
 from .numpy_ops import REFERENCE, hash_uniform

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..alloc.plan import MemoryPlan
-from ..errors import DeviceMemoryError, ReceiverError
+from ..errors import DeviceMemoryError
 from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 from ..proc.index import Var
 from .build import build_kernels
-from .host import call_feeder, call_receiver, receiver_due
+from .host import PendingReceive, call_feeder, deliver_receives, receiver_due
 from .matmul_lowering import match_matmul, render_matmul_kernel
 from .matmul_source import BUILD_OPTIONS
 from .megakernel import is_small, plan_megakernels
@@ -269,7 +269,7 @@ class OpenCLExecutor:
                                 dst_offset=self.state_offset[b.id], is_blocking=False)
         self.values: dict[Var, int] = {self.program.run_counter: self.runs}
         self.iterations: list[int] = []
-        self.pending: list[tuple[list, list[np.ndarray], ReceiveCmd, tuple[int, ...]]] = []
+        self.pending: list[PendingReceive] = []
         self.error: BaseException | None = None
         try:
             self._run_steps(self.steps)
@@ -324,7 +324,11 @@ class OpenCLExecutor:
                 events.append(self.cl.enqueue_copy(self.queue, host, self.arena if where == "arena" else self.state,
                                                    src_offset=offset * 4, is_blocking=False))
             arrays.append(host)
-        self.pending.append((events, arrays, cmd, tuple(self.iterations)))
+        complete = self.cl.command_execution_status.COMPLETE
+        self.pending.append(PendingReceive(
+            ready=lambda: all(e.command_execution_status == complete for e in events),
+            wait=lambda: [e.wait() for e in events], arrays=arrays, fn=cmd.fn, name=cmd.name,
+            iterations=tuple(self.iterations)))
         self.queue.flush()
 
     def _run_loop(self, loop: LoopCmd, body: list[tuple]) -> None:
@@ -347,16 +351,6 @@ class OpenCLExecutor:
             self.iterations.pop()
 
     def _deliver(self, wait: bool) -> None:
-        """Call back the Receivers whose data has arrived, in program order."""
-        complete = self.cl.command_execution_status.COMPLETE
-        while self.pending and self.error is None:
-            events, arrays, cmd, iterations = self.pending[0]
-            if not wait and any(e.command_execution_status != complete for e in events):
-                return
-            for e in events:
-                e.wait()
-            self.pending.pop(0)
-            try:
-                call_receiver(cmd.fn, cmd.name, arrays, iterations)
-            except ReceiverError as err:
-                self.error = err   # stop issuing work; raised once the queue has drained
+        if self.error is None:
+            # a callback that raises stops issuing work; raised once the queue has drained
+            self.error = deliver_receives(self.pending, wait)

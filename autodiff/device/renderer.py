@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..graph.ops import Op
-from ..proc.index import DynAtom, Index, Var, flat_index, render_index
+from ..proc.index import Index, Var, flat_index, render_index
 from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children)
 
 LOCAL_SIZE = 64   # one fixed work-group size: PoCL rebuilds a kernel for each new local size
