@@ -1,13 +1,14 @@
-"""The reference transformer benchmark: autodiff vs PyTorch eager vs torch.compile.
+"""The reference transformer benchmark: autodiff vs PyTorch eager, torch.compile and JAX.
 
-    python benchmarks/bench_reference.py [--layers 1 2 4 6] [--steps 500] [--no-compile] [--json out.json]
+    python benchmarks/bench_reference.py [--layers 1 2 4 6] [--steps 500] [--no-compile] [--no-jax] [--json out.json]
+    python benchmarks/bench_reference.py --large        # batch 8, seq 64, d 128, ff 512, 2 layers, 200 steps
 
 L post-norm encoder layers (d_model 64, 4 heads, ff 128, ReLU, no dropout), input
 (2, 64) filled with 0.3, loss = sum(output) / 1000, SGD lr 0.01; every framework
 starts from the same weights. Columns: first call / compile seconds, steady ms per
-step (autodiff: the whole ir_for run / steps; torch: median step), final loss.
-Kernel caches (PoCL's, pyopencl's, inductor's) are whatever this machine has:
-run twice to see warm numbers.
+step (autodiff and JAX's fori_loop: the whole run / steps; the others: median step),
+final loss. JAX runs when it is installed (pip install -e ".[bench]"). Kernel caches
+(PoCL's, inductor's, JAX's) are whatever this machine has: run twice to see warm numbers.
 """
 from __future__ import annotations
 
@@ -24,15 +25,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import autodiff as ad  # noqa: E402
-from reference_model import trace_reference_step  # noqa: E402
+from reference_model import LARGE, reference_input, trace_reference_step  # noqa: E402
 
 
-def run_autodiff(layers: int, steps: int, device: str) -> tuple[dict, dict]:
+def run_autodiff(config: dict, device: str) -> tuple[dict, dict]:
     ad.reset()
     ad.manual_seed(0)
     losses: list[float] = []
+    steps = config["steps"]
     start = time.perf_counter()
-    model = trace_reference_step(layers, steps=steps, losses=losses)
+    model = trace_reference_step(**config, losses=losses)
     state = model.state_dict()
     compiled = ad.compile(device=device)
     compile_s = time.perf_counter() - start
@@ -42,14 +44,16 @@ def run_autodiff(layers: int, steps: int, device: str) -> tuple[dict, dict]:
                        kernels=report.kernels_after_fusion, launches_per_step=report.kernels_launched / steps)
 
 
-def run_torch(state: dict, layers: int, steps: int, compiled: bool) -> dict:
+def run_torch(state: dict, config: dict, compiled: bool) -> dict:
     import torch
     torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
-    model = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+    steps = config["steps"]
+    layer = torch.nn.TransformerEncoderLayer(config["d_model"], config["heads"], config["ff"], dropout=0.0,
+                                             batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, config["layers"], enable_nested_tensor=False)
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.full((2, 64), 0.3)
+    x = torch.from_numpy(reference_input(config["d_model"], config["seq"], config.get("batch")))
 
     def step() -> torch.Tensor:
         opt.zero_grad()
@@ -71,25 +75,46 @@ def run_torch(state: dict, layers: int, steps: int, compiled: bool) -> dict:
                 ms_per_step=1000 * statistics.median(times), final_loss=float(loss.detach()))
 
 
+def jax_available() -> bool:
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4, 6])
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--large", action="store_true", help="the larger model (its own layers and steps)")
     parser.add_argument("--device", default="opencl")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
+    parser.add_argument("--no-jax", action="store_true", help="skip JAX")
     parser.add_argument("--json")
     args = parser.parse_args()
+    configs = ([dict(LARGE)] if args.large else
+               [dict(layers=n, steps=args.steps, d_model=64, heads=4, ff=128, seq=2) for n in args.layers])
+    with_jax = not args.no_jax and jax_available()
     rows = []
-    for layers in args.layers:
-        state, ours = run_autodiff(layers, args.steps, args.device)
-        results = [ours, run_torch(state, layers, args.steps, False)]
+    for config in configs:
+        state, ours = run_autodiff(config, args.device)
+        results = [ours, run_torch(state, config, False)]
         if not args.no_compile:
-            results.append(run_torch(state, layers, args.steps, True))
+            results.append(run_torch(state, config, True))
+        if with_jax:
+            from jax_reference import run_jax
+            data = reference_input(config["d_model"], config["seq"], config.get("batch"))
+            for fori_loop in (False, True):
+                results.append(run_jax(state, data, config["layers"], config["heads"], config["steps"], 0.01,
+                                       fori_loop))
         eager_ms = results[1]["ms_per_step"]
         for r in results:
-            r.update(layers=layers, vs_eager=eager_ms / r["ms_per_step"])
+            r.update(layers=config["layers"], vs_eager=eager_ms / r["ms_per_step"])
             rows.append(r)
-    print(f"machine: {platform.machine()}, {platform.python_version()}; steps {args.steps}")
+    shape = "batch 8, seq 64, d 128, ff 512" if args.large else "(2, 64), d 64, ff 128"
+    print(f"machine: {platform.machine()}, {platform.python_version()}; {shape}; steps {configs[0]['steps']}"
+          + ("" if with_jax else "; JAX not installed"))
     print(f"{'L':>2} {'framework':<18} {'compile s':>9} {'ms/step':>8} {'speedup vs eager':>16} {'final loss':>12}")
     for r in rows:
         print(f"{r['layers']:>2} {r['framework']:<18} {r['compile_s']:>9.2f} {r['ms_per_step']:>8.3f} "

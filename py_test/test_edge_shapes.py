@@ -82,3 +82,37 @@ def test_big_matmul_with_gradient_and_update(device):
     ad.execute(device=device)
     grad = 2 * x.T @ (x @ w0)
     np.testing.assert_allclose(w.numpy(), w0 - 1e-3 * grad, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_of_sliced_operands_big_enough_for_the_tiled_kernel(device):
+    """Operands that start inside their buffer (a weight's row slice, as attention's q/k/v
+    projections take them): the kernel must add the slice's start to the buffer offset."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 64, 128)).astype(np.float32)
+    w = rng.standard_normal((384, 128)).astype(np.float32) * 0.1
+    bias = rng.standard_normal(384).astype(np.float32)
+    got = _run(device, lambda: [ad.Tensor(x) @ ad.Tensor(w, name="w")[128:256].T + ad.Tensor(bias)[128:256],
+                                ad.Tensor(x)[1:3, 5:] @ ad.Tensor(w, name="w2")[256:].T,
+                                ad.Tensor(w, name="w3")[10:138].T @ ad.Tensor(x)[2, :, :].T])
+    np.testing.assert_allclose(got[0], x @ w[128:256].T + bias[128:256], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[1], x[1:3, 5:] @ w[256:].T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[2], w[10:138].T @ x[2].T, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_at_a_size_that_uses_the_tiled_kernels(device):
+    """The larger benchmark model's attention (d 128, 4 heads, seq 64) against numpy."""
+    from autodiff import nn
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 64, 128)).astype(np.float32)
+    attention = nn.MultiheadAttention(128, 4, batch_first=True)
+    w = attention.in_proj_weight.numpy()
+    b = attention.in_proj_bias.numpy()
+    wo, bo = attention.out_proj.weight.numpy(), attention.out_proj.bias.numpy()
+    got = _run(device, lambda: [attention(ad.Tensor(x), ad.Tensor(x), ad.Tensor(x), need_weights=False)[0]])
+    q, k, v = (np.transpose((x @ w[i * 128:(i + 1) * 128].T + b[i * 128:(i + 1) * 128]).reshape(2, 64, 4, 32),
+                            (0, 2, 1, 3)) for i in range(3))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(32)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    want = (weights @ v).transpose(0, 2, 1, 3).reshape(2, 64, 128) @ wo.T + bo
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4)

@@ -171,7 +171,7 @@ class CUDAExecutor:
             if param.kind == "buffer":
                 args.append(self.device_buffers[param.buffer_id])
             elif param.kind == "offset":
-                args.append(np.int32(self.element_offset[param.buffer_id]))
+                args.append(np.int32(self.element_offset[param.buffer_id] + param.extra))
             else:
                 args.append(np.int32(0))
                 var_args.append((position, param.var))

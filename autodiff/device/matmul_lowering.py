@@ -109,8 +109,8 @@ def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLan
     renderer = KernelRenderer(kernel, language, buffers)
     body_lines, value = renderer.render_expression(epilogue_value, kernel.variables)
     params = [Param("buffer", kernel.out.id), Param("offset64", kernel.out.id),
-              Param("buffer", match.a.buffer_id), Param("offset64", match.a.buffer_id),
-              Param("buffer", match.b.buffer_id), Param("offset64", match.b.buffer_id)]
+              Param("buffer", match.a.buffer_id), Param("offset64", match.a.buffer_id, extra=match.a_offset),
+              Param("buffer", match.b.buffer_id), Param("offset64", match.b.buffer_id, extra=match.b_offset)]
     helper_params, call_args = [], []
     for buffer_id, slot in renderer.slots.items():   # buffers the epilogue reads (the output too)
         ctype = renderer.ctype(buffers[buffer_id].dtype)

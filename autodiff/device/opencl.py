@@ -216,9 +216,9 @@ class OpenCLExecutor:
                 where, _ = self._place(param.buffer_id)
                 kernel.set_arg(position, self.arena if where == "arena" else self.state)
             elif param.kind == "offset":
-                kernel.set_arg(position, np.int32(self._place(param.buffer_id)[1]))
+                kernel.set_arg(position, np.int32(self._place(param.buffer_id)[1] + param.extra))
             elif param.kind == "offset64":
-                kernel.set_arg(position, np.int64(self._place(param.buffer_id)[1]))
+                kernel.set_arg(position, np.int64(self._place(param.buffer_id)[1] + param.extra))
             else:
                 kernel.set_arg(position, np.int32(0))
                 var_args.append((position, param.var))

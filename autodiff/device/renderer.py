@@ -91,6 +91,7 @@ class Param:
     #                     | "table" (a megakernel's offset table) | "table_base" (its first entry)
     buffer_id: int = -1
     var: Var | None = None
+    extra: int = 0      # elements added to an offset (a matmul operand's constant index term)
 
 
 @dataclass
