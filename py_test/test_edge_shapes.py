@@ -116,3 +116,22 @@ def test_attention_at_a_size_that_uses_the_tiled_kernels(device):
     weights /= weights.sum(-1, keepdims=True)
     want = (weights @ v).transpose(0, 2, 1, 3).reshape(2, 64, 128) @ wo.T + bo
     np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_relu_uses_the_tiled_matmul_kernel():
+    """relu reads the product twice (where(x > 0, x, 0)): both copies are the one accumulator."""
+    from autodiff.device.opencl import opencl_available
+    if not opencl_available():
+        pytest.skip("no OpenCL device")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((64, 96)).astype(np.float32)
+    w = rng.standard_normal((96, 80)).astype(np.float32)
+    b = rng.standard_normal(80).astype(np.float32)
+    got: list[np.ndarray] = []
+    ad.Receiver(lambda v: got.append(v), [(ad.Tensor(x) @ ad.Tensor(w, name="w") + ad.Tensor(b, name="b")).relu()],
+                name="y")
+    compiled = ad.compile(device="opencl")
+    compiled.run()
+    (source,) = compiled.kernels.values()
+    assert "reqd_work_group_size" in source          # the tiled generator's kernel
+    np.testing.assert_allclose(got[0], np.maximum(x @ w + b, 0), rtol=1e-4, atol=1e-4)

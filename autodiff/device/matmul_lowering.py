@@ -57,13 +57,14 @@ def _batch_stride(coefs: dict[Var, int], batch: tuple[Var, ...]) -> int | None:
 
 
 def match_matmul(kernel: Kernel, buffers: dict) -> MatmulMatch | None:
-    products = [e for e in walk_expr(kernel.value) if isinstance(e, Reduce) and e.op is Op.SUM
-                and len(e.variables) == 1 and isinstance(e.body, Alu) and e.body.op is Op.MUL
-                and all(isinstance(x, Load) for x in e.body.args)]
+    # equal copies of the product are one product (fusion inlines a producer once per use:
+    # relu(x) = where(x > 0, x, 0) reads it twice); the epilogue reads the accumulator for each
+    products = list(dict.fromkeys(e for e in walk_expr(kernel.value) if isinstance(e, Reduce)))
     if len(products) != 1 or len(kernel.variables) < 2 or kernel.out.dtype != "float32":
         return None
     product = products[0]
-    if any(isinstance(e, Reduce) and e is not product for e in walk_expr(kernel.value)):
+    if not (product.op is Op.SUM and len(product.variables) == 1 and isinstance(product.body, Alu)
+            and product.body.op is Op.MUL and all(isinstance(x, Load) for x in product.body.args)):
         return None
     (k,) = product.variables
     a, b = product.body.args
@@ -143,7 +144,7 @@ def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLan
 
 
 def _replace(value: Expr, target: Reduce, with_expr: Expr) -> Expr:
-    """`value` with the one product replaced by the accumulator (iterative rebuild)."""
+    """`value` with every copy of the product replaced by the accumulator (iterative rebuild)."""
     from ..proc.ir import Alu as _Alu, Guard, children
     done: dict[int, Expr] = {}
     stack: list[tuple[Expr, bool]] = [(value, False)]
@@ -151,7 +152,7 @@ def _replace(value: Expr, target: Reduce, with_expr: Expr) -> Expr:
         e, expanded = stack.pop()
         if id(e) in done:
             continue
-        if e is target:
+        if isinstance(e, Reduce) and e == target:
             done[id(e)] = with_expr
             continue
         if not expanded:
