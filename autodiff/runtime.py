@@ -23,7 +23,7 @@ def known_switches() -> tuple[str, ...]:
     """Every name `disable=` accepts: graph passes, fusion kinds, memory reuse."""
     from .fusion import FUSION_KINDS
     from .opt import PASS_NAMES
-    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("memory_reuse", "megakernel", "tiled_matmul")
+    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("operand_packing", "memory_reuse", "megakernel", "tiled_matmul")
 
 
 @dataclass
@@ -121,6 +121,9 @@ class CompiledProgram:
         self.kernels_before_fusion = len(self.proc.kernels())
         at = self._mark("lowering", at)
         self.proc = fuse(self.proc, self.disable)
+        if "operand_packing" not in self.disable:
+            from .device.matmul_lowering import pack_matmul_operands
+            pack_matmul_operands(self.proc)
         self.kernels_after_fusion = len(self.proc.kernels())
         at = self._mark("fusion", at)
         self.plan = plan_memory(self.proc, reuse="memory_reuse" not in self.disable)

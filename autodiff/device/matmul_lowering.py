@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..fusion.fuse import TILED_DOT_WORK as MIN_WORK   # smaller products gain nothing from tiling
 from ..graph.ops import Op
 from ..proc.index import Index, Var, flat_index
-from ..proc.ir import Alu, Expr, Kernel, Load, Reduce, walk_expr
+from ..proc.ir import (Alu, Buffer, Expr, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, Reduce, map_expr,
+                       substitute_vars, walk_expr)
 from .matmul_source import Epilogue, MatmulShape, render_matmul
 from .renderer import ACCUMULATOR, CStyleLanguage, KernelRenderer, Param, RenderedKernel
 
-MIN_WORK = 32 * 32 * 32   # smaller products gain nothing from tiling
 
 
 @dataclass
@@ -57,14 +58,8 @@ def _batch_stride(coefs: dict[Var, int], batch: tuple[Var, ...]) -> int | None:
 
 
 def match_matmul(kernel: Kernel, buffers: dict) -> MatmulMatch | None:
-    # equal copies of the product are one product (fusion inlines a producer once per use:
-    # relu(x) = where(x > 0, x, 0) reads it twice); the epilogue reads the accumulator for each
-    products = list(dict.fromkeys(e for e in walk_expr(kernel.value) if isinstance(e, Reduce)))
-    if len(products) != 1 or len(kernel.variables) < 2 or kernel.out.dtype != "float32":
-        return None
-    product = products[0]
-    if not (product.op is Op.SUM and len(product.variables) == 1 and isinstance(product.body, Alu)
-            and product.body.op is Op.MUL and all(isinstance(x, Load) for x in product.body.args)):
+    product = _single_product(kernel)
+    if product is None:
         return None
     (k,) = product.variables
     a, b = product.body.args
@@ -166,3 +161,95 @@ def _replace(value: Expr, target: Reduce, with_expr: Expr) -> Expr:
         else:
             done[id(e)] = e
     return done[id(value)]
+
+
+# --- operand packing ----------------------------------------------------------------------
+
+def _single_product(kernel: Kernel) -> Reduce | None:
+    """The kernel's one product sum_k a * b of two loads, if any. Equal copies of it are one
+    product: fusion inlines a producer once per use (relu(x) = where(x > 0, x, 0) reads it
+    twice), and the epilogue reads the accumulator for each copy."""
+    products = list(dict.fromkeys(e for e in walk_expr(kernel.value) if isinstance(e, Reduce)))
+    if len(products) != 1 or len(kernel.variables) < 2 or kernel.out.dtype != "float32":
+        return None
+    product = products[0]
+    if (product.op is Op.SUM and len(product.variables) == 1 and isinstance(product.body, Alu)
+            and product.body.op is Op.MUL and all(isinstance(x, Load) for x in product.body.args)):
+        return product
+    return None
+
+
+def _packed_operand(load: Load, axes: tuple[Var, ...], buffer_id: int) -> tuple[Buffer, Kernel, Load]:
+    """A temp buffer over `axes`, the copy kernel filling it from `load`, and the load of it."""
+    buffer = Buffer(buffer_id, f"packed{buffer_id}", tuple(v.extent for v in axes), load.dtype, "temp")
+    own = tuple(Var(f"{v.name}_p{buffer_id}", v.extent) for v in axes)
+    mapping = {old: Index.of(new) for old, new in zip(axes, own)}
+    value = substitute_vars(Load(load.buffer_id, load.indices, load.dtype, False), mapping)
+    copy = Kernel(f"pack{buffer_id}", buffer, own, value, "copy", ops=["pack"])
+    return buffer, copy, Load(buffer_id, tuple(Index.of(v) for v in axes), load.dtype, False)
+
+
+def pack_matmul_operands(program: ProcProgram) -> int:
+    """Give the tiled kernel the operands it can read: where a large product reads an operand
+    through an access the tiled kernel cannot express (the heads of attention split out of a
+    row, k = head * 32 + d; a row stride other than the row length), a copy kernel first
+    writes that operand packed. The copy is O(m*k) against the product's O(m*n*k) in the
+    naive per-output kernel it replaces. Returns how many copies were added."""
+    buffers = {b.id: b for b in program.buffers}
+    next_id = max(buffers, default=0) + 1
+    added = 0
+    stack = [program.commands]
+    while stack:
+        commands = stack.pop()
+        stack.extend(c.body for c in commands if isinstance(c, LoopCmd))
+        at = 0
+        while at < len(commands):
+            cmd = commands[at]
+            at += 1
+            if not isinstance(cmd, KernelCmd):
+                continue
+            kernel = cmd.kernel
+            product = _single_product(kernel)
+            if product is None or match_matmul(kernel, buffers) is not None:
+                continue
+            (k,) = product.variables
+            *batch, m, n = kernel.variables
+            if m.extent * n.extent * k.extent < MIN_WORK:
+                continue
+            operands, roles = [], set()
+            for load in product.body.args:
+                used = {v for index in load.indices for v in index.variables()}
+                role = m if m in used else n
+                if k not in used or used - set(batch) - {role, k}:
+                    break
+                roles.add(role)
+                # an operand using some batch axes but not all (attention's input, shared by its
+                # heads) is copied for every batch index: one batch stride must step through it
+                own_batch = tuple(v for v in batch if v in used)
+                axes = (own_batch if len(own_batch) in (0, len(batch)) else tuple(batch)) + \
+                    ((m, k) if role is m else (k, n))
+                operands.append((load, axes))
+            if len(operands) != 2 or roles != {m, n}:
+                continue
+            for packing in ([operands[0]], [operands[1]], operands):
+                copies, replace = [], {}
+                for load, axes in packing:
+                    buffer, copy, packed = _packed_operand(load, axes, next_id + len(copies))
+                    copies.append((buffer, copy))
+                    replace[load] = packed
+                trial = Kernel(kernel.name, kernel.out, kernel.variables,
+                               map_expr(kernel.value, replace_load=lambda ld: replace.get(ld)), kernel.kind,
+                               kernel.sources, kernel.ops)
+                trial_buffers = {**buffers, **{b.id: b for b, _ in copies}}
+                if match_matmul(trial, trial_buffers) is None:
+                    continue
+                for buffer, copy in copies:
+                    program.buffers.append(buffer)
+                    buffers[buffer.id] = buffer
+                    commands.insert(at - 1, KernelCmd(copy))
+                    at += 1
+                    next_id += 1
+                    added += 1
+                kernel.value = trial.value
+                break
+    return added

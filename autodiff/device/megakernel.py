@@ -16,7 +16,7 @@ from typing import Callable, Hashable, Sequence
 from ..proc.ir import Kernel, KernelCmd, LoopCmd, ProcProgram, Reduce, walk_expr
 
 MAX_ELEMENTS = 1 << 15      # a kernel this big or bigger keeps its own launch (all cores)
-MAX_WORK = 1 << 21          # elements x reduction length of one stage
+MAX_WORK = 1 << 18          # elements x reduction length of one stage (one core runs a megakernel)
 MAX_STAGES = 48             # stages of one megakernel
 # stages built in all distinct megakernels of a program: past it, the remaining pieces
 # launch their kernels one by one (single kernels share sources across layers anyway)

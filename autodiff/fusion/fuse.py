@@ -24,7 +24,11 @@ Rules against harmful fusion, and what each protects:
 - a producer is not moved past a command that writes a buffer it reads (an
   update of a parameter, a new Feeder batch): it must see the values of its place;
 - a producer that a Receiver reads keeps its buffer;
-- expressions stay below MAX_EXPRESSION nodes, so generated kernels stay small.
+- expressions stay below MAX_EXPRESSION nodes, so generated kernels stay small;
+- a dot product of TILED_DOT_WORK or more multiply-adds is not inlined into a kernel that
+  already has a reduction: a kernel with one product and an epilogue runs as the tiled
+  matmul kernel, one with two (attention's q, k and v gradients summed) as a per-output
+  loop, measured 10-20x slower on the larger transformer.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from ..proc.ir import (Buffer, Command, Expr, FeedCmd, Kernel, KernelCmd, Load, 
 
 FUSION_KINDS = ("elementwise_fusion", "reduce_fusion", "dot_fusion")
 MAX_EXPRESSION = 160
+TILED_DOT_WORK = 32 * 32 * 32   # multiply-adds from which a product gains from the tiled kernel
 
 
 @dataclass
@@ -55,6 +60,18 @@ def _loads_with_context(expr: Expr) -> list[tuple[Load, bool]]:
             out.append((e, inside))
         stack.extend((c, inside or isinstance(e, Reduce)) for c in children(e))
     return out
+
+
+def _reduce_work(kernel: Kernel) -> int:
+    """Output elements times the longest reduction in the kernel: its multiply-adds for a dot."""
+    longest = 1
+    for e in walk_expr(kernel.value):
+        if isinstance(e, Reduce):
+            extent = 1
+            for v in e.variables:
+                extent *= v.extent
+            longest = max(longest, extent)
+    return kernel.out.size * longest
 
 
 def _has_reduce(expr: Expr) -> bool:
@@ -119,7 +136,10 @@ class Fusion:
         if expensive and (len(uses) != 1 or len(set(load for load, _ in uses[0].loads)) != 1):
             return False
         read = {load.buffer_id for load, _ in _loads_with_context(producer.value)}
+        large_dot = producer.kind == "matmul" and _reduce_work(producer) >= TILED_DOT_WORK
         for use in uses:
+            if large_dot and _has_reduce(use.kernel.value):
+                return False
             # nothing in between may write what the producer reads
             if any(at < w < use.position for b in read for w in writes.get(b, ())):
                 return False

@@ -1,0 +1,105 @@
+"""Which kernels reach the tiled matmul kernel: operand packing and one product per kernel."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import autodiff as ad
+from autodiff.device.matmul_lowering import match_matmul
+from autodiff.fusion.fuse import TILED_DOT_WORK
+from autodiff.proc.ir import Reduce, walk_expr
+
+
+def _compile(build, disable=frozenset()):
+    got: list[np.ndarray] = []
+    ad.Receiver(lambda *a: got.extend(a), build(), name="out")
+    compiled = ad.compile(device="numpy-proc", disable=set(disable))
+    compiled.run()
+    return compiled, got
+
+
+def _products(compiled) -> list:
+    buffers = {b.id: b for b in compiled.proc.buffers}
+    out = []
+    for kernel in compiled.proc.kernels():
+        reduces = set(e for e in walk_expr(kernel.value) if isinstance(e, Reduce))
+        if reduces:
+            out.append((kernel, len(reduces), match_matmul(kernel, buffers)))
+    return out
+
+
+def _attention_scores(x: np.ndarray, w: np.ndarray):
+    def build():
+        q = (ad.Tensor(x) @ ad.Tensor(w, name="w").T).reshape(4, 64, 4, 32).permute(0, 2, 1, 3)
+        merged = q.permute(0, 2, 1, 3).reshape(4, 64, 128)          # heads merged back: k = h*32 + d
+        return [q @ q.mT, merged @ ad.Tensor(w, name="w2")]
+    return build
+
+
+def test_operands_the_tiled_kernel_cannot_read_are_packed_first():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 64, 128)).astype(np.float32)
+    w = rng.standard_normal((128, 128)).astype(np.float32) * 0.1
+    compiled, got = _compile(_attention_scores(x, w))
+    q = (x @ w.T).reshape(4, 64, 4, 32).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(got[0], q @ q.transpose(0, 1, 3, 2), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[1], (x @ w.T) @ w, rtol=1e-4, atol=1e-4)
+    packs = [k for k in compiled.proc.kernels() if k.ops == ["pack"]]
+    assert packs
+    assert all(match is not None for _, _, match in _products(compiled))
+
+    ad.reset()
+    unpacked, same = _compile(_attention_scores(x, w), disable={"operand_packing"})
+    assert not [k for k in unpacked.proc.kernels() if k.ops == ["pack"]]
+    assert any(match is None for _, _, match in _products(unpacked))
+    for a, b in zip(got, same):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_small_products_are_not_packed():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 2, 16)).astype(np.float32)
+    compiled, got = _compile(lambda: [ad.Tensor(x).reshape(2, 2, 2, 8).permute(0, 2, 1, 3)
+                                      @ ad.Tensor(x).reshape(2, 2, 2, 8).permute(0, 2, 3, 1)])
+    assert not [k for k in compiled.proc.kernels() if k.ops == ["pack"]]
+
+
+def test_two_large_products_stay_in_separate_kernels():
+    """Each keeps the tiled kernel (one product + epilogue) instead of a per-output loop."""
+    rng = np.random.default_rng(2)
+    a, b = (rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2))
+    w1, w2 = (rng.standard_normal((64, 48)).astype(np.float32) for _ in range(2))
+    assert 64 * 48 * 64 >= TILED_DOT_WORK
+    compiled, got = _compile(lambda: [(ad.Tensor(a) @ ad.Tensor(w1, name="w1")
+                                       + ad.Tensor(b) @ ad.Tensor(w2, name="w2")).relu()])
+    np.testing.assert_allclose(got[0], np.maximum(a @ w1 + b @ w2, 0), rtol=1e-4, atol=1e-4)
+    products = _products(compiled)
+    assert len(products) == 2
+    assert all(count == 1 and match is not None for _, count, match in products)
+
+
+@pytest.mark.parametrize("switch", ["operand_packing", "tiled_matmul"])
+def test_attention_training_agrees_with_packing_off(switch, device):
+    from autodiff import nn
+    if device == "numpy":
+        pytest.skip("the graph executor has no kernels")
+
+    def train(disable):
+        ad.reset()
+        ad.manual_seed(0)
+        model = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+        opt = nn.SGD(model.parameters(), lr=0.05)
+        data = np.random.default_rng(3).standard_normal((2, 32, 64)).astype(np.float32)
+
+        def step():
+            loss = (model(ad.Tensor(data)) * ad.Tensor(data)).sum() / 100
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ad.ir_for(3, step)
+        ad.compile(device=device, disable=disable).run()
+        return {k: np.array(v) for k, v in model.state_dict().items()}
+
+    on, off = train(set()), train({switch})
+    for name in on:
+        np.testing.assert_allclose(on[name], off[name], rtol=1e-4, atol=1e-5, err_msg=name)
