@@ -31,6 +31,7 @@ class MatmulMatch:
     shape: MatmulShape
     a_offset: int
     b_offset: int
+    folded_rows: int = 0     # when > 0, the batch was folded into m: the original m extent
 
 
 def _linear(form: Index, allowed: tuple[Var, ...]) -> dict[Var, int] | None:
@@ -92,6 +93,11 @@ def match_matmul(kernel: Kernel, buffers: dict) -> MatmulMatch | None:
     if sa is None or sb is None or fa.const < 0 or fb.const < 0:
         return None
     count = int(np.prod([v.extent for v in batch], dtype=np.int64)) if batch else 1
+    if count > 1 and sb == 0 and not a_t and sa == M * K:
+        # a batch of row blocks against one B (a Linear on (batch, seq, features)) is one
+        # product with count * M rows: bigger tiles, fewer edges, one launch-wide grid
+        shape = MatmulShape(M * count, N, K, 1, False, b_t, 0, 0)
+        return MatmulMatch(product, a, b, shape, fa.const, fb.const, folded_rows=M)
     shape = MatmulShape(M, N, K, count, a_t, b_t, sa, sb)
     return MatmulMatch(product, a, b, shape, fa.const, fb.const)
 
@@ -124,8 +130,13 @@ def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLan
         index_lines.append(f"const int i{position} = (b / {stride}) % {extent};")
         stride *= extent
     index_lines += [f"const int i{len(batch)} = m;", f"const int i{len(batch) + 1} = n;"]
-    helper = ["inline float {name}_epilogue(" + ", ".join(["const float acc", "const int m", "const int n",
-                                                            "const int b"] + helper_params) + ") {"]
+    row, flat_batch = "m", "b"
+    if match.folded_rows:   # the kernel's rows are (batch, m) flattened
+        row, flat_batch = "row", "batch0"
+        index_lines = [f"const int b = row / {match.folded_rows};",
+                       f"const int m = row % {match.folded_rows};"] + index_lines
+    helper = ["inline float {name}_epilogue(" + ", ".join(["const float acc", f"const int {row}", "const int n",
+                                                            f"const int {flat_batch}"] + helper_params) + ") {"]
     helper += ["    " + line for line in index_lines + body_lines] + [f"    return {value};", "}"]
     epilogue = Epilogue(f"{{name}}_epilogue({', '.join(['acc', 'm', 'n', 'b'] + call_args)})",
                         tuple(helper_params))
