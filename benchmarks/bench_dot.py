@@ -8,7 +8,7 @@ epilogue). Seconds per product are the difference of a run with 2*reps and a run
 with reps products divided by reps, so uploads and read-backs cancel. Beside it:
 numpy (`np.maximum(a @ b + bias, 0)`) and PyTorch eager (`relu(addmm)`), median of
 rounds. Shapes: squares, and the products of the transformers' training steps
-("tn": A stored transposed, as in a weight gradient).
+(a Linear reads its weight transposed; a weight gradient reads A transposed).
 """
 from __future__ import annotations
 
@@ -23,26 +23,27 @@ import numpy as np
 
 import autodiff as ad
 
-# (label, m, k, n, A stored transposed)
+# (label, m, k, n, A stored transposed, B stored transposed); a Linear computes x @ W^T
 TRANSFORMER_SHAPES = [
-    ("ref qkv (2x64 @ 64x192)", 2, 64, 192, False),
-    ("ref ff1 (2x64 @ 64x128)", 2, 64, 128, False),
-    ("large qkv (512x128 @ 128x384)", 512, 128, 384, False),
-    ("large ff1 (512x128 @ 128x512)", 512, 128, 512, False),
-    ("large ff2 (512x512 @ 512x128)", 512, 512, 128, False),
-    ("large dW ff1 tn (512x512^T @ 512x128)", 512, 512, 128, True),
+    ("ref qkv (2x64 @ (192x64)^T)", 2, 64, 192, False, True),
+    ("ref ff1 (2x64 @ (128x64)^T)", 2, 64, 128, False, True),
+    ("large qkv (512x128 @ (384x128)^T)", 512, 128, 384, False, True),
+    ("large ff1 (512x128 @ (512x128)^T)", 512, 128, 512, False, True),
+    ("large ff2 (512x512 @ (128x512)^T)", 512, 512, 128, False, True),
+    ("large dx ff1 (512x512 @ 512x128)", 512, 512, 128, False, False),
+    ("large dW ff1 ((512x512)^T @ 512x128)", 512, 512, 128, True, False),
 ]
 
 
-def seconds_autodiff(a: np.ndarray, b: np.ndarray, bias: np.ndarray, transposed: bool, reps: int,
+def seconds_autodiff(a: np.ndarray, b: np.ndarray, bias: np.ndarray, a_t: bool, b_t: bool, reps: int,
                      device: str) -> float:
     def program(count: int):
         ad.reset()
         ta, tb = ad.Tensor(a, name="a"), ad.Tensor(b, name="b")
         tbias = ad.Tensor(bias, name="bias")
-        m, n = (a.shape[1] if transposed else a.shape[0]), b.shape[1]
+        m, n = (a.shape[1] if a_t else a.shape[0]), (b.shape[0] if b_t else b.shape[1])
         out = ad.Tensor(np.zeros((m, n), np.float32), name="out")
-        ad.ir_for(count, lambda: out.copy_(((ta.T if transposed else ta) @ tb + tbias).relu()))
+        ad.ir_for(count, lambda: out.copy_(((ta.T if a_t else ta) @ (tb.T if b_t else tb) + tbias).relu()))
         return ad.compile(device=device)
 
     short, long = program(reps), program(2 * reps)
@@ -77,21 +78,21 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     import torch
-    cases = [(f"square {s}", s, s, s, False) for s in args.sizes] + TRANSFORMER_SHAPES
+    cases = [(f"square {s}", s, s, s, False, False) for s in args.sizes] + TRANSFORMER_SHAPES
     rng = np.random.default_rng(0)
     rows = []
-    for label, m, k, n, transposed in cases:
-        a = rng.standard_normal((k, m) if transposed else (m, k)).astype(np.float32)
-        b = rng.standard_normal((k, n)).astype(np.float32)
+    for label, m, k, n, a_t, b_t in cases:
+        a = rng.standard_normal((k, m) if a_t else (m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if b_t else (k, n)).astype(np.float32)
         bias = rng.standard_normal(n).astype(np.float32)
         flops = 2 * m * n * k
         reps = max(2, min(200, int(2e9 / flops)))
-        ours = seconds_autodiff(a, b, bias, transposed, reps, args.device)
-        a_view = a.T if transposed else a
-        numpy_s = seconds_median(lambda: np.maximum(a_view @ b + bias, 0), reps)
+        ours = seconds_autodiff(a, b, bias, a_t, b_t, reps, args.device)
+        a_view, b_view = (a.T if a_t else a), (b.T if b_t else b)
+        numpy_s = seconds_median(lambda: np.maximum(a_view @ b_view + bias, 0), reps)
         ta, tb, tbias = (torch.from_numpy(x) for x in (a, b, bias))
-        ta_view = ta.T if transposed else ta
-        torch_s = seconds_median(lambda: torch.relu(torch.addmm(tbias, ta_view, tb)), reps)
+        ta_view, tb_view = (ta.T if a_t else ta), (tb.T if b_t else tb)
+        torch_s = seconds_median(lambda: torch.relu(torch.addmm(tbias, ta_view, tb_view)), reps)
         rows.append(dict(case=label, m=m, k=k, n=n, autodiff_gflops=flops / ours / 1e9,
                          numpy_gflops=flops / numpy_s / 1e9, torch_gflops=flops / torch_s / 1e9))
     print(f"machine: {platform.machine()}, python {platform.python_version()}, device {args.device}, "

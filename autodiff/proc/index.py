@@ -210,7 +210,7 @@ def _make(coefs: dict[Atom, int], const: int) -> Index:
             if not isinstance(atom, ModAtom) or atom not in coefs:
                 continue
             c = coefs[atom]
-            div = DivAtom(atom.form, atom.divisor)
+            div = _quotient_atom(atom)
             if coefs.get(div) == c * atom.divisor:
                 del coefs[atom], coefs[div]
                 for inner, k in atom.form.terms:
@@ -221,6 +221,15 @@ def _make(coefs: dict[Atom, int], const: int) -> Index:
                 break
     terms = tuple(sorted(coefs.items(), key=lambda t: _sort_key(t[0])))
     return Index(terms, int(const))
+
+
+def _quotient_atom(atom: ModAtom) -> Atom:
+    """The atom of form // divisor for `atom` = form % divisor, simplified as `//` does, so that
+    ((g // 4096) % 4) pairs with g // 16384 (the digits of a row-major index)."""
+    quotient = atom.form // atom.divisor
+    if len(quotient.terms) == 1 and quotient.const == 0 and quotient.terms[0][1] == 1:
+        return quotient.terms[0][0]
+    return DivAtom(atom.form, atom.divisor)
 
 
 def _split_by_factor(form: "Index", divisor: int) -> tuple[int, "Index", "Index"] | None:
