@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import autodiff as ad  # noqa: E402
 import autodiff.nn.functional as F  # noqa: E402
 from autodiff import nn  # noqa: E402
-from reference_model import trace_reference_step  # noqa: E402
+from reference_model import LARGE, trace_reference_step  # noqa: E402
 
 
 def mlp_program(features: int = 64, batch: int = 512) -> None:
@@ -59,6 +59,7 @@ PROGRAMS = {
     "linear.py": linear_program,
     "transformer L=1": lambda: trace_reference_step(1, steps=10),
     "transformer L=6": lambda: trace_reference_step(6, steps=10),
+    "larger transformer": lambda: trace_reference_step(**dict(LARGE, steps=10)),
 }
 
 
