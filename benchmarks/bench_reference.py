@@ -7,8 +7,9 @@ L post-norm encoder layers (d_model 64, 4 heads, ff 128, ReLU, no dropout), inpu
 (2, 64) filled with 0.3, loss = sum(output) / 1000, SGD lr 0.01; every framework
 starts from the same weights. Columns: first call / compile seconds, steady ms per
 step (autodiff and JAX's fori_loop: the whole run / steps; the others: median step),
-final loss. JAX runs when it is installed (pip install -e ".[bench]"). Kernel caches
-(PoCL's, inductor's, JAX's) are whatever this machine has: run twice to see warm numbers.
+final loss. JAX and tinygrad run when installed (pip install -e ".[bench]"; tinygrad
+picks its device, DEV=CPU needs clang). Kernel caches (PoCL's, inductor's, JAX's,
+tinygrad's) are whatever this machine has: run twice to see warm numbers.
 """
 from __future__ import annotations
 
@@ -83,6 +84,16 @@ def jax_available() -> bool:
     return True
 
 
+def tinygrad_available() -> bool:
+    """tinygrad imports and has a device (DEV=CPU needs clang)."""
+    try:
+        from tinygrad import Device, Tensor
+        (Tensor([1.0]) + 1).numpy()
+        return bool(Device.DEFAULT)
+    except Exception:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4, 6])
@@ -91,11 +102,13 @@ def main() -> None:
     parser.add_argument("--device", default="opencl")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
     parser.add_argument("--no-jax", action="store_true", help="skip JAX")
+    parser.add_argument("--no-tinygrad", action="store_true", help="skip tinygrad")
     parser.add_argument("--json")
     args = parser.parse_args()
     configs = ([dict(LARGE)] if args.large else
                [dict(layers=n, steps=args.steps, d_model=64, heads=4, ff=128, seq=2) for n in args.layers])
     with_jax = not args.no_jax and jax_available()
+    with_tinygrad = not args.no_tinygrad and tinygrad_available()
     rows = []
     for config in configs:
         state, ours = run_autodiff(config, args.device)
@@ -108,13 +121,17 @@ def main() -> None:
             for fori_loop in (False, True):
                 results.append(run_jax(state, data, config["layers"], config["heads"], config["steps"], 0.01,
                                        fori_loop))
+        if with_tinygrad:
+            from tinygrad_reference import run_tinygrad
+            data = reference_input(config["d_model"], config["seq"], config.get("batch"))
+            results.append(run_tinygrad(state, data, config["layers"], config["heads"], config["steps"], 0.01))
         eager_ms = results[1]["ms_per_step"]
         for r in results:
             r.update(layers=config["layers"], vs_eager=eager_ms / r["ms_per_step"])
             rows.append(r)
     shape = "batch 8, seq 64, d 128, ff 512" if args.large else "(2, 64), d 64, ff 128"
     print(f"machine: {platform.machine()}, {platform.python_version()}; {shape}; steps {configs[0]['steps']}"
-          + ("" if with_jax else "; JAX not installed"))
+          + ("" if with_jax else "; JAX not installed") + ("" if with_tinygrad else "; tinygrad not available"))
     print(f"{'L':>2} {'framework':<18} {'compile s':>9} {'ms/step':>8} {'speedup vs eager':>16} {'final loss':>12}")
     for r in rows:
         print(f"{r['layers']:>2} {r['framework']:<18} {r['compile_s']:>9.2f} {r['ms_per_step']:>8.3f} "

@@ -3,7 +3,6 @@ hand example, and the MiniMalloc "challenging" instances."""
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 
 import pytest
@@ -148,7 +147,7 @@ def test_search_beats_greedy_on_a_small_puzzle() -> None:
     assert plan.strategy.startswith("search:")
 
 
-def test_training_step_shape_is_fast_when_greedy_reaches_the_bound() -> None:
+def test_training_step_shape_reaches_the_bound_with_greedy() -> None:
     # Forward activations live until their backward use (a nested pattern),
     # gradients briefly, parameters the whole step: greedy is optimal here.
     layers = 100
@@ -156,12 +155,9 @@ def test_training_step_shape_is_fast_when_greedy_reaches_the_bound() -> None:
     for i in range(layers):
         buffers.append(Buffer(f"act{i}", i, 4 * layers - i, 1024 * (1 + i % 7)))
         buffers.append(Buffer(f"grad{i}", 4 * layers - i - 1, 4 * layers - i + 1, 4096))
-    began = time.perf_counter()
-    plan = place_buffers(buffers)
-    elapsed = time.perf_counter() - began
+    plan = place_buffers(buffers)     # its speed is measured in benchmarks/bench_placement.py
     validate_placement(buffers, plan.offsets)
     assert plan.height == plan.lower_bound
-    assert elapsed < 0.5  # about 0.03 s on a current machine; generous for CI
 
 
 @pytest.mark.skipif(not MINIMALLOC.is_dir(), reason=f"MiniMalloc data not found at {MINIMALLOC}")
