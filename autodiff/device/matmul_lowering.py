@@ -16,7 +16,7 @@ import numpy as np
 from ..fusion.fuse import TILED_DOT_WORK as MIN_WORK   # smaller products gain nothing from tiling
 from ..graph.ops import Op
 from ..proc.index import Index, Var, flat_index
-from ..proc.ir import (Alu, Buffer, Expr, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, Reduce, map_expr,
+from ..proc.ir import (Alu, Buffer, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, Reduce, map_expr, replace_expr,
                        substitute_vars, walk_expr)
 from .matmul_source import Epilogue, MatmulShape, render_matmul
 from .renderer import ACCUMULATOR, CStyleLanguage, KernelRenderer, Param, RenderedKernel
@@ -106,7 +106,7 @@ def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLan
                          buffers: dict) -> RenderedKernel:
     """The tiled kernel with the rest of the kernel's value as its epilogue function."""
     accumulator = Load(ACCUMULATOR, (), "float32")
-    epilogue_value = _replace(kernel.value, match.product, accumulator)
+    epilogue_value = replace_expr(kernel.value, match.product, accumulator)
     *batch, m, n = kernel.variables
     renderer = KernelRenderer(kernel, language, buffers)
     body_lines, value = renderer.render_expression(epilogue_value, kernel.variables)
@@ -147,31 +147,6 @@ def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLan
     global_size = tuple(int(g) for g in tiled.global_size)
     local_size = tuple(int(s) for s in tiled.local_size)
     return RenderedKernel(kernel.name, body, params, global_size, local_size)
-
-
-def _replace(value: Expr, target: Reduce, with_expr: Expr) -> Expr:
-    """`value` with every copy of the product replaced by the accumulator (iterative rebuild)."""
-    from ..proc.ir import Alu as _Alu, Guard, children
-    done: dict[int, Expr] = {}
-    stack: list[tuple[Expr, bool]] = [(value, False)]
-    while stack:
-        e, expanded = stack.pop()
-        if id(e) in done:
-            continue
-        if isinstance(e, Reduce) and e == target:
-            done[id(e)] = with_expr
-            continue
-        if not expanded:
-            stack.append((e, True))
-            stack.extend((c, False) for c in children(e) if id(c) not in done)
-            continue
-        if isinstance(e, _Alu):
-            done[id(e)] = _Alu(e.op, tuple(done[id(a)] for a in e.args), e.dtype)
-        elif isinstance(e, Guard):
-            done[id(e)] = Guard(e.valid, done[id(e.body)], done[id(e.otherwise)], e.dtype)
-        else:
-            done[id(e)] = e
-    return done[id(value)]
 
 
 # --- operand packing ----------------------------------------------------------------------

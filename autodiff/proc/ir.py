@@ -210,6 +210,33 @@ def map_expr(expr: Expr, replace_load: Callable[[Load], Expr | None] | None = No
     return done[id(expr)]
 
 
+def replace_expr(value: Expr, target: Expr, with_expr: Expr) -> Expr:
+    """`value` with every sub-expression equal to `target` replaced by `with_expr` (equal
+    copies too: fusion inlines a producer once per use). Iterative rebuild."""
+    done: dict[int, Expr] = {}
+    stack: list[tuple[Expr, bool]] = [(value, False)]
+    while stack:
+        e, expanded = stack.pop()
+        if id(e) in done:
+            continue
+        if type(e) is type(target) and e == target:
+            done[id(e)] = with_expr
+            continue
+        if not expanded:
+            stack.append((e, True))
+            stack.extend((c, False) for c in children(e) if id(c) not in done)
+            continue
+        if isinstance(e, Alu):
+            done[id(e)] = Alu(e.op, tuple(done[id(a)] for a in e.args), e.dtype)
+        elif isinstance(e, Guard):
+            done[id(e)] = Guard(e.valid, done[id(e.body)], done[id(e.otherwise)], e.dtype)
+        elif isinstance(e, Reduce):
+            done[id(e)] = Reduce(e.op, e.variables, done[id(e.body)], e.dtype)
+        else:
+            done[id(e)] = e
+    return done[id(value)]
+
+
 def substitute_vars(expr: Expr, mapping: dict[Var, Index]) -> Expr:
     """`expr` with each variable in `mapping` replaced by its access expression."""
     return map_expr(expr, map_index=lambda index: index.substitute(lambda atom: mapping.get(atom)))
