@@ -168,9 +168,11 @@ def expr_size(expr: Expr) -> int:
 
 
 def map_expr(expr: Expr, replace_load: Callable[[Load], Expr | None] | None = None,
-             map_index: Callable[[Index], Index] | None = None) -> Expr:
-    """Rebuild `expr` bottom-up, applying `map_index` to every access expression and
-    `replace_load` to every (rebuilt) load; None from `replace_load` keeps the load.
+             map_index: Callable[[Index], Index] | None = None,
+             replace: Callable[[Expr], Expr | None] | None = None) -> Expr:
+    """Rebuild `expr` bottom-up, applying `map_index` to every access expression,
+    `replace_load` to every (rebuilt) load and `replace` to every (rebuilt) node; None from
+    either keeps the node.
 
     Iterative post-order with memoization, so shared sub-expressions stay shared.
     """
@@ -206,35 +208,16 @@ def map_expr(expr: Expr, replace_load: Callable[[Load], Expr | None] | None = No
             new = RandomBits(e.seed, form(e.counter), form(e.element))
         else:
             new = e
+        if replace is not None:
+            new = replace(new) or new
         done[id(e)] = new
     return done[id(expr)]
 
 
 def replace_expr(value: Expr, target: Expr, with_expr: Expr) -> Expr:
     """`value` with every sub-expression equal to `target` replaced by `with_expr` (equal
-    copies too: fusion inlines a producer once per use). Iterative rebuild."""
-    done: dict[int, Expr] = {}
-    stack: list[tuple[Expr, bool]] = [(value, False)]
-    while stack:
-        e, expanded = stack.pop()
-        if id(e) in done:
-            continue
-        if type(e) is type(target) and e == target:
-            done[id(e)] = with_expr
-            continue
-        if not expanded:
-            stack.append((e, True))
-            stack.extend((c, False) for c in children(e) if id(c) not in done)
-            continue
-        if isinstance(e, Alu):
-            done[id(e)] = Alu(e.op, tuple(done[id(a)] for a in e.args), e.dtype)
-        elif isinstance(e, Guard):
-            done[id(e)] = Guard(e.valid, done[id(e.body)], done[id(e.otherwise)], e.dtype)
-        elif isinstance(e, Reduce):
-            done[id(e)] = Reduce(e.op, e.variables, done[id(e.body)], e.dtype)
-        else:
-            done[id(e)] = e
-    return done[id(value)]
+    copies too: fusion inlines a producer once per use)."""
+    return map_expr(value, replace=lambda e: with_expr if type(e) is type(target) and e == target else None)
 
 
 def substitute_vars(expr: Expr, mapping: dict[Var, Index]) -> Expr:
