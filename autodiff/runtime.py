@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ def known_switches() -> tuple[str, ...]:
     """Every name `disable=` accepts: graph passes, fusion kinds, memory reuse."""
     from .fusion import FUSION_KINDS
     from .opt import PASS_NAMES
-    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("operand_packing", "memory_reuse", "megakernel", "tiled_matmul")
+    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("operand_packing", "memory_reuse", "megakernel", "tiled_matmul",
+                                                     "vectorize", "feeder_thread")
 
 
 @dataclass
@@ -60,8 +62,18 @@ def default_device() -> str:
     from .device.cuda import cuda_available
     if cuda_available():
         return "cuda"
-    from .device.opencl import opencl_available
-    return "opencl" if opencl_available() else "numpy"
+    from .device.opencl import opencl_problem
+    problem = opencl_problem()
+    if problem is None:
+        return "opencl"
+    global _fallback_warned
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(f"autodiff runs on the numpy reference device (slow): {problem}", stacklevel=3)
+    return "numpy"
+
+
+_fallback_warned = False   # the fallback to numpy is explained once per process
 
 
 class CompiledProgram:
@@ -97,10 +109,12 @@ class CompiledProgram:
             if device == "opencl":
                 from .device.opencl import OpenCLExecutor
                 self.executor = OpenCLExecutor(self.proc, self.plan, megakernels="megakernel" not in disable,
-                                               tiled_matmuls="tiled_matmul" not in disable)
+                                               tiled_matmuls="tiled_matmul" not in disable,
+                                               feeder_thread="feeder_thread" not in disable,
+                                               vectorize="vectorize" not in disable)
             elif device == "cuda":
                 from .device.cuda import CUDAExecutor
-                self.executor = CUDAExecutor(self.proc, self.plan)
+                self.executor = CUDAExecutor(self.proc, self.plan, feeder_thread="feeder_thread" not in disable)
             else:
                 from .device.numpy_proc import NumpyProcExecutor
                 self.executor = NumpyProcExecutor(self.proc, self.plan)

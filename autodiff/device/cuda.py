@@ -18,8 +18,8 @@ every iteration, one launch instead of one per kernel, when
 
 Other bodies launch kernel by kernel, as do loops of one iteration.
 
-Feeders are called as the host reaches them and copied without blocking from
-pinned staging buffers (a staging buffer is refilled only once its last copy
+Feeders are called in program order on a background thread ahead of the host
+(host.Feeds) and copied without blocking from pinned staging buffers (a staging buffer is refilled only once its last copy
 has finished). Receivers copy without blocking into pinned memory and are
 called back in program order once the copy's event has completed; a callback
 that raises stops the run after the stream drains, and the persistent tensors
@@ -38,7 +38,7 @@ from ..alloc.plan import MemoryPlan
 from ..errors import DeviceMemoryError
 from ..proc.index import Var
 from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
-from .host import PendingReceive, call_feeder, deliver_receives, receiver_due
+from .host import Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
 from .build import build_kernels
 from .renderer import CUDALanguage, RenderedKernel, render_kernel
 
@@ -107,8 +107,10 @@ class _FeedSlots:
 class CUDAExecutor:
     language = CUDALanguage()
 
-    def __init__(self, program: ProcProgram, plan: MemoryPlan, device_id: int | None = None) -> None:
+    def __init__(self, program: ProcProgram, plan: MemoryPlan, device_id: int | None = None,
+                 feeder_thread: bool = True) -> None:
         cp = _cupy()
+        self.feeds_ahead = feeds_ahead(program.commands) if feeder_thread else 0
         self.cp = cp
         self.program = program
         self.plan = plan
@@ -207,12 +209,14 @@ class CUDAExecutor:
         self.iterations: list[int] = []
         self.pending: list[PendingReceive] = []
         self.error: BaseException | None = None
+        self.feeds = Feeds(self.program.commands, self.feeds_ahead)
         try:
             with self.stream:
                 self._run_commands(self.program.commands)
             self.stream.synchronize()
             self._deliver(wait=True)
         finally:
+            self.feeds.close()
             downloads = [(b, np.empty(b.shape, b.dtype)) for b in persistent if b.nbytes]
             for b, host in downloads:
                 self._copy(host.ctypes.data, self._pointer(b), b.nbytes, to_device=False)
@@ -251,7 +255,7 @@ class CUDAExecutor:
 
     def _feed(self, cmd: FeedCmd) -> None:
         b = cmd.buffer
-        value = call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, self.iterations)
+        value = self.feeds.take(cmd, self.iterations)
         if not b.nbytes:
             return
         slots = self.feed_slots.get(id(cmd))

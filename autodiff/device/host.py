@@ -1,12 +1,15 @@
 """Host-side work shared by every device: calling Feeders and Receivers with clear errors."""
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import FeederError, ReceiverError
+from ..proc.ir import FeedCmd, LoopCmd
 
 
 def where_in_loops(iterations: Sequence[int]) -> str:
@@ -70,3 +73,85 @@ def deliver_receives(pending: list[PendingReceive], wait: bool) -> ReceiverError
         except ReceiverError as err:
             return err
     return None
+
+
+def _has_feed(commands: list) -> bool:
+    return any(isinstance(c, FeedCmd) or (isinstance(c, LoopCmd) and _has_feed(c.body)) for c in commands)
+
+
+def feeds_in_order(commands: list, iterations: tuple[int, ...] = ()) -> Iterator[tuple[FeedCmd, tuple[int, ...]]]:
+    """Every Feeder call of one run, in program order, with the loop iterations it belongs to
+    (loops are counted at compile time, so the order is known before anything runs)."""
+    for cmd in commands:
+        if isinstance(cmd, FeedCmd):
+            yield cmd, iterations
+        elif isinstance(cmd, LoopCmd) and _has_feed(cmd.body):
+            for i in range(cmd.count):
+                yield from feeds_in_order(cmd.body, iterations + (i,))
+
+
+class Feeds:
+    """The Feeder values of one run, taken in program order by a device executor.
+
+    With `ahead` > 0 a background thread calls the Feeders in program order, up to `ahead`
+    values before the executor takes them, so that reading data overlaps with enqueueing and
+    waiting for the device (double-buffered when `ahead` is twice the Feeders per iteration).
+    A Feeder that raises is reported when the executor reaches it, as without the thread.
+    With `ahead` == 0 each Feeder is called when the executor reaches it."""
+
+    def __init__(self, commands: list, ahead: int) -> None:
+        self.thread: threading.Thread | None = None
+        if ahead > 0 and _has_feed(commands):
+            self.values: queue.Queue = queue.Queue(maxsize=ahead)
+            self.stopped = threading.Event()
+            self.thread = threading.Thread(target=self._produce, args=(commands,), name="autodiff-feeders",
+                                           daemon=True)
+            self.thread.start()
+
+    def take(self, cmd: FeedCmd, iterations: Sequence[int]) -> np.ndarray:
+        b = cmd.buffer
+        if self.thread is None:
+            return call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, iterations)
+        fed, value = self.values.get()
+        assert fed is cmd, "the feeder thread and the executor disagree on the program order"
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Stop calling Feeders: a run that ends early has called at most `ahead` more than it used."""
+        if self.thread is not None:
+            self.stopped.set()
+            self.thread.join()
+
+    def _produce(self, commands: list) -> None:
+        for cmd, iterations in feeds_in_order(commands):
+            b = cmd.buffer
+            try:
+                value: np.ndarray | BaseException = call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, iterations)
+            except BaseException as err:   # handed to the executor, raised in the main thread
+                value = err
+            if not self._put((cmd, value)) or isinstance(value, BaseException):
+                return
+
+    def _put(self, item: tuple) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.values.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+def feeds_ahead(commands: list) -> int:
+    """How many values the feeder thread may hold: two of each Feeder in the program."""
+    count = 0
+    stack = list(commands)
+    while stack:
+        cmd = stack.pop()
+        if isinstance(cmd, FeedCmd):
+            count += 1
+        elif isinstance(cmd, LoopCmd):
+            stack.extend(cmd.body)
+    return 2 * count

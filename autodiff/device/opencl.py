@@ -6,10 +6,11 @@ megakernels (see megakernel.py), whose offsets come from a table, so the equal
 layers of a model share their megakernels too. Each launch gets its own kernel
 object with its arguments set once at compile time; inside a loop only the
 kernels that use the loop index get that one argument set again. Feeders are
-called as the host reaches them and copied without blocking; Receivers read
-back without blocking and are called back in program order as their data
-arrives; a callback that raises stops the run after the queue drains, and the
-persistent tensors keep the values computed so far.
+called in program order on a background thread ahead of the host (host.Feeds)
+and copied without blocking; Receivers read back without blocking and are
+called back in program order as their data arrives; a callback that raises
+stops the run after the queue drains, and the persistent tensors keep the
+values computed so far.
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from ..errors import DeviceMemoryError
 from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 from ..proc.index import Var
 from .build import build_kernels
-from .host import PendingReceive, call_feeder, deliver_receives, receiver_due
+from .host import Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
 from .matmul_lowering import match_matmul, render_matmul_kernel
 from .matmul_source import BUILD_OPTIONS
 from .megakernel import is_small, plan_megakernels
 from .renderer import OpenCLLanguage, RenderedKernel, render_kernel, render_megakernel, render_stage
+from .vector_renderer import render_vector_kernel, vector_width
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
 os.environ.setdefault("POCL_CPU_TARGET", "native")
@@ -49,16 +51,46 @@ def _cl():
     return cl
 
 
-def opencl_available() -> bool:
-    try:
+UNBUILDABLE_HINT = ("PoCL cannot compile for this CPU (the PoCL 3.0 in the pyopencl wheel uses LLVM 14, "
+                    "which does not know e.g. AMD Zen 5 and asks for target CPU 'generic'); install Debian's "
+                    "PoCL beside it: apt-get install pocl-opencl-icd")
+
+# a kernel every OpenCL device must build; a device that fails it is skipped
+_PROBE_SOURCE = "__kernel void probe(__global float *x) { x[get_global_id(0)] += 1.0f; }"
+_build_errors: dict[int, str | None] = {}   # device pointer -> None if it builds, else the compiler's complaint
+
+
+def build_error(device) -> str | None:
+    """None if `device` builds the probe kernel, else the first line of what went wrong
+    (checked once per process: a platform can list a device its compiler cannot target)."""
+    key = device.int_ptr
+    if key not in _build_errors:
         cl = _cl()
-        return any(p.get_devices() for p in cl.get_platforms())
-    except Exception:
-        return False
+        try:
+            cl.Program(cl.Context([device]), _PROBE_SOURCE).build()
+            _build_errors[key] = None
+        except Exception as err:
+            lines = [line for line in str(err).splitlines() if "error" in line.lower()]
+            _build_errors[key] = (lines[-1] if lines else str(err).splitlines()[0]).strip()
+    return _build_errors[key]
+
+
+def opencl_problem() -> str | None:
+    """None if some OpenCL device here builds kernels, else why not (one line)."""
+    try:
+        choose_device()
+        return None
+    except Exception as err:
+        return str(err)
+
+
+def opencl_available() -> bool:
+    return opencl_problem() is None
 
 
 def choose_device(preferred: str | None = None):
-    """AUTODIFF_OPENCL_DEVICE (or `preferred`): an index or part of a device name."""
+    """AUTODIFF_OPENCL_DEVICE (or `preferred`): an index or part of a device name; otherwise
+    the first device that builds kernels."""
     cl = _cl()
     try:
         devices = [d for p in cl.get_platforms() for d in p.get_devices()]
@@ -68,13 +100,19 @@ def choose_device(preferred: str | None = None):
         raise RuntimeError(INSTALL_HINT)
     wanted = preferred or os.environ.get("AUTODIFF_OPENCL_DEVICE")
     if wanted is None:
-        return devices[0]
-    if wanted.isdigit() and int(wanted) < len(devices):
-        return devices[int(wanted)]
-    for d in devices:
-        if wanted.lower() in d.name.lower():
-            return d
-    raise RuntimeError(f"no OpenCL device matches '{wanted}'; found: {[d.name for d in devices]}")
+        candidates = devices
+    elif wanted.isdigit() and int(wanted) < len(devices):
+        candidates = [devices[int(wanted)]]
+    else:
+        candidates = [d for d in devices if wanted.lower() in d.name.lower()]
+        if not candidates:
+            raise RuntimeError(f"no OpenCL device matches '{wanted}'; found: {[d.name for d in devices]}")
+    for device in candidates:
+        if build_error(device) is None:
+            return device
+    failures = "; ".join(f"{d.name}: {build_error(d)}" for d in candidates)
+    which = f"matching '{wanted}'" if wanted else "here"
+    raise RuntimeError(f"no OpenCL device {which} can build kernels ({failures}). {UNBUILDABLE_HINT}")
 
 
 _contexts: dict[int, Any] = {}
@@ -116,7 +154,8 @@ class OpenCLExecutor:
     language = OpenCLLanguage()
 
     def __init__(self, program: ProcProgram, plan: MemoryPlan, device_name: str | None = None,
-                 megakernels: bool = True, tiled_matmuls: bool = True) -> None:
+                 megakernels: bool = True, tiled_matmuls: bool = True, feeder_thread: bool = True,
+                 vectorize: bool = True) -> None:
         cl = _cl()
         self.cl = cl
         self.program = program
@@ -129,6 +168,8 @@ class OpenCLExecutor:
         self._place_buffers()
         kernels = program.kernels()
         self.tiled_matmuls = tiled_matmuls
+        self.vectorize = vectorize
+        self.feeds_ahead = feeds_ahead(program.commands) if feeder_thread else 0
         # runs of small kernels launch as one megakernel per piece; the rest one by one
         stages = {id(k): render_stage(k, self.language, self.buffers, lambda b: self._place(b)[0])
                   for k in kernels if is_small(k)} if megakernels else {}
@@ -157,11 +198,15 @@ class OpenCLExecutor:
 
     # --- setup ------------------------------------------------------------------------
     def _render_single(self, kernel: Kernel, tiled_matmuls: bool) -> RenderedKernel:
-        """A matrix product (with its epilogue) uses the tiled generator; the rest the C renderer."""
+        """A matrix product (with its epilogue) uses the tiled generator, an elementwise kernel
+        over contiguous data the vector renderer; the rest the C renderer."""
         if tiled_matmuls:
             match = match_matmul(kernel, self.buffers)
             if match is not None:
                 return render_matmul_kernel(kernel, match, self.language, self.buffers)
+        width = vector_width(kernel, self.buffers) if self.vectorize else 1
+        if width > 1:
+            return render_vector_kernel(kernel, self.language, self.buffers, width)
         return render_kernel(kernel, self.language, self.buffers)
 
     def _check_memory(self) -> None:
@@ -271,12 +316,18 @@ class OpenCLExecutor:
         self.iterations: list[int] = []
         self.pending: list[PendingReceive] = []
         self.error: BaseException | None = None
+        # a non-blocking copy's event waits for the copy when it is dropped (pyopencl keeps the
+        # host array alive that way): Feeder copies are kept until their iteration is done
+        self.feed_copies: list[Any] = []
+        self.feeds = Feeds(self.program.commands, self.feeds_ahead)
         try:
             self._run_steps(self.steps)
             self.queue.finish()
             self._deliver(wait=True)
         finally:
+            self.feeds.close()
             self.queue.finish()
+            self.feed_copies.clear()
             for b in persistent:
                 if b.nbytes:
                     host = np.empty(b.shape, b.dtype)
@@ -304,10 +355,10 @@ class OpenCLExecutor:
             elif kind == "feed":
                 cmd = step[1]
                 b = cmd.buffer
-                value = call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, self.iterations)
+                value = self.feeds.take(cmd, self.iterations)
                 if b.nbytes:
-                    cl.enqueue_copy(queue, self.state, np.ascontiguousarray(value),
-                                    dst_offset=self.state_offset[b.id], is_blocking=False)
+                    self.feed_copies.append(cl.enqueue_copy(queue, self.state, np.ascontiguousarray(value),
+                                                            dst_offset=self.state_offset[b.id], is_blocking=False))
             elif kind == "receive":
                 self._receive(step[1])
             else:
@@ -341,14 +392,18 @@ class OpenCLExecutor:
                 self._run_steps(body)
                 if self.error is not None:
                     return
-                # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device
-                marks.append(self.cl.enqueue_marker(self.queue))
+                # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device;
+                # the Feeder copies enqueued before a marker are done once it is
+                marks.append((self.cl.enqueue_marker(self.queue), self.feed_copies))
+                self.feed_copies = []
                 if len(marks) > MAX_ITERATIONS_AHEAD:
-                    marks.pop(0).wait()
+                    marks.pop(0)[0].wait()
                 if self.pending:
                     self._deliver(wait=False)
         finally:
             self.iterations.pop()
+            # copies still in flight are kept until an outer marker (or the run's end) passes
+            self.feed_copies = [c for _, copies in marks for c in copies] + self.feed_copies
 
     def _deliver(self, wait: bool) -> None:
         if self.error is None:

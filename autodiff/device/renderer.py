@@ -39,6 +39,7 @@ class CStyleLanguage:
             Op.ERF: "erf", Op.POW: "pow"}
     uint = "uint"
     helper_prefix = "inline"
+    vector_loads = False    # vloadN / vstoreN and arithmetic on floatN (vector_renderer.py)
 
     def preamble(self) -> str:
         return f"""// lowbias32 integer hash: the same bits as autodiff.device.numpy_ops.hash_uniform
@@ -66,6 +67,7 @@ class OpenCLLanguage(CStyleLanguage):
     local_id = "get_local_id(0)"
     barrier = "barrier(CLK_GLOBAL_MEM_FENCE);"
     math = {**CStyleLanguage.math, Op.EXP: "ad_exp"}
+    vector_loads = True
 
     def preamble(self) -> str:
         return super().preamble() + _OPENCL_EXP
@@ -78,25 +80,33 @@ class OpenCLLanguage(CStyleLanguage):
 # Results below FLT_MIN (x < ln FLT_MIN) are 0, not denormal: arithmetic on denormals takes
 # a microcode assist on x86 (measured 13x slower: softmax over masked or far-apart scores),
 # so none is ever computed. Against numpy's float32 exp: at most 1.9e-7 relative error
-# above FLT_MIN; nan, +-inf and overflow as numpy. CUDA keeps expf.
+# above FLT_MIN; nan, +-inf and overflow as numpy. One text for float and the float vectors
+# of vectorized kernels (vector_renderer.py), overloaded. CUDA keeps expf.
 _OPENCL_EXP = """
-inline float ad_exp(float x) {
-    float xc = x < -87.3365f ? -87.3365f : (x > 89.0f ? 89.0f : x);
-    float kf = xc * 1.44269504088896341f;
-    int k = (int)(kf + (kf >= 0.0f ? 0.5f : -0.5f));
-    float kk = (float)k;
-    float r = xc - kk * 0.693359375f + kk * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    int k1 = k / 2;
-    y = y * as_float((k1 + 127) << 23) * as_float((k - k1 + 127) << 23);
-    return x != x ? x : (x > 88.72283905206835f ? INFINITY : (x < -87.33654475f ? 0.0f : y));
+#define AD_EXP(T, I) \\
+__attribute__((overloadable)) inline T ad_exp(T x) { \\
+    T xc = fmin(fmax(x, -87.3365f), 89.0f); \\
+    T kf = xc * 1.44269504088896341f; \\
+    I k = convert_##I(kf + copysign((T)(0.5f), kf)); \\
+    T kk = convert_##T(k); \\
+    T r = xc - kk * 0.693359375f + kk * 2.12194440e-4f; \\
+    T p = 1.9875691500e-4f; \\
+    p = p * r + 1.3981999507e-3f; \\
+    p = p * r + 8.3334519073e-3f; \\
+    p = p * r + 4.1665795894e-2f; \\
+    p = p * r + 1.6666665459e-1f; \\
+    p = p * r + 5.0000001201e-1f; \\
+    T y = p * r * r + r + 1.0f; \\
+    I k1 = k / 2; \\
+    y = y * as_##T((k1 + 127) << 23) * as_##T((k - k1 + 127) << 23); \\
+    y = select(y, (T)(0.0f), x < -87.33654475f); \\
+    y = select(y, (T)(INFINITY), x > 88.72283905206835f); \\
+    return select(y, x, x != x); \\
 }
+AD_EXP(float, int)
+AD_EXP(float4, int4)
+AD_EXP(float8, int8)
+AD_EXP(float16, int16)
 """
 
 
@@ -237,10 +247,20 @@ class KernelRenderer:
                 break
         return best
 
-    def emit(self, scope: _Scope, dtype: str, text: str, prefix: str = "v") -> str:
+    def emit(self, scope: _Scope, ctype: str, text: str, prefix: str = "v") -> str:
         name = self.fresh(prefix)
-        scope.lines.append(f"{self.ctype(dtype)} {name} = {text};")
+        scope.lines.append(f"{ctype} {name} = {text};")
         return name
+
+    def value_type(self, expr: Expr) -> str:
+        """The C type of `expr`'s value (a vector type in vectorized kernels, vector_renderer.py)."""
+        return self.ctype(expr.dtype)
+
+    def load(self, expr: Load, scope: _Scope) -> str:
+        buffer = self.buffers[expr.buffer_id]
+        slot = self.slot(expr.buffer_id)
+        offset = self.index(flat_index(expr.indices, buffer.shape), scope)
+        return f"b{slot}[o{slot} + {offset}]"
 
     # --- expressions -------------------------------------------------------------------
     def index(self, form: Index, scope: _Scope) -> str:
@@ -259,10 +279,7 @@ class KernelRenderer:
         elif isinstance(expr, Load) and expr.buffer_id == ACCUMULATOR:
             return "acc"
         elif isinstance(expr, Load):
-            buffer = self.buffers[expr.buffer_id]
-            slot = self.slot(expr.buffer_id)
-            offset = self.index(flat_index(expr.indices, buffer.shape), target)
-            text = f"b{slot}[o{slot} + {offset}]"
+            text = self.load(expr, target)
         elif isinstance(expr, Alu):
             text = self.alu(expr, [self.value(a, target) for a in expr.args])
         elif isinstance(expr, RandomBits):
@@ -278,7 +295,7 @@ class KernelRenderer:
             return name
         else:
             raise AssertionError(f"cannot render {type(expr).__name__}")
-        name = self.emit(target, expr.dtype, text)
+        name = self.emit(target, self.value_type(expr), text)
         self.memo[expr] = (name, target)
         return name
 

@@ -1,0 +1,90 @@
+"""Elementwise kernels written with float vectors (device/vector_renderer.py): which kernels
+qualify, and their values on OpenCL against numpy (with the switch off as the control)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import autodiff as ad
+from autodiff.device.opencl import opencl_available
+from autodiff.device.vector_renderer import vector_width
+
+needs_opencl = pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+
+
+def _only_kernel_width(build) -> int:
+    """Trace `build()`, lower it, and return the vector width of its one elementwise kernel."""
+    out = build()
+    ad.Receiver(lambda v: None, [out])
+    compiled = ad.compile(device="numpy-proc")
+    kernels = compiled.proc.kernels()
+    assert len(kernels) == 1, [k.name for k in kernels]
+    return vector_width(kernels[0], {b.id: b for b in compiled.proc.buffers})
+
+
+def _t(*shape: int) -> ad.Tensor:
+    return ad.Tensor(np.ones(shape, np.float32))
+
+
+@pytest.mark.parametrize("build, width", [
+    (lambda: (_t(256, 512) + _t(512)).relu(), 16),               # a row broadcast steps with the lane
+    (lambda: (_t(256, 512) - _t(256, 1)).exp(), 16),              # a column broadcast is one float
+    (lambda: _t(1020) * 2.0, 4),                                  # 1020 = 4 * 255
+    (lambda: _t(1023) * 2.0, 1),                                  # no width divides 1023
+    (lambda: _t(1024, 3) + _t(3), 1),                             # lanes would cross rows of 3
+    (lambda: _t(64, 48).T * 2.0, 1),                              # a transposed read strides
+    (lambda: _t(64, 48).sum(1), 1),                               # reductions stay scalar
+    (lambda: _t(64, 40)[:, 8:] * 2.0, 16),                        # a slice: each row is contiguous
+])
+def test_which_kernels_vectorize(build, width):
+    assert _only_kernel_width(build) == width
+
+
+@needs_opencl
+@pytest.mark.parametrize("disable", [frozenset(), frozenset({"vectorize"})], ids=["vectors", "scalar"])
+def test_vectorized_values_match_numpy(disable, rng):
+    # 256 x 512 is past the megakernel size limit: every kernel here launches on its own
+    x = (rng.standard_normal((256, 512)) * 30).astype(np.float32)
+    x[0, :6] = [np.nan, np.inf, -np.inf, -100.0, 88.0, 0.0]
+    bias = rng.standard_normal(512).astype(np.float32)
+    column = rng.standard_normal((256, 1)).astype(np.float32)
+    tx, tb, tc = ad.Tensor(x), ad.Tensor(bias), ad.Tensor(column)
+    got: dict[str, np.ndarray] = {}
+    outputs = {
+        "exp": tx.exp(),
+        "bias_relu": (tx + tb).relu(),
+        "max_min": tx.maximum(tc).minimum(tb * 40.0),
+        "where_gt": tx.where(tx > tb, tc),
+        "lt_eq": (tx < tc) + tx.eq(0.0),
+        "tanh_sqrt_div": (tx * 0.01).tanh() + (tx.abs() + 1.0).sqrt() / (tb.abs() + 0.5),
+    }
+    ad.Receiver(lambda *vs: got.update(zip(outputs, vs)), list(outputs.values()))
+    compiled = ad.compile(device="opencl", disable=disable)
+    vector_kernels = [name for name, source in compiled.kernels.items() if "vload16" in source]
+    assert bool(vector_kernels) == (not disable)
+    compiled.run()
+    with np.errstate(all="ignore"):
+        expected = {
+            "exp": np.exp(x),
+            "bias_relu": np.where(x + bias > 0, x + bias, 0),   # relu is where(x > 0, x, 0): relu(nan) = 0
+            "max_min": np.minimum(np.maximum(x, column), bias * 40.0),
+            "where_gt": np.where(x > bias, x, column),
+            "lt_eq": (x < column).astype(np.float32) + (x == 0).astype(np.float32),
+            "tanh_sqrt_div": np.tanh(x * 0.01) + np.sqrt(np.abs(x) + 1) / (np.abs(bias) + 0.5),
+        }
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, rtol=2e-6, atol=1e-30, equal_nan=True, err_msg=name)
+
+
+@needs_opencl
+def test_vectorized_exp_equals_the_scalar_exp_bit_for_bit(rng):
+    x = np.concatenate([np.linspace(-104, 90, 2 ** 16 - 8, dtype=np.float32),
+                        np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 88.72, -87.33, 1e-8], np.float32)])
+    results = []
+    for disable in (frozenset(), frozenset({"vectorize"})):
+        ad.reset()
+        got: list[np.ndarray] = []
+        ad.Receiver(got.append, [ad.Tensor(x).exp()])
+        ad.execute(device="opencl", disable=disable | {"megakernel"})
+        results.append(got[0])
+    np.testing.assert_array_equal(results[0], results[1])
