@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Callable, Hashable, Sequence
 
-from ..proc.ir import Kernel, KernelCmd, LoopCmd, ProcProgram, Reduce, walk_expr
+from ..proc.ir import Kernel, KernelCmd, LoopCmd, ProcProgram, Reduce, children
 
 MAX_ELEMENTS = 1 << 15      # a kernel this big or bigger keeps its own launch (all cores)
-MAX_WORK = 1 << 18          # elements x reduction length of one stage (one core runs a megakernel)
+MAX_WORK = 1 << 19          # kernel_work of one stage (a megakernel runs on one core)
 MAX_STAGES = 48             # stages of one megakernel
 # stages built in all distinct megakernels of a program: past it, the remaining pieces
 # launch their kernels one by one (single kernels share sources across layers anyway)
@@ -25,14 +25,30 @@ MAX_DISTINCT_STAGES = 192
 MAX_PERIOD = 8 * MAX_STAGES
 
 
+def kernel_work(kernel: Kernel) -> int:
+    """Operations to compute the whole output: outputs x expression nodes, a node inside a
+    reduction counted once per element it reduces (nested reductions multiply, side by
+    side ones add; a node shared by several parents counts once, as the renderer emits it)."""
+    total, seen, stack = 0, set(), [(kernel.value, 1)]
+    while stack:
+        e, times = stack.pop()
+        if (id(e), times) in seen:
+            continue
+        seen.add((id(e), times))
+        total += times
+        if isinstance(e, Reduce):
+            extent = 1
+            for v in e.variables:
+                extent *= v.extent
+            stack.append((e.body, times * extent))
+        else:
+            stack.extend((child, times) for child in children(e))
+    return max(kernel.out.size, 1) * total
+
+
 def is_small(kernel: Kernel) -> bool:
     """Cheap enough to run on one work-group: launch cost would dominate its own launch."""
-    inner = 1
-    for e in walk_expr(kernel.value):
-        if isinstance(e, Reduce):
-            for v in e.variables:
-                inner *= v.extent
-    return kernel.out.size <= MAX_ELEMENTS and kernel.out.size * inner <= MAX_WORK
+    return kernel.out.size <= MAX_ELEMENTS and kernel_work(kernel) <= MAX_WORK
 
 
 def small_runs(program: ProcProgram) -> list[list[KernelCmd]]:
