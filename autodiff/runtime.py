@@ -25,7 +25,7 @@ def known_switches() -> tuple[str, ...]:
     from .fusion import FUSION_KINDS
     from .opt import PASS_NAMES
     return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("operand_packing", "memory_reuse", "megakernel", "tiled_matmul",
-                                                     "vectorize", "feeder_thread")
+                                                     "vectorize", "group_reduce", "feeder_thread")
 
 
 @dataclass
@@ -111,7 +111,8 @@ class CompiledProgram:
                 self.executor = OpenCLExecutor(self.proc, self.plan, megakernels="megakernel" not in disable,
                                                tiled_matmuls="tiled_matmul" not in disable,
                                                feeder_thread="feeder_thread" not in disable,
-                                               vectorize="vectorize" not in disable)
+                                               vectorize="vectorize" not in disable,
+                                               group_reductions=False if "group_reduce" in disable else None)
             elif device == "cuda":
                 from .device.cuda import CUDAExecutor
                 self.executor = CUDAExecutor(self.proc, self.plan, feeder_thread="feeder_thread" not in disable)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import autodiff as ad
+from timing import seconds_per_iteration
 
 # (label, m, k, n, A stored transposed, B stored transposed); a Linear computes x @ W^T
 TRANSFORMER_SHAPES = [
@@ -46,18 +47,7 @@ def seconds_autodiff(a: np.ndarray, b: np.ndarray, bias: np.ndarray, a_t: bool, 
         ad.ir_for(count, lambda: out.copy_(((ta.T if a_t else ta) @ (tb.T if b_t else tb) + tbias).relu()))
         return ad.compile(device=device)
 
-    short, long = program(reps), program(2 * reps)
-    short.run()
-    long.run()
-    rounds = []
-    for _ in range(3):
-        t = time.perf_counter()
-        short.run()
-        t_short = time.perf_counter() - t
-        t = time.perf_counter()
-        long.run()
-        rounds.append((time.perf_counter() - t - t_short) / reps)
-    return max(statistics.median(rounds), 1e-9)
+    return seconds_per_iteration(program, reps, rounds=3)
 
 
 def seconds_median(fn, reps: int) -> float:

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 import autodiff as ad
+from timing import seconds_per_iteration
 
 
 def _cases(rows: int, cols: int) -> list[tuple[str, list[tuple[int, ...]], Callable]]:
@@ -42,18 +43,7 @@ def ms_autodiff(fn: Callable, inputs: list[np.ndarray], reps: int, disable: set[
         ad.ir_for(count, lambda: out.copy_(fn(*tensors)))
         return ad.compile(device=ARGS.device, disable=disable)
 
-    short, long = program(reps), program(2 * reps)
-    short.run()
-    long.run()
-    rounds = []
-    for _ in range(5):
-        t = time.perf_counter()
-        short.run()
-        t_short = time.perf_counter() - t
-        t = time.perf_counter()
-        long.run()
-        rounds.append((time.perf_counter() - t - t_short) / reps)
-    return max(statistics.median(rounds), 1e-9) * 1e3
+    return seconds_per_iteration(program, reps) * 1e3
 
 
 def ms_torch(fn: Callable, reps: int) -> float:

@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     import pyopencl as cl
 
-    config = dict(LARGE, steps=2) if args.large else dict(layers=args.layers, steps=2)
+    config = dict(LARGE, steps=2) if args.large else {"layers": args.layers, "steps": 2}
     trace_reference_step(**config)
     compiled = ad.compile(device="opencl", disable=set(args.disable))
     compiled.run()

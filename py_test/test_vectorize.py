@@ -88,3 +88,45 @@ def test_vectorized_exp_equals_the_scalar_exp_bit_for_bit(rng):
         ad.execute(device="opencl", disable=disable | {"megakernel"})
         results.append(got[0])
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def _kernel_texts(compiled) -> str:
+    """The generated kernels without the shared helper functions in front of them."""
+    return "\n".join(source[source.index("__kernel"):] for source in compiled.kernels.values())
+
+
+@needs_opencl
+@pytest.mark.parametrize("megakernel", [True, False], ids=["stages", "single"])
+@pytest.mark.parametrize("disable", [frozenset(), frozenset({"vectorize"})], ids=["vectors", "scalar"])
+def test_vectorized_reductions_match_numpy(disable, megakernel, rng):
+    x = rng.standard_normal((96, 64)).astype(np.float32)
+    x[5, 7] = np.nan
+    x[6, :] = -np.inf
+    y = rng.standard_normal((40, 12)).astype(np.float32)
+    z = rng.standard_normal((8, 7)).astype(np.float32)
+    tx, ty, tz = ad.Tensor(x), ad.Tensor(y), ad.Tensor(z)
+    outputs = {
+        "softmax_sum": (tx - tx.max(1, keepdim=True)).exp().sum(1),     # rows of 64: 16 lanes
+        "max_rows": tx.max(1),
+        "sum_squares_12": (ty * ty).sum(1),                               # rows of 12: 4 lanes
+        "sum_columns": ty.sum(0),                                         # strided: scalar
+        "sum_7": tz.sum(1),                                               # no width divides 7
+        "mean_all": ty.mean(),
+    }
+    got: dict[str, np.ndarray] = {}
+    ad.Receiver(lambda *vs: got.update(zip(outputs, vs)), list(outputs.values()))
+    compiled = ad.compile(device="opencl", disable=disable | (set() if megakernel else {"megakernel"}))
+    texts = _kernel_texts(compiled)
+    assert ("ad_hsum(" in texts and "ad_hmax(" in texts) == (not disable)
+    compiled.run()
+    with np.errstate(all="ignore"):
+        expected = {
+            "softmax_sum": np.exp(x - x.max(1, keepdims=True)).sum(1),
+            "max_rows": x.max(1),
+            "sum_squares_12": (y * y).sum(1),
+            "sum_columns": y.sum(0),
+            "sum_7": z.sum(1),
+            "mean_all": y.mean(),
+        }
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=1e-5, equal_nan=True, err_msg=name)

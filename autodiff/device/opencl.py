@@ -26,11 +26,13 @@ from ..errors import DeviceMemoryError
 from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 from ..proc.index import Var
 from .build import build_kernels
+from .group_reduce import group_reduction, render_group_reduce
 from .host import Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
 from .matmul_lowering import match_matmul, render_matmul_kernel
 from .matmul_source import BUILD_OPTIONS
 from .megakernel import is_small, plan_megakernels
-from .renderer import OpenCLLanguage, RenderedKernel, render_kernel, render_megakernel, render_stage
+from .renderer import OpenCLLanguage, RenderedKernel, render_kernel
+from .stages import render_megakernel, render_stage
 from .vector_renderer import render_vector_kernel, vector_width
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
@@ -155,7 +157,7 @@ class OpenCLExecutor:
 
     def __init__(self, program: ProcProgram, plan: MemoryPlan, device_name: str | None = None,
                  megakernels: bool = True, tiled_matmuls: bool = True, feeder_thread: bool = True,
-                 vectorize: bool = True) -> None:
+                 vectorize: bool = True, group_reductions: bool | None = None) -> None:
         cl = _cl()
         self.cl = cl
         self.program = program
@@ -169,9 +171,13 @@ class OpenCLExecutor:
         kernels = program.kernels()
         self.tiled_matmuls = tiled_matmuls
         self.vectorize = vectorize
+        # one work-group per output of a long reduction: for GPUs (no gain measured on PoCL)
+        self.group_reductions = (bool(self.device.type & cl.device_type.GPU) if group_reductions is None
+                                 else group_reductions)
         self.feeds_ahead = feeds_ahead(program.commands) if feeder_thread else 0
         # runs of small kernels launch as one megakernel per piece; the rest one by one
-        stages = {id(k): render_stage(k, self.language, self.buffers, lambda b: self._place(b)[0])
+        stages = {id(k): render_stage(k, self.language, self.buffers, lambda b: self._place(b)[0],
+                                      vectorize=vectorize)
                   for k in kernels if is_small(k)} if megakernels else {}
         mega_groups = plan_megakernels(program, lambda k: stages[id(k)].signature) if megakernels else []
         self.mega_of: dict[int, int] = {id(cmd): n for n, group in enumerate(mega_groups) for cmd in group}
@@ -198,16 +204,19 @@ class OpenCLExecutor:
 
     # --- setup ------------------------------------------------------------------------
     def _render_single(self, kernel: Kernel, tiled_matmuls: bool) -> RenderedKernel:
-        """A matrix product (with its epilogue) uses the tiled generator, an elementwise kernel
-        over contiguous data the vector renderer; the rest the C renderer."""
+        """A matrix product (with its epilogue) uses the tiled generator, a long reduction with
+        few outputs a work-group per output (GPUs), an elementwise kernel over contiguous data
+        the vector renderer; the rest the C renderer."""
         if tiled_matmuls:
             match = match_matmul(kernel, self.buffers)
             if match is not None:
                 return render_matmul_kernel(kernel, match, self.language, self.buffers)
+        if self.group_reductions and group_reduction(kernel) is not None:
+            return render_group_reduce(kernel, self.language, self.buffers)
         width = vector_width(kernel, self.buffers) if self.vectorize else 1
         if width > 1:
             return render_vector_kernel(kernel, self.language, self.buffers, width)
-        return render_kernel(kernel, self.language, self.buffers)
+        return render_kernel(kernel, self.language, self.buffers, self.vectorize)
 
     def _check_memory(self) -> None:
         needed = self.plan.arena_bytes + self.plan.persistent_bytes + self.plan.feed_bytes

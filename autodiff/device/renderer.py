@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..graph.ops import Op
 from ..proc.index import Index, Var, flat_index, render_index, unflatten
 from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children,
                        substitute_vars)
+from .lanes import SELECTIONS, lane_step, spread, vectorizes, widest, without_lane
 
 LOCAL_SIZE = 64   # one fixed work-group size: PoCL rebuilds a kernel for each new local size
 ACCUMULATOR = -1  # a Load of this buffer id renders as `acc` (a matmul epilogue's input)
@@ -65,7 +65,10 @@ class OpenCLLanguage(CStyleLanguage):
     buffer_qualifier = "__global"
     global_id = "get_global_id(0)"
     local_id = "get_local_id(0)"
+    group_id = "get_group_id(0)"
     barrier = "barrier(CLK_GLOBAL_MEM_FENCE);"
+    local_barrier = "barrier(CLK_LOCAL_MEM_FENCE);"
+    local_qualifier = "__local"
     math = {**CStyleLanguage.math, Op.EXP: "ad_exp"}
     vector_loads = True
 
@@ -107,6 +110,18 @@ AD_EXP(float, int)
 AD_EXP(float4, int4)
 AD_EXP(float8, int8)
 AD_EXP(float16, int16)
+// the lanes of a vectorized sum or maximum folded to one float, halves first
+__attribute__((overloadable)) inline float ad_hsum(float2 x) { return x.x + x.y; }
+__attribute__((overloadable)) inline float ad_hmax(float2 x) { return (x.x > x.y || x.x != x.x) ? x.x : x.y; }
+#define AD_HORIZONTAL(T, H) \\
+__attribute__((overloadable)) inline float ad_hsum(T x) { return ad_hsum(x.lo + x.hi); } \\
+__attribute__((overloadable)) inline float ad_hmax(T x) { \\
+    H a = x.lo, b = x.hi; \\
+    return ad_hmax(select(b, a, a > b || a != a)); \\
+}
+AD_HORIZONTAL(float4, float2)
+AD_HORIZONTAL(float8, float4)
+AD_HORIZONTAL(float16, float8)
 """
 
 
@@ -119,7 +134,10 @@ class CUDALanguage(CStyleLanguage):
     buffer_qualifier = ""
     global_id = "(int)(blockIdx.x * blockDim.x + threadIdx.x)"
     local_id = "(int)threadIdx.x"
+    group_id = "(int)blockIdx.x"
     barrier = "__syncthreads();"
+    local_barrier = "__syncthreads();"
+    local_qualifier = "__shared__"
     infinity = "__int_as_float(0x7f800000)"
     nan = "__int_as_float(0x7fffffff)"
     math = {Op.EXP: "expf", Op.LOG: "logf", Op.SQRT: "sqrtf", Op.SIN: "sinf", Op.COS: "cosf",
@@ -170,9 +188,11 @@ class _Scope:
 class KernelRenderer:
     """Renders one kernel; `render()` gives its canonical source and parameter list."""
 
-    def __init__(self, kernel: Kernel, language: CStyleLanguage, buffers: dict) -> None:
+    def __init__(self, kernel: Kernel, language: CStyleLanguage, buffers: dict, vectorize: bool = False) -> None:
         self.kernel = kernel
         self.lang = language
+        self.vectorize = vectorize and language.vector_loads
+        self.lanes: dict[Var, int] = {}             # vector lane variables (lanes.py) -> width
         self.buffers = buffers                      # buffer id -> proc Buffer
         self.slots: dict[int, int] = {}             # buffer id -> parameter slot
         self.var_names: dict[Var, str] = {}
@@ -252,15 +272,26 @@ class KernelRenderer:
         scope.lines.append(f"{ctype} {name} = {text};")
         return name
 
+    # --- vector lanes (lanes.py) ------------------------------------------------------------
+    def lane_of(self, expr: Expr) -> Var | None:
+        return next((v for v in self.variables_of(expr) if v in self.lanes), None)
+
     def value_type(self, expr: Expr) -> str:
-        """The C type of `expr`'s value (a vector type in vectorized kernels, vector_renderer.py)."""
-        return self.ctype(expr.dtype)
+        """The C type of `expr`'s value: floatW where it depends on a vector lane."""
+        lane = self.lane_of(expr)
+        return self.ctype(expr.dtype) + (str(self.lanes[lane]) if lane is not None else "")
 
     def load(self, expr: Load, scope: _Scope) -> str:
-        buffer = self.buffers[expr.buffer_id]
         slot = self.slot(expr.buffer_id)
-        offset = self.index(flat_index(expr.indices, buffer.shape), scope)
-        return f"b{slot}[o{slot} + {offset}]"
+        form = flat_index(expr.indices, self.buffers[expr.buffer_id].shape)
+        lane = next((v for v in form.variables() if v in self.lanes), None)
+        if lane is None:
+            return f"b{slot}[o{slot} + {self.index(form, scope)}]"
+        offset = self.index(without_lane(form, lane), scope)
+        if lane_step(form, lane) == 1:
+            return f"vload{self.lanes[lane]}(0, b{slot} + o{slot} + {offset})"
+        # names the lane without depending on it: one float, widened
+        return f"({self.value_type(expr)})(b{slot}[o{slot} + {offset}])"
 
     # --- expressions -------------------------------------------------------------------
     def index(self, form: Index, scope: _Scope) -> str:
@@ -300,6 +331,8 @@ class KernelRenderer:
         return name
 
     def alu(self, e: Alu, args: list[str]) -> str:
+        if e.op in SELECTIONS and self.lane_of(e) is not None:
+            return self.vector_selection(e, args)
         op, t = e.op, self.ctype(e.dtype)
         one, zero = self.literal(1, e.dtype), self.literal(0, e.dtype)
         if op in self.lang.math:
@@ -316,6 +349,19 @@ class KernelRenderer:
             return simple[op].format(*args)
         raise AssertionError(f"no C rendering for {op.value}")
 
+    def vector_selection(self, e: Alu, args: list[str]) -> str:
+        """A comparison or selection over vectors is `select`, every operand widened so that
+        the condition is an int vector of the same width (C arithmetic widens the rest)."""
+        vector = self.value_type(e)
+        a, b, *rest = [x if self.lane_of(arg) is not None else f"({vector})({x})" for x, arg in zip(args, e.args)]
+        one, zero = f"({vector})({self.literal(1, e.dtype)})", f"({vector})({self.literal(0, e.dtype)})"
+        if e.op is Op.WHERE:
+            return f"select({rest[0]}, {b}, {a} != 0.0f)"
+        return {Op.LT: f"select({zero}, {one}, {a} < {b})", Op.GT: f"select({zero}, {one}, {a} > {b})",
+                Op.EQ: f"select({zero}, {one}, {a} == {b})",
+                Op.MAXIMUM: f"select({b}, {a}, {a} > {b} || {a} != {a})",
+                Op.MINIMUM: f"select({b}, {a}, {a} < {b} || {a} != {a})"}[e.op]
+
     def guard(self, e: Guard, scope: _Scope) -> str:
         name = self.fresh("g")
         otherwise = self.value(e.otherwise, scope)
@@ -330,7 +376,49 @@ class KernelRenderer:
         scope.lines.append("}")
         return name
 
+    def reduction_width(self, e: Reduce) -> int:
+        """Lanes for the innermost axis of a float sum or maximum whose loads are contiguous
+        along it (or do not depend on it); 1 keeps the scalar loop."""
+        if not self.vectorize or e.op not in (Op.SUM, Op.MAX) or e.dtype != "float32" or not e.variables:
+            return 1
+        last = e.variables[-1]
+
+        def fits(width: int) -> bool:
+            body, _, lane = spread(e.body, last, width)
+            return vectorizes(body, lane, self.buffers)
+        return widest(last.extent, fits)
+
+    def vector_reduce(self, e: Reduce, scope: _Scope, width: int) -> str:
+        """The innermost axis in steps of `width` lanes into a vector accumulator, folded to
+        one float at the end (ad_hsum / ad_hmax: halves combined, NaN kept by the max)."""
+        body, outer, lane = spread(e.body, e.variables[-1], width)
+        self.lanes[lane] = width
+        variables = e.variables[:-1] + (outer,)
+        for v in variables:
+            self.var_names[v] = self.fresh("r")
+        vector = f"float{width}"
+        lanes = self.fresh("lanes")
+        start = "0.0f" if e.op is Op.SUM else f"-{self.lang.infinity}"
+        scope.lines.append(f"{vector} {lanes} = ({vector})({start});")
+        inner = _Scope(scope, variables=variables + (lane,))
+        value = self.value(body, inner)
+        if self.lane_of(body) is None:
+            value = f"({vector})({value})"
+        if e.op is Op.SUM:
+            inner.lines.append(f"{lanes} += {value};")
+        else:
+            inner.lines.append(f"{lanes} = select({lanes}, {value}, {value} > {lanes} || {value} != {value});")
+        lines = inner.lines
+        for v in reversed(variables):
+            name = self.var_names[v]
+            lines = [f"for (int {name} = 0; {name} < {v.extent}; {name}++) {{"] + ["    " + x for x in lines] + ["}"]
+        scope.lines.extend(lines)
+        return self.emit(scope, "float", f"{'ad_hsum' if e.op is Op.SUM else 'ad_hmax'}({lanes})", "acc")
+
     def reduce(self, e: Reduce, scope: _Scope) -> str:
+        width = self.reduction_width(e)
+        if width > 1:
+            return self.vector_reduce(e, scope, width)
         for v in e.variables:
             self.var_names[v] = self.fresh("r")
         t = self.ctype(e.dtype)
@@ -345,10 +433,8 @@ class KernelRenderer:
             scope.lines.append(f"int {acc} = 0;")
         inner = _Scope(scope, variables=e.variables)
         value = self.value(e.body, inner)
-        if e.op is Op.SUM:
-            inner.lines.append(f"{acc} += {value};")
-        elif e.op is Op.MAX:
-            inner.lines.append(f"{acc} = ({value} > {acc} || {value} != {value}) ? {value} : {acc};")
+        if e.op in (Op.SUM, Op.MAX):
+            inner.lines.append(combine(e.op, acc, value))
         else:
             (var,) = e.variables
             inner.lines.append(f"if ({value} > {best}) {{ {best} = {value}; {acc} = {self.var_names[var]}; }}")
@@ -389,8 +475,9 @@ class KernelRenderer:
         result = self.value(value, root)
         return root.lines, result
 
-    def render(self) -> RenderedKernel:
-        body, size = self.render_body()
+    def signature(self) -> tuple[str, list[Param]]:
+        """The function's first line (its name as {name}) and its parameters: each buffer the
+        body used (pointer and element offset), then the loop variables it reads."""
         params: list[Param] = []
         declarations: list[str] = []
         for buffer_id, slot in self.slots.items():
@@ -401,81 +488,23 @@ class KernelRenderer:
         for n, var in enumerate(self.outer_vars):
             declarations.append(f"const int L{n}")
             params.append(Param("var", var=var))
-        lines = [f"{self.lang.kernel_prefix} {{name}}({', '.join(declarations)}) {{",
-                 f"    const int gid = {self.lang.global_id};",
-                 f"    if (gid >= {size}) return;"]
+        return f"{self.lang.kernel_prefix} {{name}}({', '.join(declarations)}) {{", params
+
+    def render(self) -> RenderedKernel:
+        body, size = self.render_body()
+        header, params = self.signature()
+        lines = [header, f"    const int gid = {self.lang.global_id};", f"    if (gid >= {size}) return;"]
         lines += ["    " + line for line in body]
         lines.append("}")
         global_size = (size + LOCAL_SIZE - 1) // LOCAL_SIZE * LOCAL_SIZE
         return RenderedKernel(self.kernel.name, "\n".join(lines), params, global_size, LOCAL_SIZE)
 
 
-@dataclass
-class Stage:
-    """One kernel as a stage of a megakernel. Its text names no offset and no position: it
-    reads its buffers' element offsets from the launch's offset table (`tab`), so the stages
-    of two equal layers render to equal text and their megakernels share one function."""
-    name: str
-    lines: list[str]
-    table: list[int]        # buffer ids whose offsets the stage reads from `tab`, in order
-    outer: list[Var]        # the loop variables named L0, L1, ... in its text
-
-    @property
-    def signature(self) -> str:
-        return "\n".join(self.lines)
-
-
-def render_stage(kernel: Kernel, language: CStyleLanguage, buffers: dict,
-                 where: Callable[[int], str], group: int = LOCAL_SIZE) -> Stage:
-    """`where(buffer id)` names the device buffer ("arena" or "state") a buffer lives in."""
-    renderer = KernelRenderer(kernel, language, buffers)
-    body, size = renderer.render_body()
-    qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
-    lines = ["{"]
-    for buffer_id, slot in renderer.slots.items():
-        ctype = renderer.ctype(buffers[buffer_id].dtype)
-        lines.append(f"    {qualifier}{ctype}* b{slot} = ({qualifier}{ctype}*){where(buffer_id)};")
-        lines.append(f"    const int o{slot} = tab[{slot}];")
-    for n in range(len(renderer.outer_vars)):
-        lines.append(f"    const int L{n} = @{n}@;")      # bound to the megakernel's V names
-    lines.append(f"    for (int gid = {language.local_id}; gid < {size}; gid += {group}) {{")
-    lines += ["        " + line for line in body]
-    lines += ["    }", "}", f"tab += {len(renderer.slots)};", language.barrier]
-    return Stage(kernel.name, lines, list(renderer.slots), list(renderer.outer_vars))
-
-
-def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
-                      group: int = LOCAL_SIZE) -> RenderedKernel:
-    """Several kernels as the stages of one single-work-group kernel, a barrier between stages.
-
-    One launch instead of one per kernel: for small kernels the launch, not the work, is
-    the cost. Buffers are not parameters here: each stage names the device buffer it uses,
-    and reads its element offsets from an int table at `table + T` (`T` per launch).
-    """
-    outer: list[Var] = []
-    text_lines: list[str] = []
-    table: list[int] = []
-    for stage in stages:
-        binding = {}
-        for n, var in enumerate(stage.outer):
-            if var not in outer:
-                outer.append(var)
-            binding[f"@{n}@"] = f"V{outer.index(var)}"
-        # the kernel's name without its number, so equal layers still render equal text
-        for line in [f"// {stage.name.rstrip('0123456789').rstrip('_')}"] + stage.lines:
-            for placeholder, v in binding.items():
-                line = line.replace(placeholder, v)
-            text_lines.append(line)
-        table += stage.table
-    qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
-    declarations = ([f"{qualifier}float* arena", f"{qualifier}float* state", f"{qualifier}const int* table",
-                     "const int T"] + [f"const int V{n}" for n in range(len(outer))])
-    params = [Param("arena"), Param("state"), Param("table"), Param("table_base")] + \
-        [Param("var", var=v) for v in outer]
-    text = "\n".join([f"{language.kernel_prefix} {{name}}({', '.join(declarations)}) {{",
-                      f"    {qualifier}const int* tab = table + T;"]
-                     + ["    " + line for line in text_lines] + ["}"])
-    return RenderedKernel(name, text, params, group, group, table)
+def combine(op: Op, acc: str, value: str) -> str:
+    """One step of a sum or a maximum (NaN wins, as in numpy)."""
+    if op is Op.SUM:
+        return f"{acc} += {value};"
+    return f"{acc} = ({value} > {acc} || {value} != {value}) ? {value} : {acc};"
 
 
 def _forms(e: Expr) -> list[Index]:
@@ -490,5 +519,6 @@ def _forms(e: Expr) -> list[Index]:
     return []
 
 
-def render_kernel(kernel: Kernel, language: CStyleLanguage, buffers: dict) -> RenderedKernel:
-    return KernelRenderer(kernel, language, buffers).render()
+def render_kernel(kernel: Kernel, language: CStyleLanguage, buffers: dict, vectorize: bool = False) -> RenderedKernel:
+    """`vectorize`: sums and maxima along a contiguous axis in float vectors (lanes.py)."""
+    return KernelRenderer(kernel, language, buffers, vectorize).render()

@@ -1,0 +1,24 @@
+"""Timing shared by the benchmarks: seconds per loop iteration of a compiled program."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+
+def seconds_per_iteration(program: Callable[[int], Any], reps: int, rounds: int = 5) -> float:
+    """`program(count)` compiles a program whose loop runs `count` iterations. The result is
+    the median over rounds of (run of 2*reps - run of reps) / reps: uploads, read-backs and
+    the fixed cost of a run cancel."""
+    short, long = program(reps), program(2 * reps)
+    short.run()
+    long.run()
+    samples = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        short.run()
+        t_short = time.perf_counter() - t
+        t = time.perf_counter()
+        long.run()
+        samples.append((time.perf_counter() - t - t_short) / reps)
+    return max(statistics.median(samples), 1e-9)
