@@ -42,6 +42,12 @@ def test_every_copy_of_a_repeating_unit_is_cut_the_same_way():
     assert cut[1:19] == first * 6
 
 
+def test_copies_of_a_short_unit_share_one_piece():
+    assert cut_run("a" * 32, {}, max_stages=48) == [32]          # 32 equal updates: one launch
+    cut = pieces("x" + "ab" * 30, cut_run("x" + "ab" * 30, {}, max_stages=8, max_period=16))
+    assert cut[0] == "x" and cut[1:8] == ["abababab"] * 7 and cut[8] == "abab"
+
+
 def test_pieces_of_earlier_runs_are_reused():
     known: dict = {}
     a = pieces("abcdefgh", cut_run("abcdefgh", known, max_stages=4))

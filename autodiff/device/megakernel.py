@@ -21,6 +21,7 @@ MAX_STAGES = 48             # stages of one megakernel
 # stages built in all distinct megakernels of a program: past it, the remaining pieces
 # launch their kernels one by one (single kernels share sources across layers anyway)
 MAX_DISTINCT_STAGES = 192
+SHORT_UNIT = 4              # a repeating unit this short is grouped, copies per piece
 # the longest repeat looked for (a layer's kernels, forward or backward) in stages
 MAX_PERIOD = 8 * MAX_STAGES
 
@@ -91,9 +92,10 @@ def cut_run(s: Sequence[Hashable], known: dict[Hashable, set[tuple]], max_stages
 
     At each position, in order of preference: a piece already cut (in this run or an
     earlier one; `known` maps a first signature to pieces) that matches here, the longest
-    first; else, where a repeat of period p starts, the repeating unit cut into equal
-    pieces of at most `max_stages` (later copies then match them); else everything up
-    to the next position where one of those applies, at most `max_stages`.
+    first; else, where a repeat of period p starts, as many copies of a unit of at most
+    `SHORT_UNIT` stages as fit in one piece, or a longer unit cut into equal pieces of at
+    most `max_stages` (later copies then match them); else everything up to the next
+    position where one of those applies, at most `max_stages`.
     """
     period = repeats(s, max_period)
     n = len(s)
@@ -110,6 +112,17 @@ def cut_run(s: Sequence[Hashable], known: dict[Hashable, set[tuple]], max_stages
     while i < n:
         take = known_at(i)
         if take:
+            lengths.append(take)
+        elif period[i] and period[i] <= SHORT_UNIT:
+            # a short unit (the same update of many tensors): as many copies as fit in one
+            # piece, so 32 equal stages are one launch, not 16 launches of 2 (a longer unit,
+            # a layer, stays one piece per copy: the last layer often differs at its end)
+            p = period[i]
+            copies = 1
+            while copies * p < max_stages and tuple(s[i + copies * p:i + (copies + 1) * p]) == tuple(s[i:i + p]):
+                copies += 1
+            take = p * min(copies, max_stages // p)
+            remember(i, take)
             lengths.append(take)
         elif period[i]:
             p = period[i]
