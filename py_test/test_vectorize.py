@@ -33,7 +33,8 @@ def _t(*shape: int) -> ad.Tensor:
     (lambda: _t(1023) * 2.0, 1),                                  # no width divides 1023
     (lambda: _t(1024, 3) + _t(3), 1),                             # lanes would cross rows of 3
     (lambda: _t(64, 48).T * 2.0, 1),                              # a transposed read strides
-    (lambda: _t(64, 48).sum(1), 1),                               # reductions stay scalar
+    (lambda: _t(64, 48).sum(1), 1),                               # lanes would step by rows of 48
+    (lambda: _t(8, 64, 128).sum((0, 1)), 16),                     # a bias gradient: vector accumulator
     (lambda: _t(64, 40)[:, 8:] * 2.0, 16),                        # a slice: each row is contiguous
 ])
 def test_which_kernels_vectorize(build, width):
@@ -109,7 +110,8 @@ def test_vectorized_reductions_match_numpy(disable, megakernel, rng):
         "softmax_sum": (tx - tx.max(1, keepdim=True)).exp().sum(1),     # rows of 64: 16 lanes
         "max_rows": tx.max(1),
         "sum_squares_12": (ty * ty).sum(1),                               # rows of 12: 4 lanes
-        "sum_columns": ty.sum(0),                                         # strided: scalar
+        "sum_columns": ty.sum(0),                                         # 4 output lanes
+        "max_columns": tx.max(0),                                         # 16 output lanes, NaN kept
         "sum_7": tz.sum(1),                                               # no width divides 7
         "mean_all": ty.mean(),
     }
@@ -125,6 +127,7 @@ def test_vectorized_reductions_match_numpy(disable, megakernel, rng):
             "max_rows": x.max(1),
             "sum_squares_12": (y * y).sum(1),
             "sum_columns": y.sum(0),
+            "max_columns": x.max(0),
             "sum_7": z.sum(1),
             "mean_all": y.mean(),
         }

@@ -5,15 +5,16 @@ A variable `v` of extent E is spread over W lanes by substituting `W*v' + lane` 
 usual. A load whose flat offset steps by one with the lane reads W floats at once
 (vloadW); a load that does not depend on the lane is one float, which vector arithmetic
 widens. Anything else stays scalar: a load that strides or wraps inside the vector,
-gathers, guards (padding, concatenation), nested reductions, random bits, integers and
-casts. Used for the outputs of elementwise kernels (vector_renderer.py) and for the
-innermost axis of sums and maxima (renderer.py).
+gathers, guards (padding, concatenation), argmax, random bits, integers and casts.
+Used for the outputs of kernels (vector_renderer.py: a sum or max inside such a kernel
+accumulates a vector, e.g. a bias gradient summing rows) and for the innermost axis of
+sums and maxima (renderer.py).
 """
 from __future__ import annotations
 
 from ..graph.ops import Op
 from ..proc.index import Index, Var, flat_index
-from ..proc.ir import Alu, Const, Expr, IndexValue, Load, children, substitute_vars
+from ..proc.ir import Alu, Const, Expr, IndexValue, Load, Reduce, children, substitute_vars
 
 VECTOR_WIDTHS = (16, 8, 4)
 SELECTIONS = (Op.LT, Op.GT, Op.EQ, Op.WHERE, Op.MAXIMUM, Op.MINIMUM)
@@ -60,8 +61,11 @@ def vectorizes(value: Expr, lane: Var, buffers: dict) -> bool:
         elif isinstance(e, Alu):
             if e.op is Op.CAST:
                 return False
+        elif isinstance(e, Reduce):
+            if e.op not in (Op.SUM, Op.MAX):
+                return False    # a sum or max of vectors is a vector accumulator; argmax is not
         elif not isinstance(e, Const):
-            return False        # Guard, Reduce, RandomBits
+            return False        # Guard, RandomBits
         stack.extend(children(e))
     return True
 

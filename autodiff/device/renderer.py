@@ -381,6 +381,8 @@ class KernelRenderer:
         along it (or do not depend on it); 1 keeps the scalar loop."""
         if not self.vectorize or e.op not in (Op.SUM, Op.MAX) or e.dtype != "float32" or not e.variables:
             return 1
+        if self.lane_of(e) is not None:
+            return 1        # already a vector per output lane: its accumulator is a vector
         last = e.variables[-1]
 
         def fits(width: int) -> bool:
@@ -421,19 +423,23 @@ class KernelRenderer:
             return self.vector_reduce(e, scope, width)
         for v in e.variables:
             self.var_names[v] = self.fresh("r")
-        t = self.ctype(e.dtype)
+        t = self.value_type(e)      # floatW when the body differs per output lane
+        widen = (lambda text: f"({t})({text})") if t != self.ctype(e.dtype) else (lambda text: text)
         acc = self.fresh("acc")
         if e.op is Op.SUM:
-            scope.lines.append(f"{t} {acc} = {self.literal(0, e.dtype)};")
+            scope.lines.append(f"{t} {acc} = {widen(self.literal(0, e.dtype))};")
         elif e.op is Op.MAX:
-            scope.lines.append(f"{t} {acc} = {'-' + self.lang.infinity if e.dtype == 'float32' else '-2147483647 - 1'};")
+            lowest = "-" + self.lang.infinity if e.dtype == "float32" else "-2147483647 - 1"
+            scope.lines.append(f"{t} {acc} = {widen(lowest)};")
         else:   # ARGMAX: the first index of the maximum
             best = self.fresh("best")
             scope.lines.append(f"float {best} = -{self.lang.infinity};")
             scope.lines.append(f"int {acc} = 0;")
         inner = _Scope(scope, variables=e.variables)
         value = self.value(e.body, inner)
-        if e.op in (Op.SUM, Op.MAX):
+        if e.op is Op.MAX and t != self.ctype(e.dtype):
+            inner.lines.append(f"{acc} = select({acc}, {value}, {value} > {acc} || {value} != {value});")
+        elif e.op in (Op.SUM, Op.MAX):
             inner.lines.append(combine(e.op, acc, value))
         else:
             (var,) = e.variables
