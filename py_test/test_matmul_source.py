@@ -250,3 +250,65 @@ def test_rejects_bad_input() -> None:
 ])
 def test_choose_tiling_rules(m: int, n: int, k: int, a_t: bool, b_t: bool, strategy: str) -> None:
     assert ms.choose_tiling(m, n, k, a_t, b_t).strategy == strategy
+
+
+# Operands read in place from larger tensors: rows `lead` apart, a batch of (batch, head)
+# whose offset is outer * stride + inner * inner_stride (attention's heads split out of
+# rows of 32 = 4 heads x 8).
+STRIDED_CASES = [
+    Case("heads_q_kT", Shape(24, 24, 8, batch=8, b_transposed=True, a_lead=32, b_lead=32,
+                             a_batch_stride=24 * 32, b_batch_stride=24 * 32, batch_inner=4,
+                             a_inner_stride=8, b_inner_stride=8)),
+    Case("heads_p_v", Shape(24, 8, 24, batch=8, b_lead=32, a_batch_stride=4 * 24 * 24,
+                            b_batch_stride=24 * 32, batch_inner=4, a_inner_stride=24 * 24, b_inner_stride=8)),
+    Case("heads_dot_q_kT", Shape(24, 24, 8, batch=8, b_transposed=True, a_lead=32, b_lead=32,
+                                 a_batch_stride=24 * 32, b_batch_stride=24 * 32, batch_inner=4,
+                                 a_inner_stride=8, b_inner_stride=8), ms.Tiling(ms.DOT, 2, 4, (2, 1))),
+    Case("lead_tn_17x33x19", Shape(17, 33, 19, a_transposed=True, a_lead=40, b_lead=41)),
+    Case("lead_tt_17x33x19_b_shared", Shape(17, 33, 19, batch=6, a_transposed=True, b_transposed=True,
+                                            a_lead=20, b_lead=23, a_batch_stride=3 * 19 * 20, b_batch_stride=0,
+                                            batch_inner=3, a_inner_stride=19 * 20, b_inner_stride=0)),
+    Case("lead_packed_30x70x600", Shape(30, 70, 600, b_lead=75)),
+]
+
+
+def _strided(flat: np.ndarray, shape: ms.MatmulShape, operand: str) -> np.ndarray:
+    """The logical (batch, rows, cols) operand the kernel reads out of `flat`."""
+    if operand == "a":
+        rows, cols, transposed, ld = shape.m, shape.k, shape.a_transposed, shape.a_ld()
+        outer, inner = shape.a_stride(), shape.a_inner_stride
+    else:
+        rows, cols, transposed, ld = shape.k, shape.n, shape.b_transposed, shape.b_ld()
+        outer, inner = shape.b_stride(), shape.b_inner_stride
+    b = np.arange(shape.batch)[:, None, None]
+    r = np.arange(rows)[None, :, None]
+    c = np.arange(cols)[None, None, :]
+    start = (b // shape.batch_inner) * outer + (b % shape.batch_inner) * inner
+    return flat[start + (c * ld + r if transposed else r * ld + c)]
+
+
+@pytest.mark.parametrize("case", STRIDED_CASES, ids=[case.id for case in STRIDED_CASES])
+def test_strided_operands_match_numpy(case: Case) -> None:
+    cl, device = _opencl()
+    context = cl.Context([device])
+    queue = cl.CommandQueue(context)
+    spec = ms.render_matmul(case.shape, case.epilogue, case.tiling, name=f"mm_{case.id}")
+    kernel = cl.Kernel(cl.Program(context, spec.source).build(options=ms.BUILD_OPTIONS), spec.name)
+    shape = case.shape
+    rng = np.random.default_rng(1)
+    flats = {}
+    for operand in "ab":
+        # big enough for the last element the kernel reads
+        probe = _strided(np.arange(10 ** 7), shape, operand)
+        flats[operand] = rng.standard_normal(int(probe.max()) + 1).astype(np.float32)
+    expected = np.matmul(_strided(flats["a"], shape, "a").astype(np.float64),
+                         _strided(flats["b"], shape, "b").astype(np.float64))
+    flags = cl.mem_flags
+    a_buf = cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=flats["a"])
+    b_buf = cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=flats["b"])
+    c_buf = cl.Buffer(context, flags.READ_WRITE, 4 * shape.batch * shape.m * shape.n)
+    kernel.set_args(c_buf, np.int64(0), a_buf, np.int64(0), b_buf, np.int64(0))
+    cl.enqueue_nd_range_kernel(queue, kernel, spec.global_size, spec.local_size)
+    result = np.empty((shape.batch, shape.m, shape.n), dtype=np.float32)
+    cl.enqueue_copy(queue, result, c_buf)
+    _assert_close(result, expected, shape.k)

@@ -2,8 +2,9 @@
 
 A kernel matches when its value holds exactly one `sum[k](A[..] * B[..])` whose
 operands are plain loads at affine offsets: A row-major (m, k) or transposed (k, m),
-B row-major (k, n) or transposed (n, k), each with one batch stride (or 0 for a
-broadcast), the output packed (batch, m, n). Everything around the product (bias,
+B row-major (k, n) or transposed (n, k), rows any distance apart (a lead), the batch
+axes flattening into one stride (or 0 for a broadcast) or into two groups (batch and
+head), the output packed (batch, m, n). Everything around the product (bias,
 activation, `p - lr * grad`) becomes the epilogue: a small helper function called
 with the accumulator, rendered by the same C renderer as every other kernel.
 """
@@ -18,7 +19,7 @@ from ..graph.ops import Op
 from ..proc.index import Index, Var, flat_index
 from ..proc.ir import (Alu, Buffer, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, Reduce, map_expr, replace_expr,
                        substitute_vars, walk_expr)
-from .matmul_source import Epilogue, MatmulShape, render_matmul
+from .matmul_source import DOT, Epilogue, MatmulShape, choose_tiling, render_matmul
 from .renderer import ACCUMULATOR, CStyleLanguage, KernelRenderer, Param, RenderedKernel
 
 
@@ -77,29 +78,57 @@ def match_matmul(kernel: Kernel, buffers: dict) -> MatmulMatch | None:
         if ca is None or cb is None:
             return None
     M, N, K = m.extent, n.extent, k.extent
-    if ca.get(k) == 1 and ca.get(m) == K:
-        a_t = False
-    elif ca.get(m) == 1 and ca.get(k) == M:
-        a_t = True
+    # each operand contiguous along one of its axes, its rows at least a row apart (a head's
+    # block read out of wider rows is fine: the row distance becomes the kernel's lead)
+    if ca.get(k) == 1 and ca.get(m, 0) >= K:
+        a_t, a_ld = False, ca[m]
+    elif ca.get(m) == 1 and ca.get(k, 0) >= M:
+        a_t, a_ld = True, ca[k]
     else:
         return None
-    if cb.get(n) == 1 and cb.get(k) == N:
-        b_t = False
-    elif cb.get(k) == 1 and cb.get(n) == K:
-        b_t = True
+    if cb.get(n) == 1 and cb.get(k, 0) >= N:
+        b_t, b_ld = False, cb[k]
+    elif cb.get(k) == 1 and cb.get(n, 0) >= K:
+        b_t, b_ld = True, cb[n]
     else:
         return None
-    sa, sb = _batch_stride(ca, batch), _batch_stride(cb, batch)
-    if sa is None or sb is None or fa.const < 0 or fb.const < 0:
+    if fa.const < 0 or fb.const < 0:
+        return None
+    a_lead = None if a_ld == (M if a_t else K) else a_ld
+    b_lead = None if b_ld == (K if b_t else N) else b_ld
+    if (a_lead or b_lead) and choose_tiling(M, N, K, a_t, b_t).strategy == DOT:
+        # measured: the dot-product tiling reading rows of a head out of wider rows took
+        # 2.6-3.5x the time of the same kernel on packed operands, more than the copy
         return None
     count = int(np.prod([v.extent for v in batch], dtype=np.int64)) if batch else 1
-    if count > 1 and sb == 0 and not a_t and sa == M * K:
-        # a batch of row blocks against one B (a Linear on (batch, seq, features)) is one
-        # product with count * M rows: bigger tiles, fewer edges, one launch-wide grid
-        shape = MatmulShape(M * count, N, K, 1, False, b_t, 0, 0)
-        return MatmulMatch(product, a, b, shape, fa.const, fb.const, folded_rows=M)
-    shape = MatmulShape(M, N, K, count, a_t, b_t, sa, sb)
+    sa, sb = _batch_stride(ca, batch), _batch_stride(cb, batch)
+    if sa is not None and sb is not None and min(sa, sb) >= 0:
+        if count > 1 and sb == 0 and not a_t and sa == M * K and a_lead is None:
+            # a batch of row blocks against one B (a Linear on (batch, seq, features)) is one
+            # product with count * M rows: bigger tiles, fewer edges, one launch-wide grid
+            shape = MatmulShape(M * count, N, K, 1, False, b_t, 0, 0, b_lead=b_lead)
+            return MatmulMatch(product, a, b, shape, fa.const, fb.const, folded_rows=M)
+        shape = MatmulShape(M, N, K, count, a_t, b_t, sa, sb, a_lead, b_lead)
+        return MatmulMatch(product, a, b, shape, fa.const, fb.const)
+    split = _batch_split(ca, cb, batch)
+    if split is None:
+        return None
+    inner, sa, a_inner, sb, b_inner = split
+    shape = MatmulShape(M, N, K, count, a_t, b_t, sa, sb, a_lead, b_lead, inner, a_inner, b_inner)
     return MatmulMatch(product, a, b, shape, fa.const, fb.const)
+
+
+def _batch_split(ca: dict[Var, int], cb: dict[Var, int], batch: tuple[Var, ...]) -> tuple[int, ...] | None:
+    """Batch axes that do not flatten into one stride, as two groups that each do (attention's
+    (batch, head) over rows of heads): (inner count, A outer, A inner, B outer, B inner strides)."""
+    for cut in range(1, len(batch)):
+        outer, inner = batch[:cut], batch[cut:]
+        strides = [_batch_stride(ca, outer), _batch_stride(ca, inner), _batch_stride(cb, outer),
+                   _batch_stride(cb, inner)]
+        if all(s is not None and s >= 0 for s in strides):
+            count = int(np.prod([v.extent for v in inner], dtype=np.int64))
+            return (count, strides[0], strides[1], strides[2], strides[3])
+    return None
 
 
 def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLanguage,

@@ -83,12 +83,37 @@ class MatmulShape:
     b_transposed: bool = False
     a_batch_stride: int | None = None
     b_batch_stride: int | None = None
+    # the distance between the stored rows of A and of B (None: packed, the row length),
+    # e.g. attention reads a head's (seq, 32) block out of rows of 128
+    a_lead: int | None = None
+    b_lead: int | None = None
+    # a batch of two axes that do not flatten into one stride (batch, head): batch index b
+    # is (b // batch_inner, b % batch_inner), the batch strides step the first, these the second
+    batch_inner: int = 1
+    a_inner_stride: int = 0
+    b_inner_stride: int = 0
 
     def a_stride(self) -> int:
         return self.m * self.k if self.a_batch_stride is None else self.a_batch_stride
 
     def b_stride(self) -> int:
         return self.k * self.n if self.b_batch_stride is None else self.b_batch_stride
+
+    def a_ld(self) -> int:
+        """Elements between consecutive stored rows of A ((k, m) rows when transposed)."""
+        return self.a_lead or (self.m if self.a_transposed else self.k)
+
+    def b_ld(self) -> int:
+        """Elements between consecutive stored rows of B ((n, k) rows when transposed)."""
+        return self.b_lead or (self.k if self.b_transposed else self.n)
+
+    def batch_offset(self, operand: str) -> str:
+        """C text of the element offset of batch `batch` in operand "a" or "b"."""
+        outer, inner = ((self.a_stride(), self.a_inner_stride) if operand == "a"
+                        else (self.b_stride(), self.b_inner_stride))
+        if self.batch_inner == 1:
+            return f"(long)batch * {outer}"
+        return f"(long)(batch / {self.batch_inner}) * {outer} + (long)(batch % {self.batch_inner}) * {inner}"
 
     def flops(self) -> int:
         return 2 * self.batch * self.m * self.n * self.k
@@ -307,7 +332,8 @@ def _render_kernel(shape: MatmulShape, tiling: Tiling, epilogue: Epilogue, name:
               f"B {'(n, k) transposed' if shape.b_transposed else '(k, n)'}")
     lines = [
         f"// C[{shape.batch}] = A @ B with m={shape.m} n={shape.n} k={shape.k}; {layout};",
-        f"// batch strides A {shape.a_stride()}, B {shape.b_stride()}; tiling {tiling}",
+        f"// batch offsets A {shape.batch_offset('a')}, B {shape.batch_offset('b')}; "
+        f"rows {shape.a_ld()} and {shape.b_ld()} apart; tiling {tiling}",
         *_UNALIGNED_TYPEDEF,
         f"#define {macro}(acc, m, n, b) ({epilogue.expression})",
         f"__kernel __attribute__((reqd_work_group_size({local_size[0]}, {local_size[1]}, 1)))",
@@ -316,8 +342,8 @@ def _render_kernel(shape: MatmulShape, tiling: Tiling, epilogue: Epilogue, name:
         f"  const int n0 = (int)get_global_id(1) * {tiling.cols};",
         "  const int batch = (int)get_global_id(2);",
         *_early_exit(shape, tiling),
-        f"  __global const float* a = a_data + a_offset + (long)batch * {shape.a_stride()};",
-        f"  __global const float* b = b_data + b_offset + (long)batch * {shape.b_stride()};",
+        f"  __global const float* a = a_data + a_offset + {shape.batch_offset('a')};",
+        f"  __global const float* b = b_data + b_offset + {shape.batch_offset('b')};",
         f"  __global float* c = c_data + c_offset + (long)batch * {shape.m * shape.n};",
         *body,
         "}",
@@ -339,15 +365,15 @@ def _early_exit(shape: MatmulShape, tiling: Tiling) -> list[str]:
 def _a_index(shape: MatmulShape, row: str, k: str) -> str:
     """Element index of A[row, k] relative to the batch's A."""
     if shape.a_transposed:
-        return f"({k}) * {shape.m} + ({row})"
-    return f"({row}) * {shape.k} + ({k})"
+        return f"({k}) * {shape.a_ld()} + ({row})"
+    return f"({row}) * {shape.a_ld()} + ({k})"
 
 
 def _b_index(shape: MatmulShape, k: str, col: str) -> str:
     """Element index of B[k, col] relative to the batch's B."""
     if shape.b_transposed:
-        return f"({col}) * {shape.k} + ({k})"
-    return f"({k}) * {shape.n} + ({col})"
+        return f"({col}) * {shape.b_ld()} + ({k})"
+    return f"({k}) * {shape.b_ld()} + ({col})"
 
 
 def _clamped(index: str, limit: int) -> str:
@@ -421,7 +447,7 @@ def _outer_k_loop(shape: MatmulShape, tiling: Tiling, edge: bool) -> list[str]:
     if _unroll_pragma(tiling.k_unroll):
         lines.append(_unroll_pragma(tiling.k_unroll))
     lines.append(f"  for (int k = 0; k < {shape.k}; ++k) {{")
-    b_step = 1 if shape.b_transposed else shape.n
+    b_step = 1 if shape.b_transposed else shape.b_ld()
     lines.append(f"    __global const float* b_k = b + k * {b_step};")
     for j in range(vectors):
         if gathered:
@@ -430,7 +456,7 @@ def _outer_k_loop(shape: MatmulShape, tiling: Tiling, edge: bool) -> list[str]:
         else:
             vector = _load8(f"b_k + n0 + {j * VECTOR_WIDTH}")
         lines.append(f"    const float8 b_{j} = {vector};")
-    a_step = shape.m if shape.a_transposed else 1
+    a_step = shape.a_ld() if shape.a_transposed else 1
     for i in range(rows):
         # A scalar load feeds a broadcast straight from memory (vbroadcastss).
         lines.append(f"    const float a_{i}_k = a_{i}[k * {a_step}];")
@@ -512,7 +538,7 @@ def _packed_chunk(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
         "  barrier(CLK_LOCAL_MEM_FENCE);",
         f"  for (int kk = worker; kk < {length}; kk += {group_m * group_n}) {{",
     ]
-    b_step = 1 if shape.b_transposed else shape.n
+    b_step = 1 if shape.b_transposed else shape.b_ld()
     lines.append(f"    __global const float* b_k = b + (kc + kk) * {b_step};")
     contiguous = not shape.b_transposed
     panel_cols = panel_vectors * VECTOR_WIDTH
@@ -546,7 +572,7 @@ def _packed_chunk(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
     lines.append(f"  for (int kk = 0; kk < {length}; ++kk) {{")
     for j in range(vectors):
         lines.append(f"    const float8 b_{j} = panel[kk * {panel_vectors} + my_vector0 + {j}];")
-    a_step = shape.m if shape.a_transposed else 1
+    a_step = shape.a_ld() if shape.a_transposed else 1
     group_rows = group_m * rows
     for i in range(rows):
         if tiling.pack_a:
@@ -569,7 +595,7 @@ def _pack_a_panel(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
     vectors = group_rows // VECTOR_WIDTH
     lines = [
         f"  for (int kk = worker; kk < {length}; kk += {group_m * group_n}) {{",
-        f"    __global const float* a_k = a + (kc + kk) * {shape.m} + panel_m0;",
+        f"    __global const float* a_k = a + (kc + kk) * {shape.a_ld()} + panel_m0;",
         f"    __local float8* a_row = (__local float8*)(a_panel + kk * {group_rows});",
     ]
     copies = [f"    a_row[{v}] = {_load8(f'a_k + {v * VECTOR_WIDTH}')};" for v in range(vectors)]
@@ -583,7 +609,7 @@ def _pack_a_panel(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
         lines.append("    } else {")
         row = _clamped("panel_m0 + r", shape.m)
         lines.append(f"      for (int r = 0; r < {group_rows}; ++r) "
-                     f"a_panel[kk * {group_rows} + r] = a[(kc + kk) * {shape.m} + {row}];")
+                     f"a_panel[kk * {group_rows} + r] = a[(kc + kk) * {shape.a_ld()} + {row}];")
         lines.append("    }")
     lines.append("  }")
     return lines
