@@ -527,11 +527,13 @@ class _EmulatedModule:
         self.compile()
         launcher = getattr(self.library, f"launch_{name}")
         launcher.argtypes = [ctypes.c_uint, ctypes.c_uint] + [
-            ctypes.c_void_p if "*" in p else ctypes.c_int for p in self.signatures[name]]
+            ctypes.c_void_p if "*" in p else ctypes.c_float if p.split()[-2] == "float" else ctypes.c_int
+            for p in self.signatures[name]]
         emulator = self.emulator
 
         def launch(grid: tuple, block: tuple, args: tuple) -> None:
-            values = [a.data.ptr if hasattr(a, "data") and hasattr(a.data, "ptr") else int(a) for a in args]
+            values = [a.data.ptr if hasattr(a, "data") and hasattr(a.data, "ptr")
+                      else float(a) if isinstance(a, np.floating) else int(a) for a in args]
             run = lambda: launcher(grid[0], block[0], *values)  # noqa: E731
             stream = emulator.current
             if stream is not None and stream.captured is not None:

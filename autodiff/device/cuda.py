@@ -174,6 +174,8 @@ class CUDAExecutor:
                 args.append(self.device_buffers[param.buffer_id])
             elif param.kind == "offset":
                 args.append(np.int32(self.element_offset[param.buffer_id] + param.extra))
+            elif param.kind == "constant":
+                args.append(np.float32(param.value))
             else:
                 args.append(np.int32(0))
                 var_args.append((position, param.var))

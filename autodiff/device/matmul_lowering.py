@@ -152,6 +152,10 @@ def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLan
         helper_params.append(f"const int L{index}")
         call_args.append(f"L{index}")
         params.append(Param("var", var=var))
+    for constant, name in renderer.constants.items():
+        helper_params.append(f"const float {name}")
+        call_args.append(name)
+        params.append(Param("constant", value=constant))
     # batch variables from the flat batch index b
     index_lines, stride = [], 1
     for position in reversed(range(len(batch))):

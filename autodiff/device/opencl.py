@@ -246,24 +246,34 @@ class OpenCLExecutor:
         return "arena", self.plan.offsets.get(buffer_id, 0) // 4
 
     def _place_tables(self) -> None:
-        """One int buffer with every megakernel launch's offset table, side by side."""
-        entries: list[int] = []
-        self.table_bases: list[int] = []
+        """One int buffer with every megakernel launch's offset table, and one float buffer with
+        their constants, each side by side."""
+        offsets: list[int] = []
+        constants: list[float] = []
+        self.table_bases: list[tuple[int, int]] = []
         for rendered in self.mega_rendered:
-            self.table_bases.append(len(entries))
-            entries += [self._place(buffer_id)[1] for buffer_id in rendered.table]
-        table = np.array(entries or [0], dtype=np.int32)
-        self.table = self.cl.Buffer(self.context, self.cl.mem_flags.READ_ONLY | self.cl.mem_flags.COPY_HOST_PTR,
-                                    hostbuf=table)
+            self.table_bases.append((len(offsets), len(constants)))
+            offsets += [self._place(buffer_id)[1] for buffer_id in rendered.table]
+            constants += rendered.constants
+        flags = self.cl.mem_flags.READ_ONLY | self.cl.mem_flags.COPY_HOST_PTR
+        self.table = self.cl.Buffer(self.context, flags, hostbuf=np.array(offsets or [0], dtype=np.int32))
+        self.constant_table = self.cl.Buffer(self.context, flags,
+                                             hostbuf=np.array(constants or [0.0], dtype=np.float32))
 
-    def _prepare(self, rendered: RenderedKernel, function: str, table_base: int = 0) -> _Launch:
+    def _prepare(self, rendered: RenderedKernel, function: str, table_bases: tuple[int, int] = (0, 0)) -> _Launch:
         kernel = self.cl.Kernel(self.cl_program, function)
         var_args = []
         for position, param in enumerate(rendered.params):
             if param.kind == "table":
                 kernel.set_arg(position, self.table)
             elif param.kind == "table_base":
-                kernel.set_arg(position, np.int32(table_base))
+                kernel.set_arg(position, np.int32(table_bases[0]))
+            elif param.kind == "constants":
+                kernel.set_arg(position, self.constant_table)
+            elif param.kind == "constants_base":
+                kernel.set_arg(position, np.int32(table_bases[1]))
+            elif param.kind == "constant":
+                kernel.set_arg(position, np.float32(param.value))
             elif param.kind in ("arena", "state"):
                 kernel.set_arg(position, self.arena if param.kind == "arena" else self.state)
             elif param.kind == "buffer":

@@ -8,8 +8,9 @@ concatenation) become if-blocks, and nothing inside one is hoisted out of it, so
 an out-of-range load is never executed.
 
 Buffers are parameters (pointer + element offset), named in order of first use,
-and variables are renamed in order of appearance: two kernels that differ only
-in which buffers they touch render to the same source and are built once.
+variables are renamed in order of appearance, and float constants other than 0,
++-1, 0.5 and 2 are arguments too: two kernels that differ only in which buffers
+they touch or in a learning rate render to the same source and are built once.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, Random
 from .lanes import SELECTIONS, lane_step, spread, vectorizes, widest, without_lane
 
 LOCAL_SIZE = 64   # one fixed work-group size: PoCL rebuilds a kernel for each new local size
+# float constants written into the source; every other one is a kernel argument
+WRITTEN_CONSTANTS = frozenset({0.0, 1.0, -1.0, 0.5, 2.0})
 ACCUMULATOR = -1  # a Load of this buffer id renders as `acc` (a matmul epilogue's input)
 
 
@@ -151,9 +154,12 @@ class Param:
     """One kernel argument: a buffer's pointer, its element offset, or an int variable."""
     kind: str           # "buffer" | "offset" (int) | "offset64" (long) | "var" | "arena" | "state"
     #                     | "table" (a megakernel's offset table) | "table_base" (its first entry)
+    #                     | "constant" (a float) | "constants" (a megakernel's float table)
+    #                     | "constants_base" (its first entry)
     buffer_id: int = -1
     var: Var | None = None
     extra: int = 0      # elements added to an offset (a matmul operand's constant index term)
+    value: float = 0.0  # a "constant" argument's value
 
 
 @dataclass
@@ -164,6 +170,7 @@ class RenderedKernel:
     global_size: int | tuple[int, ...]
     local_size: int | tuple[int, ...]
     table: list[int] = field(default_factory=list)   # a megakernel's offset table (buffer ids)
+    constants: list[float] = field(default_factory=list)   # a megakernel's float table
 
     @property
     def source(self) -> str:
@@ -200,6 +207,7 @@ class KernelRenderer:
         self.memo: dict[Expr, tuple[str, _Scope]] = {}
         self.uses: dict[int, frozenset[Var]] = {}
         self.counter = 0
+        self.constants: dict[float, str] = {}      # float constant -> its argument's name (K0, K1, ...)
 
     # --- names ---------------------------------------------------------------------
     def slot(self, buffer_id: int) -> int:
@@ -228,6 +236,10 @@ class KernelRenderer:
             return self.lang.nan
         if math.isinf(value):
             return self.lang.infinity if value > 0 else f"(-{self.lang.infinity})"
+        if value not in WRITTEN_CONSTANTS:
+            # an argument, not text: kernels that differ in a learning rate or an epsilon share
+            # one source, so changing one rebuilds nothing
+            return self.constants.setdefault(value, f"K{len(self.constants)}")
         text = repr(value)
         if "e" not in text and "." not in text:
             text += ".0"
@@ -494,6 +506,9 @@ class KernelRenderer:
         for n, var in enumerate(self.outer_vars):
             declarations.append(f"const int L{n}")
             params.append(Param("var", var=var))
+        for value, name in self.constants.items():
+            declarations.append(f"const float {name}")
+            params.append(Param("constant", value=value))
         return f"{self.lang.kernel_prefix} {{name}}({', '.join(declarations)}) {{", params
 
     def render(self) -> RenderedKernel:

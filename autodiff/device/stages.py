@@ -25,6 +25,7 @@ class Stage:
     lines: list[str]
     table: list[int]        # buffer ids whose offsets the stage reads from `tab`, in order
     outer: list[Var]        # the loop variables named L0, L1, ... in its text
+    constants: list[float]  # the float constants K0, K1, ... it reads from `ktab`, in order
 
     @property
     def signature(self) -> str:
@@ -46,10 +47,15 @@ def render_stage(kernel: Kernel, language: CStyleLanguage, buffers: dict,
         lines.append(f"    const int o{slot} = tab[{slot}];")
     for n in range(len(renderer.outer_vars)):
         lines.append(f"    const int L{n} = @{n}@;")      # bound to the megakernel's V names
+    for n, name in enumerate(renderer.constants.values()):
+        lines.append(f"    const float {name} = ktab[{n}];")
     lines.append(f"    for (int gid = {language.local_id}; gid < {size}; gid += {group}) {{")
     lines += ["        " + line for line in body]
-    lines += ["    }", "}", f"tab += {len(renderer.slots)};", language.barrier]
-    return Stage(kernel.name, lines, list(renderer.slots), list(renderer.outer_vars))
+    lines += ["    }", "}", f"tab += {len(renderer.slots)};"]
+    if renderer.constants:
+        lines.append(f"ktab += {len(renderer.constants)};")
+    lines.append(language.barrier)
+    return Stage(kernel.name, lines, list(renderer.slots), list(renderer.outer_vars), list(renderer.constants))
 
 
 def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
@@ -58,11 +64,13 @@ def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
 
     One launch instead of one per kernel: for small kernels the launch, not the work, is
     the cost. Buffers are not parameters here: each stage names the device buffer it uses,
-    and reads its element offsets from an int table at `table + T` (`T` per launch).
+    and reads its element offsets from an int table at `table + T` (`T` per launch) and its
+    float constants from a float table at `constants + KT`.
     """
     outer: list[Var] = []
     text_lines: list[str] = []
     table: list[int] = []
+    constants: list[float] = []
     for stage in stages:
         binding = {}
         for n, var in enumerate(stage.outer):
@@ -75,12 +83,15 @@ def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
                 line = line.replace(placeholder, v)
             text_lines.append(line)
         table += stage.table
+        constants += stage.constants
     qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
     declarations = ([f"{qualifier}float* arena", f"{qualifier}float* state", f"{qualifier}const int* table",
-                     "const int T"] + [f"const int V{n}" for n in range(len(outer))])
-    params = [Param("arena"), Param("state"), Param("table"), Param("table_base")] + \
-        [Param("var", var=v) for v in outer]
+                     "const int T", f"{qualifier}const float* constants", "const int KT"]
+                    + [f"const int V{n}" for n in range(len(outer))])
+    params = [Param("arena"), Param("state"), Param("table"), Param("table_base"), Param("constants"),
+              Param("constants_base")] + [Param("var", var=v) for v in outer]
     text = "\n".join([f"{language.kernel_prefix} {{name}}({', '.join(declarations)}) {{",
-                      f"    {qualifier}const int* tab = table + T;"]
+                      f"    {qualifier}const int* tab = table + T;",
+                      f"    {qualifier}const float* ktab = constants + KT;"]
                      + ["    " + line for line in text_lines] + ["}"])
-    return RenderedKernel(name, text, params, group, group, table)
+    return RenderedKernel(name, text, params, group, group, table, constants)
