@@ -418,10 +418,7 @@ class KernelRenderer:
         value = self.value(body, inner)
         if self.lane_of(body) is None:
             value = f"({vector})({value})"
-        if e.op is Op.SUM:
-            inner.lines.append(f"{lanes} += {value};")
-        else:
-            inner.lines.append(f"{lanes} = select({lanes}, {value}, {value} > {lanes} || {value} != {value});")
+        inner.lines.append(combine(e.op, lanes, value, vector=True))
         lines = inner.lines
         for v in reversed(variables):
             name = self.var_names[v]
@@ -449,10 +446,8 @@ class KernelRenderer:
             scope.lines.append(f"int {acc} = 0;")
         inner = _Scope(scope, variables=e.variables)
         value = self.value(e.body, inner)
-        if e.op is Op.MAX and t != self.ctype(e.dtype):
-            inner.lines.append(f"{acc} = select({acc}, {value}, {value} > {acc} || {value} != {value});")
-        elif e.op in (Op.SUM, Op.MAX):
-            inner.lines.append(combine(e.op, acc, value))
+        if e.op in (Op.SUM, Op.MAX):
+            inner.lines.append(combine(e.op, acc, value, vector=t != self.ctype(e.dtype)))
         else:
             (var,) = e.variables
             inner.lines.append(f"if ({value} > {best}) {{ {best} = {value}; {acc} = {self.var_names[var]}; }}")
@@ -495,7 +490,7 @@ class KernelRenderer:
 
     def signature(self) -> tuple[str, list[Param]]:
         """The function's first line (its name as {name}) and its parameters: each buffer the
-        body used (pointer and element offset), then the loop variables it reads."""
+        body used (pointer and element offset), the loop variables it reads, its constants."""
         params: list[Param] = []
         declarations: list[str] = []
         for buffer_id, slot in self.slots.items():
@@ -521,10 +516,12 @@ class KernelRenderer:
         return RenderedKernel(self.kernel.name, "\n".join(lines), params, global_size, LOCAL_SIZE)
 
 
-def combine(op: Op, acc: str, value: str) -> str:
-    """One step of a sum or a maximum (NaN wins, as in numpy)."""
+def combine(op: Op, acc: str, value: str, vector: bool = False) -> str:
+    """One step of a sum or a maximum (NaN wins, as in numpy), of floats or float vectors."""
     if op is Op.SUM:
         return f"{acc} += {value};"
+    if vector:
+        return f"{acc} = select({acc}, {value}, {value} > {acc} || {value} != {value});"
     return f"{acc} = ({value} > {acc} || {value} != {value}) ? {value} : {acc};"
 
 
