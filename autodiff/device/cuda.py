@@ -19,8 +19,8 @@ every iteration, one launch instead of one per kernel, when
 Other bodies launch kernel by kernel, as do loops of one iteration.
 
 Feeders are called in program order on a background thread ahead of the host
-(host.Feeds) and copied without blocking from pinned staging buffers (a staging buffer is refilled only once its last copy
-has finished). Receivers copy without blocking into pinned memory and are
+(host.Feeds) and copied without blocking from pinned staging buffers (a staging
+buffer is refilled only once its last copy has finished). Receivers copy without blocking into pinned memory and are
 called back in program order once the copy's event has completed; a callback
 that raises stops the run after the stream drains, and the persistent tensors
 keep the values computed so far.

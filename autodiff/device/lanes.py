@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ..graph.ops import Op
 from ..proc.index import Index, Var, flat_index
-from ..proc.ir import Alu, Const, Expr, IndexValue, Load, Reduce, children, substitute_vars
+from ..proc.ir import Alu, Const, Expr, IndexValue, Load, Reduce, substitute_vars, walk_expr
 
 VECTOR_WIDTHS = (16, 8, 4)
 SELECTIONS = (Op.LT, Op.GT, Op.EQ, Op.WHERE, Op.MAXIMUM, Op.MINIMUM)
@@ -43,12 +43,7 @@ def spread(expr: Expr, var: Var, width: int) -> tuple[Expr, Var, Var]:
 
 def vectorizes(value: Expr, lane: Var, buffers: dict) -> bool:
     """Whether every node of `value` can be computed across the lanes of `lane` at once."""
-    stack, seen = [value], set()
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in walk_expr(value):
         if getattr(e, "dtype", None) != "float32":
             return False
         if isinstance(e, Load):
@@ -66,7 +61,6 @@ def vectorizes(value: Expr, lane: Var, buffers: dict) -> bool:
                 return False    # a sum or max of vectors is a vector accumulator; argmax is not
         elif not isinstance(e, Const):
             return False        # Guard, RandomBits
-        stack.extend(children(e))
     return True
 
 

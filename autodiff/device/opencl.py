@@ -31,9 +31,9 @@ from .host import Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver
 from .matmul_lowering import match_matmul, render_matmul_kernel
 from .matmul_source import BUILD_OPTIONS
 from .megakernel import is_small, plan_megakernels
-from .renderer import OpenCLLanguage, RenderedKernel, render_kernel
+from .renderer import OpenCLLanguage, RenderedKernel
 from .stages import render_megakernel, render_stage
-from .vector_renderer import render_vector_kernel, vector_width
+from .vector_renderer import renderer_for
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
 os.environ.setdefault("POCL_CPU_TARGET", "native")
@@ -213,10 +213,7 @@ class OpenCLExecutor:
                 return render_matmul_kernel(kernel, match, self.language, self.buffers)
         if self.group_reductions and group_reduction(kernel) is not None:
             return render_group_reduce(kernel, self.language, self.buffers)
-        width = vector_width(kernel, self.buffers) if self.vectorize else 1
-        if width > 1:
-            return render_vector_kernel(kernel, self.language, self.buffers, width)
-        return render_kernel(kernel, self.language, self.buffers, self.vectorize)
+        return renderer_for(kernel, self.language, self.buffers, self.vectorize).render()
 
     def _check_memory(self) -> None:
         needed = self.plan.arena_bytes + self.plan.persistent_bytes + self.plan.feed_bytes

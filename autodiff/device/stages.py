@@ -12,8 +12,8 @@ from typing import Callable
 
 from ..proc.index import Var
 from ..proc.ir import Kernel
-from .renderer import LOCAL_SIZE, CStyleLanguage, KernelRenderer, Param, RenderedKernel
-from .vector_renderer import VectorKernelRenderer, vector_width
+from .renderer import LOCAL_SIZE, CStyleLanguage, Param, RenderedKernel
+from .vector_renderer import renderer_for
 
 
 @dataclass
@@ -35,9 +35,7 @@ class Stage:
 def render_stage(kernel: Kernel, language: CStyleLanguage, buffers: dict,
                  where: Callable[[int], str], group: int = LOCAL_SIZE, vectorize: bool = False) -> Stage:
     """`where(buffer id)` names the device buffer ("arena" or "state") a buffer lives in."""
-    width = vector_width(kernel, buffers) if vectorize and language.vector_loads else 1
-    renderer = (VectorKernelRenderer(kernel, language, buffers, width) if width > 1
-                else KernelRenderer(kernel, language, buffers, vectorize))
+    renderer = renderer_for(kernel, language, buffers, vectorize)
     body, size = renderer.render_body()
     qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
     lines = ["{"]

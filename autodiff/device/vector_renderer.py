@@ -15,7 +15,7 @@ from __future__ import annotations
 from ..proc.index import Index, Var, unflatten
 from ..proc.ir import Expr, Kernel, substitute_vars
 from .lanes import vectorizes, widest
-from .renderer import CStyleLanguage, KernelRenderer, RenderedKernel, _Scope
+from .renderer import CStyleLanguage, KernelRenderer, _Scope
 
 
 def _vector_value(kernel: Kernel, width: int) -> tuple[Expr, Var, Var]:
@@ -59,5 +59,10 @@ class VectorKernelRenderer(KernelRenderer):
         return root.lines + [store], self.gid.extent
 
 
-def render_vector_kernel(kernel: Kernel, language: CStyleLanguage, buffers: dict, width: int) -> RenderedKernel:
-    return VectorKernelRenderer(kernel, language, buffers, width).render()
+def renderer_for(kernel: Kernel, language: CStyleLanguage, buffers: dict, vectorize: bool) -> KernelRenderer:
+    """The vector renderer where `vector_width` allows it, else the C renderer (which, with
+    `vectorize`, still writes sums and maxima along a contiguous axis in vectors)."""
+    width = vector_width(kernel, buffers) if vectorize and language.vector_loads else 1
+    if width > 1:
+        return VectorKernelRenderer(kernel, language, buffers, width)
+    return KernelRenderer(kernel, language, buffers, vectorize)
