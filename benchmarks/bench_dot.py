@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
 import autodiff as ad
-from timing import seconds_per_iteration
+from timing import seconds_per_call, seconds_per_iteration
 
 # (label, m, k, n, A stored transposed, B stored transposed); a Linear computes x @ W^T
 TRANSFORMER_SHAPES = [
@@ -50,17 +48,6 @@ def seconds_autodiff(a: np.ndarray, b: np.ndarray, bias: np.ndarray, a_t: bool, 
     return seconds_per_iteration(program, reps, rounds=3)
 
 
-def seconds_median(fn, reps: int) -> float:
-    fn()
-    rounds = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        rounds.append((time.perf_counter() - t) / reps)
-    return statistics.median(rounds)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
@@ -79,10 +66,10 @@ def main() -> None:
         reps = max(2, min(200, int(2e9 / flops)))
         ours = seconds_autodiff(a, b, bias, a_t, b_t, reps, args.device)
         a_view, b_view = (a.T if a_t else a), (b.T if b_t else b)
-        numpy_s = seconds_median(lambda: np.maximum(a_view @ b_view + bias, 0), reps)
+        numpy_s = seconds_per_call(lambda: np.maximum(a_view @ b_view + bias, 0), reps)
         ta, tb, tbias = (torch.from_numpy(x) for x in (a, b, bias))
         ta_view, tb_view = (ta.T if a_t else ta), (tb.T if b_t else tb)
-        torch_s = seconds_median(lambda: torch.relu(torch.addmm(tbias, ta_view, tb_view)), reps)
+        torch_s = seconds_per_call(lambda: torch.relu(torch.addmm(tbias, ta_view, tb_view)), reps)
         rows.append(dict(case=label, m=m, k=k, n=n, autodiff_gflops=flops / ours / 1e9,
                          numpy_gflops=flops / numpy_s / 1e9, torch_gflops=flops / torch_s / 1e9))
     print(f"machine: {platform.machine()}, python {platform.python_version()}, device {args.device}, "

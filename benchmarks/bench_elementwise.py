@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from typing import Callable
 
 import numpy as np
 
 import autodiff as ad
-from timing import seconds_per_iteration
+from timing import seconds_per_call, seconds_per_iteration
 
 
 def _cases(rows: int, cols: int) -> list[tuple[str, list[tuple[int, ...]], Callable]]:
@@ -46,17 +44,6 @@ def ms_autodiff(fn: Callable, inputs: list[np.ndarray], reps: int, disable: set[
     return seconds_per_iteration(program, reps) * 1e3
 
 
-def ms_torch(fn: Callable, reps: int) -> float:
-    fn()
-    rounds = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        rounds.append((time.perf_counter() - t) / reps)
-    return statistics.median(rounds) * 1e3
-
-
 def main() -> None:
     import torch
     rng = np.random.default_rng(0)
@@ -69,9 +56,9 @@ def main() -> None:
         vectors = ms_autodiff(fn, inputs, ARGS.reps, set())
         scalar = ms_autodiff(fn, inputs, ARGS.reps, {"vectorize"})
         tensors = [torch.from_numpy(x) for x in inputs]
-        eager = ms_torch(lambda: fn(*tensors), ARGS.reps)
+        eager = seconds_per_call(lambda: fn(*tensors), ARGS.reps) * 1e3
         compiled_fn = torch.compile(fn)
-        compiled = ms_torch(lambda: compiled_fn(*tensors), ARGS.reps)
+        compiled = seconds_per_call(lambda: compiled_fn(*tensors), ARGS.reps) * 1e3
         print(f"{label:36} {vectors:10.3f} {scalar:8.3f} {eager:8.3f} {compiled:8.3f}   "
               f"{scalar / vectors:.2f} / {eager / vectors:.2f} / {compiled / vectors:.2f}")
 

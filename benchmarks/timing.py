@@ -1,4 +1,4 @@
-"""Timing shared by the benchmarks: seconds per loop iteration of a compiled program."""
+"""Timing shared by the benchmarks: per loop iteration of a compiled program, per call of a function."""
 from __future__ import annotations
 
 import statistics
@@ -22,3 +22,15 @@ def seconds_per_iteration(program: Callable[[int], Any], reps: int, rounds: int 
         long.run()
         samples.append((time.perf_counter() - t - t_short) / reps)
     return max(statistics.median(samples), 1e-9)
+
+
+def seconds_per_call(fn: Callable[[], Any], reps: int, rounds: int = 5) -> float:
+    """Median over rounds of the time of `reps` calls of `fn` / reps, after one warm-up call."""
+    fn()
+    samples = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        samples.append((time.perf_counter() - t) / reps)
+    return statistics.median(samples)
