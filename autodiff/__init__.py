@@ -4,15 +4,15 @@ Trace a training program with a PyTorch-like Tensor API, then `execute()` it
 as a whole (loops included) on a device. See README.md and DESIGN.md.
 """
 from .errors import DeviceMemoryError, FeederError, ReceiverError, TraceError, UnsupportedOpError
-from .graph.autodiff import grad
-from .graph.control import Feeder, Receiver, ir_for
-from .graph.functions import (abs, arange, cat, concat, cos, exp, full, full_like, iota, log, matmul,
-                              maximum, minimum, ones, ones_like, rand, randn, random_uniform, relu,
-                              rsqrt, sigmoid, sin, sqrt, stack, tanh, where, zeros, zeros_like)
-from .graph.program import Program, current_program, manual_seed, reset
-from .graph.tensor import Tensor
+from .frontend.autodiff import grad
+from .frontend.control import Feeder, Receiver, ir_for
+from .frontend.functions import (abs, arange, cat, concat, cos, exp, full, full_like, iota, log, matmul,
+                                 maximum, minimum, ones, ones_like, rand, randn, random_uniform, relu, rsqrt,
+                                 sigmoid, sin, sqrt, stack, tanh, where, zeros, zeros_like)
+from .frontend.program import Program, current_program, manual_seed, reset
+from .frontend.tensor import Tensor
 from .printing import pg, plot_memory, print_graph
-from .runtime import CompiledProgram, Report, compile, default_device, execute
+from .compiler import CompiledProgram, Report, compile, default_device, execute
 from . import checkpoint, nn
 from .checkpoint import load, restore, save
 

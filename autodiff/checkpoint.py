@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .graph.tensor import Tensor
+from .frontend.tensor import Tensor
 
 FORMAT = "autodiff.checkpoint/1"
 

@@ -1,7 +1,10 @@
-"""Errors a user gets, one class per kind (see DESIGN.md, "Errors a user gets")."""
+"""Every error a user gets, one class per kind. This module imports nothing of autodiff, so
+every stage, from the tracer to the runtimes, raises the same classes."""
 from __future__ import annotations
 
-from .graph.program import TraceError
+
+class TraceError(ValueError):
+    """A user error found while tracing: names the op, the shapes and the user's line."""
 
 
 class FeederError(ValueError):
@@ -17,11 +20,22 @@ class ReceiverError(RuntimeError):
 
 
 class UnsupportedOpError(NotImplementedError):
-    """An op the chosen backend cannot run."""
+    """An op the chosen backend cannot run: names the op and the backend."""
+
+    def __init__(self, op: object, backend: str, detail: str = "") -> None:
+        name = getattr(op, "value", op)
+        super().__init__(f"op '{name}' is not supported by the {backend} backend" + (f": {detail}" if detail else ""))
+        self.op = op
+        self.backend = backend
 
 
 class DeviceMemoryError(MemoryError):
     """The program needs more device memory than the device has (raised before running)."""
 
 
-__all__ = ["TraceError", "FeederError", "ReceiverError", "UnsupportedOpError", "DeviceMemoryError"]
+class KernelBuildError(RuntimeError):
+    """A kernel failed to build: its name, its numbered source and the compiler log."""
+
+
+__all__ = ["TraceError", "FeederError", "ReceiverError", "UnsupportedOpError", "DeviceMemoryError",
+           "KernelBuildError"]

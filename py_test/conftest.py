@@ -12,10 +12,10 @@ import autodiff as ad
 def available_devices() -> list[str]:
     """Devices the suite runs on here; AUTODIFF_TEST_DEVICES=numpy,opencl narrows it."""
     devices = ["numpy", "numpy-proc"]
-    from autodiff.device.opencl import opencl_available
+    from autodiff.backends.opencl import opencl_available
     if opencl_available():
         devices.append("opencl")
-    from autodiff.device.cuda import cuda_available
+    from autodiff.backends.cuda import cuda_available
     if cuda_available():
         devices.append("cuda")
     wanted = os.environ.get("AUTODIFF_TEST_DEVICES")

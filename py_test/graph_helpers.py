@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Callable
 
 import autodiff as ad
-from autodiff.graph.ops import Op
-from autodiff.graph.program import Block
+from autodiff.ir.ops import Op
+from autodiff.ir.graph import Block
 from autodiff.opt import Graph
 
 

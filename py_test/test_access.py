@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import autodiff as ad
-from autodiff.graph.functions import pad
+from autodiff.frontend.functions import pad
 from autodiff.opt.rewrite import Graph
 from autodiff.proc.index import DivAtom, Index, ModAtom, Var, evaluate_index, flat_index, unflatten
 from autodiff.proc.ir import Const, Guard, Load

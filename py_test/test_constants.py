@@ -7,7 +7,7 @@ import pytest
 
 import autodiff as ad
 from autodiff import nn
-from autodiff.device.opencl import opencl_available
+from autodiff.backends.opencl import opencl_available
 
 
 def _train(lr: float, device: str, disable: frozenset[str]):

@@ -32,11 +32,12 @@ import pytest
 import autodiff as ad
 import autodiff.nn.functional as F
 from autodiff import nn
-from autodiff.device.cuda import CUDAExecutor, cuda_available
-from autodiff.device.build import KernelBuildError, unique_kernels
-from autodiff.device.renderer import CUDALanguage, render_kernel
+from autodiff.backends.cuda import CUDAExecutor, cuda_available
+from autodiff.errors import KernelBuildError
+from autodiff.codegen.build import unique_kernels
+from autodiff.codegen.renderer import CUDALanguage, render_kernel
 from autodiff.errors import DeviceMemoryError, ReceiverError
-from autodiff.graph.ops import Op
+from autodiff.ir.ops import Op
 from op_cases import CASES
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))

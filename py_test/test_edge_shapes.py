@@ -120,7 +120,7 @@ def test_attention_at_a_size_that_uses_the_tiled_kernels(device):
 
 def test_linear_relu_uses_the_tiled_matmul_kernel():
     """relu reads the product twice (where(x > 0, x, 0)): both copies are the one accumulator."""
-    from autodiff.device.opencl import opencl_available
+    from autodiff.backends.opencl import opencl_available
     if not opencl_available():
         pytest.skip("no OpenCL device")
     rng = np.random.default_rng(7)

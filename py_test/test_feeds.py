@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import autodiff as ad
-from autodiff.device.host import Feeds, feeds_ahead, feeds_in_order
+from autodiff.backends.host import Feeds, feeds_ahead, feeds_in_order
 from autodiff.errors import FeederError, ReceiverError
 
 THREAD_MODES = [frozenset(), frozenset({"feeder_thread"})]
@@ -57,7 +57,7 @@ def test_feeders_called_in_program_order(device, disable):
 
 @pytest.mark.parametrize("device_name", ["opencl"])
 def test_feeders_run_on_a_background_thread_unless_switched_off(device_name):
-    from autodiff.device.opencl import opencl_available
+    from autodiff.backends.opencl import opencl_available
     if not opencl_available():
         pytest.skip("no OpenCL device")
     main = threading.current_thread().name

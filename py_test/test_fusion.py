@@ -15,7 +15,7 @@ import autodiff as ad
 import autodiff.nn.functional as F
 from autodiff import nn
 from autodiff.fusion import FUSION_KINDS
-from autodiff.graph.ops import Op
+from autodiff.ir.ops import Op
 from autodiff.proc.index import Index
 from autodiff.proc.ir import Alu, Guard, Load, Reduce, children, loads_of, walk_expr
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import autodiff as ad
-from autodiff.device.group_reduce import GROUP_SIZE, group_reduction, render_group_reduce
-from autodiff.device.opencl import opencl_available
-from autodiff.device.renderer import CUDALanguage
+from autodiff.codegen.group_reduce import GROUP_SIZE, group_reduction, render_group_reduce
+from autodiff.backends.opencl import opencl_available
+from autodiff.codegen.renderer import CUDALanguage
 
 
 def _kernels(outputs: list[ad.Tensor]):
@@ -40,7 +40,7 @@ def test_which_kernels_qualify(build, qualifies):
 
 @pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
 def test_group_reductions_match_numpy(rng):
-    from autodiff.device.opencl import OpenCLExecutor
+    from autodiff.backends.opencl import OpenCLExecutor
     x = rng.standard_normal((8, 3000)).astype(np.float32)
     x[3, 17] = np.nan
     y = rng.standard_normal(200_003).astype(np.float32)

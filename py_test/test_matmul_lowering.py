@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import autodiff as ad
-from autodiff.device.matmul_lowering import match_matmul
-from autodiff.fusion.fuse import TILED_DOT_WORK
+from autodiff.schedule.matmul import match_matmul
+from autodiff.proc.cost import TILED_DOT_WORK
 from autodiff.proc.ir import Reduce, walk_expr
 
 

@@ -6,7 +6,6 @@ work-group function at its first launch (a few tenths of a second).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -15,13 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# The generator imports nothing from autodiff; loading it by path keeps these
-# tests independent of the rest of the package.
-_PATH = Path(__file__).resolve().parent.parent / "autodiff" / "device" / "matmul_source.py"
-_SPEC = importlib.util.spec_from_file_location("matmul_source_under_test", _PATH)
-ms = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = ms
-_SPEC.loader.exec_module(ms)
+from autodiff.codegen import matmul_source as ms
 
 Shape = ms.MatmulShape
 

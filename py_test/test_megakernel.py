@@ -6,8 +6,8 @@ import pytest
 
 import autodiff as ad
 from autodiff import nn
-from autodiff.device.megakernel import cut_run, repeats
-from autodiff.device.opencl import opencl_available
+from autodiff.schedule.megakernel import cut_run, repeats
+from autodiff.backends.opencl import opencl_available
 
 
 def pieces(s: str, lengths: list[int]) -> list[str]:

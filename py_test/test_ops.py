@@ -19,7 +19,7 @@ import torch
 
 import autodiff as ad
 import autodiff.nn.functional as F
-from autodiff.graph.ops import Op
+from autodiff.ir.ops import Op
 from op_cases import CASE_IDS, CASES, OpCase, params
 
 VALUE_TOL = dict(atol=1e-5, rtol=1e-4)
@@ -119,7 +119,7 @@ def test_op_matches_torch(case: OpCase, device: str) -> None:
 @pytest.mark.parametrize("case", params())
 def test_op_matches_torch_unoptimized(case: OpCase, device: str) -> None:
     """The same numbers with every graph pass switched off."""
-    from autodiff.runtime import known_switches
+    from autodiff.compiler import known_switches
     check_case(case, device, disable=set(known_switches()))
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import autodiff as ad
-from autodiff.graph.ops import Op
+from autodiff.ir.ops import Op
 from autodiff.opt import cse, mark_in_place, optimize, prune, simplify
 from graph_helpers import ops_of, structure, trace
 

@@ -9,13 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autodiff.alloc import (
-    Buffer,
-    PlacementError,
-    liveness_lower_bound,
-    place_buffers,
-    validate_placement,
-)
+from autodiff.alloc import Buffer, PlacementError, liveness_lower_bound, place_buffers, validate_placement
 from autodiff.alloc.greedy import GREEDY_ORDERINGS, lowest_fit_offsets
 from autodiff.alloc.sections import build_sectioned_problem
 

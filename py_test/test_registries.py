@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from autodiff.device.numpy_device import EFFECTS
-from autodiff.device.numpy_ops import REFERENCE
-from autodiff.graph.ops import Op
-from autodiff.graph.shapes import SHAPE_RULES
-from autodiff.graph.vjp import VJP_RULES
+from autodiff.backends.numpy_graph import EFFECTS
+from autodiff.ir.reference import REFERENCE
+from autodiff.ir.ops import Op
+from autodiff.ir.shapes import SHAPE_RULES
+from autodiff.frontend.vjp import VJP_RULES
 
 REGISTRIES = {
     "shape rule": SHAPE_RULES,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import autodiff as ad
-from autodiff.device.opencl import opencl_available
-from autodiff.device.vector_renderer import vector_width
+from autodiff.backends.opencl import opencl_available
+from autodiff.codegen.vector import vector_width
 
 needs_opencl = pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
 

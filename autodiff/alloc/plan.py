@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..proc.index import Index
-from ..proc.ir import (Buffer, Command, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, ReceiveCmd,
-                       Reduce, loads_of, walk_expr)
+from ..proc.ir import (Buffer, Command, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, ReceiveCmd, Reduce,
+                       loads_of, walk_expr)
 from . import placement
 
 ALIGNMENT = 64   # bytes; OpenCL's CL_DEVICE_MEM_BASE_ADDR_ALIGN is at most 1024 bits on common devices

@@ -34,13 +34,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..proc.cost import TILED_DOT_WORK, reduce_work
 from ..proc.index import Index, Var
 from ..proc.ir import (Buffer, Command, Expr, FeedCmd, Kernel, KernelCmd, Load, LoopCmd, ProcProgram,
                        ReceiveCmd, Reduce, children, expr_size, map_expr, substitute_vars, walk_expr)
 
 FUSION_KINDS = ("elementwise_fusion", "reduce_fusion", "dot_fusion")
 MAX_EXPRESSION = 160
-TILED_DOT_WORK = 32 * 32 * 32   # multiply-adds from which a product gains from the tiled kernel
 
 
 @dataclass
@@ -60,18 +60,6 @@ def _loads_with_context(expr: Expr) -> list[tuple[Load, bool]]:
             out.append((e, inside))
         stack.extend((c, inside or isinstance(e, Reduce)) for c in children(e))
     return out
-
-
-def _reduce_work(kernel: Kernel) -> int:
-    """Output elements times the longest reduction in the kernel: its multiply-adds for a dot."""
-    longest = 1
-    for e in walk_expr(kernel.value):
-        if isinstance(e, Reduce):
-            extent = 1
-            for v in e.variables:
-                extent *= v.extent
-            longest = max(longest, extent)
-    return kernel.out.size * longest
 
 
 def _has_reduce(expr: Expr) -> bool:
@@ -136,7 +124,7 @@ class Fusion:
         if expensive and (len(uses) != 1 or len(set(load for load, _ in uses[0].loads)) != 1):
             return False
         read = {load.buffer_id for load, _ in _loads_with_context(producer.value)}
-        large_dot = producer.kind == "matmul" and _reduce_work(producer) >= TILED_DOT_WORK
+        large_dot = producer.kind == "matmul" and reduce_work(producer) >= TILED_DOT_WORK
         for use in uses:
             if large_dot and _has_reduce(use.kernel.value):
                 return False

@@ -1,8 +1,8 @@
 """Modules, functional forms, optimizers."""
 from . import functional
 from .conv import AvgPool2d, Conv2d, Flatten, MaxPool2d
-from .layers import (GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, RMSNorm, Sequential, Sigmoid,
-                     SiLU, Softmax, Tanh)
+from .layers import (GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, RMSNorm, Sequential, Sigmoid, SiLU,
+                     Softmax, Tanh)
 from .module import Module
 from .data import DataLoader
 from .optim import SGD, Adam, AdamW, Optimizer

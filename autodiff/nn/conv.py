@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-from ..graph.functions import ones_like, pad, stack, where
-from ..graph.tensor import Tensor
-from ..graph.trace import trace_error
+from ..frontend.functions import ones_like, pad, stack, where
+from ..frontend.tensor import Tensor
+from ..frontend.trace import trace_error
 from .layers import uniform_parameter
 from .module import Module
 

@@ -18,9 +18,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..graph.control import Feeder
-from ..graph.shapes import FLOAT, INT
-from ..graph.tensor import Tensor
+from ..frontend.control import Feeder
+from ..ir.dtypes import FLOAT, INT
+from ..frontend.tensor import Tensor
 
 
 def _device_array(name: str, data: Any) -> np.ndarray:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from ..graph.functions import gather_rows, iota, random_uniform, where
-from ..graph.shapes import FLOAT, INT
-from ..graph.tensor import Tensor, as_tensor
-from ..graph.trace import normalize_axis, trace_error
+from ..frontend.functions import gather_rows, iota, random_uniform, where
+from ..ir.dtypes import FLOAT, INT
+from ..frontend.tensor import Tensor, as_tensor
+from ..frontend.trace import normalize_axis, trace_error
 
 
 def relu(x: Tensor) -> Tensor:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..graph.program import current_program
-from ..graph.tensor import Tensor
+from ..frontend.program import current_program
+from ..frontend.tensor import Tensor
 from . import functional as F
 from .module import Module
 

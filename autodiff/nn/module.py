@@ -5,8 +5,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ..graph.program import TraceError
-from ..graph.tensor import Tensor
+from ..errors import TraceError
+from ..frontend.tensor import Tensor
 
 
 class Module:

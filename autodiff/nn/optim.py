@@ -18,12 +18,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ..graph import ops as O
-from ..graph.ops import Op
-from ..graph.program import TraceError
-from ..graph.shapes import FLOAT, INT
-from ..graph.tensor import Tensor, constant
-from ..graph.trace import make_node
+from ..ir import ops as O
+from ..ir.ops import Op
+from ..errors import TraceError
+from ..ir.dtypes import FLOAT, INT
+from ..frontend.tensor import Tensor, constant
+from ..frontend.trace import make_node
 
 
 class Optimizer:

@@ -7,9 +7,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..graph.functions import iota, where
-from ..graph.tensor import Tensor
-from ..graph.trace import trace_error
+from ..frontend.functions import iota, where
+from ..frontend.tensor import Tensor
+from ..frontend.trace import trace_error
 from . import functional as F
 from .layers import Dropout, LayerNorm, Linear, uniform_parameter
 from .module import Module

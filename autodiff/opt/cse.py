@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from typing import Hashable
 
-from ..graph.ops import COMMUTATIVE_OPS, EFFECT_OPS, Op
-from ..graph.program import Node
+from ..ir.ops import COMMUTATIVE_OPS, EFFECT_OPS, Op
+from ..ir.graph import Node
 from .rewrite import Graph, GraphBuilder, assigned_variables, rebuild
 
 NEVER_MERGED = EFFECT_OPS + (Op.LOOP_INDEX,)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..graph.ops import Op
-from ..graph.program import Block, Node
+from ..ir.ops import Op
+from ..ir.graph import Block, Node
 from .rewrite import Graph, GraphBuilder, rebuild
 
 

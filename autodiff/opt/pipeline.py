@@ -59,7 +59,7 @@ def optimize(graph: Graph, disable: Iterable[str] = (), dump: bool | None = None
         graph = graph_pass.run(graph)
         records.append(PassRecord(graph_pass.name, before, graph.count(), time.perf_counter() - start))
         if dump:
-            from ..printing import format_block
+            from ..ir.text import format_block
             print(f"--- after {graph_pass.name}: {graph.count()} nodes", file=sys.stderr)
             print("\n".join(format_block(graph.root, show_source=False)), file=sys.stderr)
     return graph, records

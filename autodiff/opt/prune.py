@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..graph.ops import Op
-from ..graph.program import Block, Node
+from ..ir.ops import Op
+from ..ir.graph import Block, Node
 from .rewrite import Graph, GraphBuilder, rebuild
 
 ROOT_OPS = (Op.RECEIVER, Op.ASSIGN, Op.FEEDER, Op.RANDOM)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
-from ..graph.ops import ForArgs, Op, OpArgs
-from ..graph.program import Block, Node
+from ..ir.ops import ForArgs, Op, OpArgs
+from ..ir.graph import Block, Node
 
 
 @dataclass

@@ -23,10 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..device.numpy_ops import REFERENCE
-from ..graph import ops as O
-from ..graph.ops import ELEMENTWISE_OPS, Op
-from ..graph.program import Node
+from ..ir.reference import REFERENCE
+from ..ir import ops as O
+from ..ir.ops import ELEMENTWISE_OPS, Op
+from ..ir.graph import Node
 from .rewrite import Graph, GraphBuilder, rebuild
 
 FOLDABLE = ELEMENTWISE_OPS + (Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE)

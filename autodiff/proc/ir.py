@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Union
 
-from ..graph.ops import Op
+from ..ir.ops import Op
 from .index import DynAtom, Index, Var
 
 

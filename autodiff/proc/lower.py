@@ -8,8 +8,8 @@ Fusion (autodiff/fusion) then merges kernels by inlining producers into loads.
 """
 from __future__ import annotations
 
-from ..graph.ops import ELEMENTWISE_OPS, Op
-from ..graph.program import Block, Node
+from ..ir.ops import ELEMENTWISE_OPS, Op
+from ..ir.graph import Block, Node
 from ..opt.inplace import stale_reads
 from ..opt.rewrite import Graph
 from .index import DynAtom, Index, Var, flat_index, unflatten

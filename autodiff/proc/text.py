@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from ..graph.ops import Op
+from ..ir.ops import Op
 from .index import render_index
 from .ir import (Alu, Buffer, Command, Const, Expr, FeedCmd, Guard, IndexValue, KernelCmd, Load, LoopCmd,
                  ProcProgram, RandomBits, ReceiveCmd, Reduce)

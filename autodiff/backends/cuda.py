@@ -1,0 +1,382 @@
+"""The CUDA runtime on CuPy: one NVRTC module, one arena, one stream, loop bodies as CUDA Graphs.
+
+Every distinct kernel source is compiled once, all in one module (CuPy caches
+the binary on disk). Temporaries live in one arena allocation and each kernel
+gets a typed pointer to it plus an element offset, as on OpenCL; persistent
+tensors and Feeder staging are CuPy arrays of their own. Launch arguments are
+prepared at compile time; kernels go to one non-blocking stream in order.
+
+Loops: the body of an `ir_for` is captured once as a CUDA Graph and replayed
+every iteration, one launch instead of one per kernel, when
+
+- nothing in the body (nested loops included) is a Feeder or a Receiver: they
+  call back into Python, which a graph cannot do;
+- no kernel in the body reads the loop's own index: a kernel argument is baked
+  into the graph, and the renderer passes loop indices as arguments. Loop
+  variables of enclosing loops and the run counter may be read: the graph is
+  captured again whenever their values differ from those it was captured with.
+
+Other bodies launch kernel by kernel, as do loops of one iteration.
+
+Feeders are called in program order on a background thread ahead of the host
+(host.Feeds) and copied without blocking from pinned staging buffers (a staging
+buffer is refilled only once its last copy has finished). Receivers copy without blocking into pinned memory and are
+called back in program order once the copy's event has completed; a callback
+that raises stops the run after the stream drains, and the persistent tensors
+keep the values computed so far.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..alloc.plan import MemoryPlan
+from ..errors import DeviceMemoryError
+from ..proc.index import Var
+from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
+from .host import Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
+from ..codegen.build import build_kernels
+from ..codegen.renderer import CUDALanguage, RenderedKernel, render_kernel
+
+BLOCK_SIZE = 256             # threads per block; every kernel returns early past its last element
+MAX_ITERATIONS_AHEAD = 64    # the host waits when it gets this many loop iterations ahead of the device
+MAX_GRAPH_LAUNCHES = 20_000  # a body that unrolls into more launches (nested loops) is not captured whole
+FEED_SLOTS = 4               # pinned staging buffers per Feeder, used in turn
+NVRTC_OPTIONS = ("--std=c++14",)
+
+INSTALL_HINT = ("CUDA needs CuPy and an NVIDIA GPU: pip install -e \".[cuda]\" (cupy-cuda12x with the CUDA "
+                "libraries from PyPI); or run with device='opencl' or device='numpy'")
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as err:
+        raise RuntimeError(INSTALL_HINT) from err
+    return cupy
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one GPU; never raises."""
+    try:
+        return _cupy().cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def build_module(cp, language: CUDALanguage, rendered: list[RenderedKernel]) -> tuple[Any, list[str], str]:
+    """(the compiled module, each kernel's function name, the module source)."""
+    def build(source: str):
+        module = cp.RawModule(code=source, options=NVRTC_OPTIONS)
+        module.compile()
+        return module
+
+    return build_kernels(language, rendered, build, cp.cuda.compiler.CompileException, "NVRTC")
+
+
+@dataclass
+class _Launch:
+    function: Any                        # cupy.RawKernel
+    grid: tuple[int]
+    args: tuple                          # prepared arguments; loop variables replaced at each launch
+    var_args: list[tuple[int, Var]]      # (argument index, loop variable)
+    empty: bool                          # a zero-size output: nothing to compute
+
+
+@dataclass
+class _GraphPlan:
+    """Whether a loop body replays as a CUDA Graph, and what its graph depends on."""
+    replayable: bool
+    outside: tuple[Var, ...] = ()        # variables the body reads that are fixed while the loop runs
+    launches: int = 0                    # kernels one iteration launches
+    key: tuple | None = None             # the values of `outside` the graph was captured with
+    graph: Any = None
+
+
+@dataclass
+class _FeedSlots:
+    hosts: list[np.ndarray]
+    events: list[Any]                    # the copy that last read each staging buffer
+    next: int = 0
+
+
+class CUDAExecutor:
+    language = CUDALanguage()
+
+    def __init__(self, program: ProcProgram, plan: MemoryPlan, device_id: int | None = None,
+                 feeder_thread: bool = True) -> None:
+        cp = _cupy()
+        self.feeds_ahead = feeds_ahead(program.commands) if feeder_thread else 0
+        self.cp = cp
+        self.program = program
+        self.plan = plan
+        if device_id is None:
+            device_id = int(os.environ.get("AUTODIFF_CUDA_DEVICE", "0"))
+        self.device = cp.cuda.Device(device_id)
+        self.device.use()
+        self.device_name = _device_name(cp, device_id)
+        self.buffers = {b.id: b for b in program.buffers}
+        self._check_memory()
+        start = time.perf_counter()
+        kernels = program.kernels()
+        self.rendered = [render_kernel(k, self.language, self.buffers) for k in kernels]
+        self.module, self.function_names, self.source = build_module(cp, self.language, self.rendered)
+        self.build_seconds = time.perf_counter() - start
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self._allocate()
+        functions = {name: self.module.get_function(name) for name in dict.fromkeys(self.function_names)}
+        self.launch_of: dict[int, _Launch] = {}
+        for kernel, rendered, name in zip(kernels, self.rendered, self.function_names):
+            self.launch_of[id(kernel)] = self._prepare(kernel, rendered, functions[name])
+        self.graph_plans: dict[int, _GraphPlan] = {}
+        self.feed_slots: dict[int, _FeedSlots] = {}
+        self.capturing = False
+        self.runs = 0
+        self.kernels_launched = 0
+        self.graph_launches = 0
+
+    # --- setup ------------------------------------------------------------------------
+    def _check_memory(self) -> None:
+        needed = self.plan.arena_bytes + self.plan.persistent_bytes + self.plan.feed_bytes
+        free, total = self.device.mem_info
+        if needed > total:
+            raise DeviceMemoryError(f"the program needs {needed} bytes of device memory (arena "
+                                    f"{self.plan.arena_bytes}, persistent {self.plan.persistent_bytes}, feed "
+                                    f"{self.plan.feed_bytes}); {self.device_name} has {total} ({free} free)")
+
+    def _allocate(self) -> None:
+        cp = self.cp
+        try:
+            self.arena = cp.empty(max((self.plan.arena_bytes + 255) // 256 * 256, 256), dtype=cp.uint8)
+            views = {"float32": self.arena.view(cp.float32), "int32": self.arena.view(cp.int32)}
+            self.device_buffers: dict[int, Any] = {}
+            self.element_offset: dict[int, int] = {}
+            for b in self.program.buffers:
+                if b.kind == "temp":
+                    self.device_buffers[b.id] = views[b.dtype]
+                    self.element_offset[b.id] = self.plan.offsets.get(b.id, 0) // 4
+                else:
+                    self.device_buffers[b.id] = cp.empty(max(b.size, 1), dtype=b.dtype)
+                    self.element_offset[b.id] = 0
+        except cp.cuda.memory.OutOfMemoryError as err:
+            raise DeviceMemoryError(f"allocating the program's device memory failed on {self.device_name}: "
+                                    f"{err}") from None
+
+    def _prepare(self, kernel, rendered: RenderedKernel, function: Any) -> _Launch:
+        args: list[Any] = []
+        var_args = []
+        for position, param in enumerate(rendered.params):
+            if param.kind == "buffer":
+                args.append(self.device_buffers[param.buffer_id])
+            elif param.kind == "offset":
+                args.append(np.int32(self.element_offset[param.buffer_id] + param.extra))
+            elif param.kind == "constant":
+                args.append(np.float32(param.value))
+            else:
+                args.append(np.int32(0))
+                var_args.append((position, param.var))
+        size = kernel.out.size
+        grid = ((max(size, 1) + BLOCK_SIZE - 1) // BLOCK_SIZE,)
+        return _Launch(function, grid, tuple(args), var_args, empty=size == 0)
+
+    def _pointer(self, b: Buffer) -> int:
+        return self.device_buffers[b.id].data.ptr + self.element_offset[b.id] * 4
+
+    def _pinned(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """A host array in page-locked memory, so copies from and to it run without blocking."""
+        count = int(np.prod(shape, dtype=np.int64))
+        memory = self.cp.cuda.alloc_pinned_memory(max(count, 1) * 4)
+        return np.frombuffer(memory, dtype, count).reshape(shape)
+
+    def _copy(self, destination: int, source: int, nbytes: int, to_device: bool) -> None:
+        runtime = self.cp.cuda.runtime
+        kind = runtime.memcpyHostToDevice if to_device else runtime.memcpyDeviceToHost
+        runtime.memcpyAsync(destination, source, nbytes, kind, self.stream.ptr)
+
+    # --- running ------------------------------------------------------------------------
+    def run(self) -> None:
+        self.device.use()
+        persistent = [b for b in self.program.buffers if b.kind == "persistent"]
+        uploads = []   # kept alive until the stream has read them
+        for b in persistent:
+            if b.nbytes:
+                host = np.ascontiguousarray(b.var.value, dtype=b.dtype)
+                uploads.append(host)
+                self._copy(self._pointer(b), host.ctypes.data, b.nbytes, to_device=True)
+        self.values: dict[Var, int] = {self.program.run_counter: self.runs}
+        self.iterations: list[int] = []
+        self.pending: list[PendingReceive] = []
+        self.error: BaseException | None = None
+        self.feeds = Feeds(self.program.commands, self.feeds_ahead)
+        try:
+            with self.stream:
+                self._run_commands(self.program.commands)
+            self.stream.synchronize()
+            self._deliver(wait=True)
+        finally:
+            self.feeds.close()
+            downloads = [(b, np.empty(b.shape, b.dtype)) for b in persistent if b.nbytes]
+            for b, host in downloads:
+                self._copy(host.ctypes.data, self._pointer(b), b.nbytes, to_device=False)
+            self.stream.synchronize()
+            for b, host in downloads:
+                b.var.value = host
+            self.runs += 1
+        if self.error is not None:
+            raise self.error
+
+    def _run_commands(self, commands) -> None:
+        for cmd in commands:
+            if self.error is not None:
+                return
+            if isinstance(cmd, KernelCmd):
+                self._launch(self.launch_of[id(cmd.kernel)])
+            elif isinstance(cmd, FeedCmd):
+                self._feed(cmd)
+            elif isinstance(cmd, ReceiveCmd):
+                if receiver_due(cmd.every, self.iterations):
+                    self._receive(cmd)
+            elif isinstance(cmd, LoopCmd):
+                self._run_loop(cmd)
+
+    def _launch(self, launch: _Launch) -> None:
+        if launch.empty:
+            return
+        args = launch.args
+        if launch.var_args:
+            args = list(args)
+            for position, var in launch.var_args:
+                args[position] = np.int32(self.values[var])
+            args = tuple(args)
+        launch.function(launch.grid, (BLOCK_SIZE,), args)   # on the current stream: self.stream
+        self.kernels_launched += 1
+
+    def _feed(self, cmd: FeedCmd) -> None:
+        b = cmd.buffer
+        value = self.feeds.take(cmd, self.iterations)
+        if not b.nbytes:
+            return
+        slots = self.feed_slots.get(id(cmd))
+        if slots is None:
+            slots = _FeedSlots([self._pinned(b.shape, b.dtype) for _ in range(FEED_SLOTS)], [None] * FEED_SLOTS)
+            self.feed_slots[id(cmd)] = slots
+        n = slots.next
+        slots.next = (n + 1) % FEED_SLOTS
+        if slots.events[n] is not None:
+            slots.events[n].synchronize()   # its previous copy has left the staging buffer
+        np.copyto(slots.hosts[n], value)
+        self._copy(self._pointer(b), slots.hosts[n].ctypes.data, b.nbytes, to_device=True)
+        slots.events[n] = self.stream.record()
+
+    def _receive(self, cmd: ReceiveCmd) -> None:
+        arrays = []
+        for b in cmd.buffers:
+            host = self._pinned(b.shape, b.dtype)
+            if b.nbytes:
+                self._copy(host.ctypes.data, self._pointer(b), b.nbytes, to_device=False)
+            arrays.append(host)
+        event = self.stream.record()
+        # pinned staging is reused: the callback gets copies
+        self.pending.append(PendingReceive(
+            ready=lambda: event.done, wait=event.synchronize, arrays=arrays, fn=lambda *a: cmd.fn(*[x.copy() for x in a]),
+            name=cmd.name, iterations=tuple(self.iterations)))
+
+    def _run_loop(self, loop: LoopCmd) -> None:
+        graph = None if self.capturing or loop.count < 2 else self._graph_plan(loop)
+        replay = graph is not None and graph.replayable
+        self.iterations.append(0)
+        marks: list[Any] = []
+        try:
+            for i in range(loop.count):
+                self.iterations[-1] = i
+                self.values[loop.variable] = i
+                if replay:
+                    self._replay(loop, graph)
+                else:
+                    self._run_commands(loop.body)
+                if self.error is not None:
+                    return
+                if self.capturing:   # a nested loop being recorded: nothing runs yet
+                    continue
+                # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device
+                marks.append(self.stream.record())
+                if len(marks) > MAX_ITERATIONS_AHEAD:
+                    marks.pop(0).synchronize()
+                if self.pending:
+                    self._deliver(wait=False)
+        finally:
+            self.iterations.pop()
+
+    # --- CUDA Graphs ----------------------------------------------------------------------
+    def _graph_plan(self, loop: LoopCmd) -> _GraphPlan:
+        plan = self.graph_plans.get(id(loop))
+        if plan is None:
+            plan = self.graph_plans[id(loop)] = self._plan_graph(loop)
+        return plan
+
+    def _plan_graph(self, loop: LoopCmd) -> _GraphPlan:
+        """Walk the body once: Feeders/Receivers, the variables its kernels read, its launches."""
+        inside: list[Var] = []
+        used: list[Var] = []
+        launches = 0
+        stack: list[tuple[list, int]] = [(loop.body, 1)]
+        while stack:
+            commands, repeat = stack.pop()
+            for cmd in commands:
+                if isinstance(cmd, (FeedCmd, ReceiveCmd)):
+                    return _GraphPlan(False)
+                if isinstance(cmd, LoopCmd):
+                    inside.append(cmd.variable)
+                    stack.append((cmd.body, repeat * cmd.count))
+                elif isinstance(cmd, KernelCmd):
+                    launch = self.launch_of[id(cmd.kernel)]
+                    launches += 0 if launch.empty else repeat
+                    used += [var for _, var in launch.var_args if var not in used]
+        if loop.variable in used or launches > MAX_GRAPH_LAUNCHES:
+            return _GraphPlan(False)
+        outside = tuple(v for v in used if v not in inside)
+        return _GraphPlan(True, outside, launches)
+
+    def _replay(self, loop: LoopCmd, plan: _GraphPlan) -> None:
+        key = tuple(self.values[v] for v in plan.outside)
+        if plan.graph is None or plan.key != key:
+            plan.graph, plan.key = self._capture(loop.body), key
+        plan.graph.launch(stream=self.stream)
+        self.kernels_launched += plan.launches
+        self.graph_launches += 1
+
+    def _capture(self, body: list) -> Any:
+        """The body's launches recorded (not run) as one CUDA Graph."""
+        launched = self.kernels_launched
+        self.stream.begin_capture()
+        self.capturing = True
+        try:
+            self._run_commands(body)
+        except BaseException:
+            self.capturing = False
+            try:
+                self.stream.end_capture()
+            except Exception:
+                pass   # the capture is abandoned; the first error is the one to report
+            raise
+        self.capturing = False
+        self.kernels_launched = launched
+        return self.stream.end_capture()
+
+    # --- Receivers ----------------------------------------------------------------------------
+    def _deliver(self, wait: bool) -> None:
+        if self.error is None:
+            # a callback that raises stops issuing work; raised once the stream has drained
+            self.error = deliver_receives(self.pending, wait)
+
+
+def _device_name(cp, device_id: int) -> str:
+    try:
+        name = cp.cuda.runtime.getDeviceProperties(device_id)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        return f"CUDA device {device_id}"

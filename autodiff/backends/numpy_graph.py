@@ -1,0 +1,90 @@
+"""The numpy device: runs the graph IR directly, the executable specification.
+
+Blocks run in program order; a FOR runs its body `count` times; Feeders are
+called when reached; Receivers deliver when reached (honouring `every`);
+ASSIGN replaces a persistent tensor's value (arrays are never mutated in place,
+so a READ taken before an update keeps the old value, as the graph says).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..ir.ops import Op
+from ..ir.graph import Block, Node
+from .host import call_feeder, call_receiver, receiver_due
+from ..ir.reference import REFERENCE, random_uniform
+
+
+class NumpyGraphExecutor:
+    """Evaluates a block tree with numpy; persistent values live in the Variables."""
+
+    def __init__(self, root: Block) -> None:
+        self.root = root
+        self.random_counters: dict[int, int] = {}   # RANDOM node id -> executions so far
+        self.iterations: list[int] = []              # iteration of each enclosing loop
+        self.ops_executed = 0
+        self.env: dict[int, np.ndarray] = {}
+
+    def run(self) -> None:
+        self.env = {}
+        self.iterations = []
+        self._run_block(self.root)
+        self.env = {}
+
+    def _run_block(self, block: Block) -> None:
+        env = self.env
+        for node in block.nodes:
+            handler = EFFECTS.get(node.op)
+            if handler is not None:
+                handler(self, node)
+            else:
+                env[node.id] = REFERENCE[node.op]([env[i.id] for i in node.inputs], node)
+            self.ops_executed += 1
+
+    # --- effects and leaves that need the runtime --------------------------
+    def _read(self, node: Node) -> None:
+        self.env[node.id] = node.args.var.value
+
+    def _assign(self, node: Node) -> None:
+        var = node.args.var
+        var.value = np.array(self.env[node.inputs[0].id], dtype=var.value.dtype, order="C")
+
+    def _loop_index(self, node: Node) -> None:
+        self.env[node.id] = np.array(self.iterations[-1], np.int32)
+
+    def _random(self, node: Node) -> None:
+        count = self.random_counters.get(node.id, 0)
+        self.random_counters[node.id] = count + 1
+        self.env[node.id] = random_uniform(node.args.seed, count, node.shape)
+
+    def _feeder(self, node: Node) -> None:
+        value = call_feeder(node.args.fn, node.args.name, node.shape, node.dtype, self.iterations)
+        self.env[node.id] = value.copy()
+
+    def _receiver(self, node: Node) -> None:
+        if receiver_due(node.args.every, self.iterations):
+            values = [np.array(self.env[i.id]) for i in node.inputs]
+            call_receiver(node.args.fn, node.args.name, values, self.iterations)
+
+    def _for(self, node: Node) -> None:
+        body = node.args.body
+        self.iterations.append(0)
+        try:
+            for i in range(node.args.count):
+                self.iterations[-1] = i
+                self._run_block(body)
+        finally:
+            self.iterations.pop()
+
+
+EFFECTS: dict[Op, Callable[[NumpyGraphExecutor, Node], None]] = {
+    Op.READ: NumpyGraphExecutor._read,
+    Op.ASSIGN: NumpyGraphExecutor._assign,
+    Op.LOOP_INDEX: NumpyGraphExecutor._loop_index,
+    Op.RANDOM: NumpyGraphExecutor._random,
+    Op.FEEDER: NumpyGraphExecutor._feeder,
+    Op.RECEIVER: NumpyGraphExecutor._receiver,
+    Op.FOR: NumpyGraphExecutor._for,
+}

@@ -1,0 +1,173 @@
+"""The numpy-proc device: runs the fused procedural IR over one numpy arena.
+
+It evaluates each kernel's value expression through its access expressions,
+vectorized over the iteration space (in chunks of the first axis, so a big
+reduction does not need its whole iteration space in memory at once), and keeps
+every temporary at its planned offset in one byte arena. So lowering, fusion and
+the memory plan are checked numerically on any machine, before and besides
+OpenCL. It is a checker, not a fast device.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..alloc.plan import MemoryPlan
+from ..ir.ops import Op
+from ..proc.index import Atom, DynAtom, Var, evaluate_index, flat_index
+from ..proc.ir import (Alu, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load, LoopCmd,
+                       ProcProgram, RandomBits, ReceiveCmd, Reduce, walk_expr)
+from .host import call_feeder, call_receiver, receiver_due
+from ..ir.reference import REFERENCE, hash_uniform
+
+CHUNK_ELEMENTS = 1 << 22   # iteration points evaluated at once
+
+
+class NumpyProcExecutor:
+    def __init__(self, program: ProcProgram, plan: MemoryPlan) -> None:
+        self.program = program
+        self.plan = plan
+        self.arena = np.zeros(max(plan.arena_bytes, 4), np.uint8)
+        self.views: dict[int, np.ndarray] = {}
+        self.buffers = {b.id: b for b in program.buffers}
+        for b in program.buffers:
+            if b.kind == "temp" and b.id in plan.offsets:
+                start = plan.offsets[b.id]
+                self.views[b.id] = self.arena[start:start + b.nbytes].view(b.dtype)
+            else:   # feed staging, and empty temporaries no kernel writes
+                self.views[b.id] = np.zeros(b.size, b.dtype)
+        self.runs = 0
+        self.kernels_launched = 0
+        self.loop_values: dict[Var, int] = {}
+        self.iterations: list[int] = []
+
+    def run(self) -> None:
+        persistent = [b for b in self.program.buffers if b.kind == "persistent"]
+        for b in persistent:
+            self.views[b.id] = np.array(b.var.value, dtype=b.dtype).reshape(-1)
+        self.loop_values = {self.program.run_counter: self.runs}
+        self.iterations = []
+        try:
+            self._run_commands(self.program.commands)
+        finally:   # the work done so far is kept, even when a callback raised
+            for b in persistent:
+                b.var.value = self.views[b.id].reshape(b.shape).copy()
+            self.runs += 1
+
+    def _run_commands(self, commands) -> None:
+        for cmd in commands:
+            if isinstance(cmd, KernelCmd):
+                self._run_kernel(cmd.kernel)
+            elif isinstance(cmd, FeedCmd):
+                b = cmd.buffer
+                value = call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, self.iterations)
+                self.views[b.id][:] = value.reshape(-1)
+            elif isinstance(cmd, ReceiveCmd):
+                if receiver_due(cmd.every, self.iterations):
+                    values = [self.views[b.id].reshape(b.shape).copy() for b in cmd.buffers]
+                    call_receiver(cmd.fn, cmd.name, values, self.iterations)
+            elif isinstance(cmd, LoopCmd):
+                self.iterations.append(0)
+                try:
+                    for i in range(cmd.count):
+                        self.iterations[-1] = i
+                        self.loop_values[cmd.variable] = i
+                        self._run_commands(cmd.body)
+                finally:
+                    self.iterations.pop()
+
+    # --- kernels --------------------------------------------------------------------
+    def _run_kernel(self, kernel: Kernel) -> None:
+        self.kernels_launched += 1
+        shape = kernel.shape
+        out = np.empty(shape, kernel.out.dtype)
+        inner = 1
+        for e in walk_expr(kernel.value):
+            if isinstance(e, Reduce):
+                for v in e.variables:
+                    inner *= v.extent
+        rows = shape[0] if shape else 1
+        per_row = max(1, int(np.prod(shape[1:], dtype=np.int64)) * inner)
+        step = max(1, CHUNK_ELEMENTS // per_row)
+        for lo in range(0, rows, step):
+            hi = min(rows, lo + step)
+            context = _Context(self, kernel.variables, lo, hi)
+            value = context.evaluate(kernel.value)
+            if not shape:
+                out[...] = value
+                break
+            out[lo:hi] = np.broadcast_to(value, ((hi - lo),) + tuple(shape[1:]))
+        self.views[kernel.out.id][:] = out.reshape(-1)
+
+
+class _Context:
+    """Evaluates expressions with one array axis per variable in scope."""
+
+    def __init__(self, executor: NumpyProcExecutor, variables: tuple[Var, ...], lo: int, hi: int) -> None:
+        self.ex = executor
+        self.axes: list[Var] = list(variables)
+        self.first = variables[0] if variables else None   # evaluated for rows lo .. hi-1 only
+        self.first_range = (lo, hi)
+
+    def var_value(self, atom: Atom) -> np.ndarray:
+        if isinstance(atom, DynAtom):
+            return self.evaluate(atom.value).astype(np.int64)
+        if atom in self.ex.loop_values:
+            return np.int64(self.ex.loop_values[atom])
+        position = self.axes.index(atom)
+        if atom == self.first:
+            values = np.arange(*self.first_range)
+        else:
+            values = np.arange(atom.extent)
+        shape = [1] * len(self.axes)
+        shape[position] = len(values)
+        return values.reshape(shape)
+
+    def index(self, form) -> np.ndarray:
+        return evaluate_index(form, self.var_value)
+
+    def evaluate(self, expr: Expr) -> np.ndarray:
+        if isinstance(expr, Const):
+            return np.array(expr.value, expr.dtype)
+        if isinstance(expr, IndexValue):
+            return self.index(expr.index).astype(expr.dtype)
+        if isinstance(expr, Load):
+            buffer = self.ex.buffers[expr.buffer_id]
+            flat = self.index(flat_index(expr.indices, buffer.shape))
+            if buffer.size == 0:   # only ever read in a guarded branch that is never taken
+                return np.zeros(flat.shape, buffer.dtype)
+            flat = np.clip(flat, 0, max(buffer.size - 1, 0))   # guarded lanes may point anywhere
+            return self.ex.views[buffer.id][flat]
+        if isinstance(expr, Guard):
+            mask = np.array(True)
+            for form, lo, hi in expr.valid.ranges:
+                value = self.index(form)
+                mask = mask & (value >= lo) & (value < hi)
+            return np.where(mask, self.evaluate(expr.body), self.evaluate(expr.otherwise))
+        if isinstance(expr, Alu):
+            fake = SimpleNamespace(dtype=expr.dtype, shape=(), args=None)
+            return np.asarray(REFERENCE[expr.op]([self.evaluate(a) for a in expr.args], fake))
+        if isinstance(expr, RandomBits):
+            return hash_uniform(expr.seed, self.index(expr.counter), self.index(expr.element))
+        if isinstance(expr, Reduce):
+            return self._reduce(expr)
+        raise AssertionError(f"cannot evaluate {type(expr).__name__}")
+
+    def _reduce(self, expr: Reduce) -> np.ndarray:
+        outer = len(self.axes)
+        self.axes.extend(expr.variables)
+        try:
+            body = self.evaluate(expr.body)
+        finally:
+            del self.axes[outer:]
+        full = body.reshape(body.shape + (1,) * (outer + len(expr.variables) - body.ndim)) \
+            if body.ndim < outer + len(expr.variables) else body
+        target = tuple(full.shape[:outer]) + tuple(v.extent for v in expr.variables)
+        full = np.broadcast_to(full, np.broadcast_shapes(full.shape, (1,) * outer + target[outer:]))
+        axes = tuple(range(outer, outer + len(expr.variables)))
+        if expr.op is Op.SUM:
+            return np.sum(full, axis=axes, dtype=expr.dtype)
+        if expr.op is Op.MAX:
+            return np.max(full, axis=axes)
+        return np.argmax(full, axis=outer).astype(np.int32)   # ARGMAX: one variable

@@ -1,0 +1,49 @@
+"""Building all kernels of a program as one source, shared by the OpenCL and CUDA runtimes."""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from ..errors import KernelBuildError
+from .renderer import CStyleLanguage, RenderedKernel
+
+Built = TypeVar("Built")
+
+
+def numbered(source: str) -> str:
+    return "\n".join(f"{n:4d}  {line}" for n, line in enumerate(source.splitlines(), 1))
+
+
+def unique_kernels(rendered: list[RenderedKernel]) -> tuple[list[str], list[str]]:
+    """(function name of each kernel, the distinct function sources): equal bodies share a name."""
+    name_of_body: dict[str, str] = {}
+    names, sources = [], []
+    for r in rendered:
+        if r.body not in name_of_body:
+            name_of_body[r.body] = r.name
+            sources.append(r.body.replace("{name}", r.name))
+        names.append(name_of_body[r.body])
+    return names, sources
+
+
+def build_kernels(language: CStyleLanguage, rendered: list[RenderedKernel], build: Callable[[str], Built],
+                  failure: type[Exception], compiler: str) -> tuple[Built, list[str], str]:
+    """(what `build(source)` made of the whole program, each kernel's function name, the source).
+
+    When the program fails to build, each distinct kernel is built alone, so the error
+    names the one that fails, with its numbered source and `compiler`'s log.
+    """
+    names, sources = unique_kernels(rendered)
+    source = language.preamble() + "\n" + "\n\n".join(sources) + "\n"
+    try:
+        return build(source), names, source
+    except failure as err:
+        for body in sources:
+            single = language.preamble() + "\n" + body + "\n"
+            try:
+                build(single)
+            except failure as log:
+                name = body.split("(")[0].split()[-1]
+                raise KernelBuildError(f"kernel {name} failed to build:\n{numbered(single)}\n"
+                                       f"--- {compiler} log ---\n{log}") from None
+        raise KernelBuildError(f"the program failed to build:\n{numbered(source)}\n--- {compiler} log ---\n"
+                               f"{err}") from None

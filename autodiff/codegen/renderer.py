@@ -1,0 +1,542 @@
+"""One C-style renderer for kernels; OpenCL C and CUDA C differ by a few attributes.
+
+A kernel becomes one function: each work-item computes one output element. Its
+value expression is emitted one statement per line with common subexpressions
+named once; reductions become loops, and a statement is hoisted out of every
+loop whose variables it does not use. Guarded expressions (padding,
+concatenation) become if-blocks, and nothing inside one is hoisted out of it, so
+an out-of-range load is never executed.
+
+Buffers are parameters (pointer + element offset), named in order of first use,
+variables are renamed in order of appearance, and float constants other than 0,
++-1, 0.5 and 2 are arguments too: two kernels that differ only in which buffers
+they touch or in a learning rate render to the same source and are built once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..ir.ops import Op
+from ..proc.index import Index, Var, flat_index, render_index, unflatten
+from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children,
+                       substitute_vars)
+from .lanes import SELECTIONS, lane_step, spread, vectorizes, widest, without_lane
+
+LOCAL_SIZE = 64   # one fixed work-group size: PoCL rebuilds a kernel for each new local size
+# float constants written into the source; every other one is a kernel argument
+WRITTEN_CONSTANTS = frozenset({0.0, 1.0, -1.0, 0.5, 2.0})
+ACCUMULATOR = -1  # a Load of this buffer id renders as `acc` (a matmul epilogue's input)
+
+
+class CStyleLanguage:
+    """The parts of C that differ between OpenCL C and CUDA C."""
+    name = "c"
+    kernel_prefix = "void"
+    buffer_qualifier = ""
+    global_id = "0"
+    types = {"float32": "float", "int32": "int"}
+    infinity = "INFINITY"
+    nan = "NAN"
+    math = {Op.EXP: "exp", Op.LOG: "log", Op.SQRT: "sqrt", Op.SIN: "sin", Op.COS: "cos", Op.TANH: "tanh",
+            Op.ERF: "erf", Op.POW: "pow"}
+    uint = "uint"
+    helper_prefix = "inline"
+    vector_loads = False    # vloadN / vstoreN and arithmetic on floatN (vector_renderer.py)
+
+    def preamble(self) -> str:
+        return f"""// lowbias32 integer hash: the same bits as autodiff.ir.reference.hash_uniform
+{self.helper_prefix} {self.uint} ad_mix32({self.uint} x) {{
+    x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+    return x;
+}}
+{self.helper_prefix} float ad_uniform(int seed, int counter, int element) {{
+    {self.uint} key = ad_mix32(({self.uint})seed ^ ad_mix32(({self.uint})counter));
+    return (float)(ad_mix32(({self.uint})element ^ key) >> 8) * 5.9604644775390625e-08f;
+}}
+"""
+
+    def buffer_param(self, ctype: str, name: str, written: bool) -> str:
+        const = "" if written else "const "
+        qualifier = f"{self.buffer_qualifier} " if self.buffer_qualifier else ""
+        return f"{qualifier}{const}{ctype}* {name}"
+
+
+class OpenCLLanguage(CStyleLanguage):
+    name = "opencl"
+    kernel_prefix = "__kernel void"
+    buffer_qualifier = "__global"
+    global_id = "get_global_id(0)"
+    local_id = "get_local_id(0)"
+    group_id = "get_group_id(0)"
+    barrier = "barrier(CLK_GLOBAL_MEM_FENCE);"
+    local_barrier = "barrier(CLK_LOCAL_MEM_FENCE);"
+    local_qualifier = "__local"
+    math = {**CStyleLanguage.math, Op.EXP: "ad_exp"}
+    vector_loads = True
+
+    def preamble(self) -> str:
+        return super().preamble() + _OPENCL_EXP
+
+
+# PoCL 3.0 calls its exp out of line, one element at a time (0.55 ms for 131072 elements
+# on 2 cores); this one is plain arithmetic that the work-group loop vectorizes (0.10 ms).
+# exp(x) = 2^k * exp(r) with |r| <= ln(2)/2 (ln 2 split in two for an exact k*ln 2), a
+# degree-6 polynomial for exp(r) (Cephes' expf coefficients), 2^k applied as two factors.
+# Results below FLT_MIN (x < ln FLT_MIN) are 0, not denormal: arithmetic on denormals takes
+# a microcode assist on x86 (measured 13x slower: softmax over masked or far-apart scores),
+# so none is ever computed. Against numpy's float32 exp: at most 1.9e-7 relative error
+# above FLT_MIN; nan, +-inf and overflow as numpy. One text for float and the float vectors
+# of vectorized kernels (vector_renderer.py), overloaded. CUDA keeps expf.
+_OPENCL_EXP = """
+#define AD_EXP(T, I) \\
+__attribute__((overloadable)) inline T ad_exp(T x) { \\
+    T xc = fmin(fmax(x, -87.3365f), 89.0f); \\
+    T kf = xc * 1.44269504088896341f; \\
+    I k = convert_##I(kf + copysign((T)(0.5f), kf)); \\
+    T kk = convert_##T(k); \\
+    T r = xc - kk * 0.693359375f + kk * 2.12194440e-4f; \\
+    T p = 1.9875691500e-4f; \\
+    p = p * r + 1.3981999507e-3f; \\
+    p = p * r + 8.3334519073e-3f; \\
+    p = p * r + 4.1665795894e-2f; \\
+    p = p * r + 1.6666665459e-1f; \\
+    p = p * r + 5.0000001201e-1f; \\
+    T y = p * r * r + r + 1.0f; \\
+    I k1 = k / 2; \\
+    y = y * as_##T((k1 + 127) << 23) * as_##T((k - k1 + 127) << 23); \\
+    y = select(y, (T)(0.0f), x < -87.33654475f); \\
+    y = select(y, (T)(INFINITY), x > 88.72283905206835f); \\
+    return select(y, x, x != x); \\
+}
+AD_EXP(float, int)
+AD_EXP(float4, int4)
+AD_EXP(float8, int8)
+AD_EXP(float16, int16)
+// the lanes of a vectorized sum or maximum folded to one float, halves first
+__attribute__((overloadable)) inline float ad_hsum(float2 x) { return x.x + x.y; }
+__attribute__((overloadable)) inline float ad_hmax(float2 x) { return (x.x > x.y || x.x != x.x) ? x.x : x.y; }
+#define AD_HORIZONTAL(T, H) \\
+__attribute__((overloadable)) inline float ad_hsum(T x) { return ad_hsum(x.lo + x.hi); } \\
+__attribute__((overloadable)) inline float ad_hmax(T x) { \\
+    H a = x.lo, b = x.hi; \\
+    return ad_hmax(select(b, a, a > b || a != a)); \\
+}
+AD_HORIZONTAL(float4, float2)
+AD_HORIZONTAL(float8, float4)
+AD_HORIZONTAL(float16, float8)
+"""
+
+
+class CUDALanguage(CStyleLanguage):
+    """CUDA C++ as NVRTC compiles it: no system headers, so no INFINITY or NAN macros (their bit
+    patterns instead), the float overloads of the math functions, C linkage so kernels keep
+    their names, and helpers that are device functions private to the module."""
+    name = "cuda"
+    kernel_prefix = 'extern "C" __global__ void'
+    buffer_qualifier = ""
+    global_id = "(int)(blockIdx.x * blockDim.x + threadIdx.x)"
+    local_id = "(int)threadIdx.x"
+    group_id = "(int)blockIdx.x"
+    barrier = "__syncthreads();"
+    local_barrier = "__syncthreads();"
+    local_qualifier = "__shared__"
+    infinity = "__int_as_float(0x7f800000)"
+    nan = "__int_as_float(0x7fffffff)"
+    math = {Op.EXP: "expf", Op.LOG: "logf", Op.SQRT: "sqrtf", Op.SIN: "sinf", Op.COS: "cosf",
+            Op.TANH: "tanhf", Op.ERF: "erff", Op.POW: "powf"}
+    uint = "unsigned int"
+    helper_prefix = "static __device__ __forceinline__"
+
+
+@dataclass
+class Param:
+    """One kernel argument: a buffer's pointer, its element offset, or an int variable."""
+    kind: str           # "buffer" | "offset" (int) | "offset64" (long) | "var" | "arena" | "state"
+    #                     | "table" (a megakernel's offset table) | "table_base" (its first entry)
+    #                     | "constant" (a float) | "constants" (a megakernel's float table)
+    #                     | "constants_base" (its first entry)
+    buffer_id: int = -1
+    var: Var | None = None
+    extra: int = 0      # elements added to an offset (a matmul operand's constant index term)
+    value: float = 0.0  # a "constant" argument's value
+
+
+@dataclass
+class RenderedKernel:
+    name: str
+    body: str           # the function text with the name as {name}
+    params: list[Param]
+    global_size: int | tuple[int, ...]
+    local_size: int | tuple[int, ...]
+    table: list[int] = field(default_factory=list)   # a megakernel's offset table (buffer ids)
+    constants: list[float] = field(default_factory=list)   # a megakernel's float table
+
+    @property
+    def source(self) -> str:
+        return self.body.replace("{name}", self.name)
+
+
+@dataclass(eq=False)
+class _Scope:
+    parent: "_Scope | None"
+    variables: tuple[Var, ...] = ()
+    guard: bool = False
+    lines: list[str] = field(default_factory=list)
+
+    def chain(self) -> list["_Scope"]:
+        out, scope = [], self
+        while scope is not None:
+            out.append(scope)
+            scope = scope.parent
+        return out
+
+
+class KernelRenderer:
+    """Renders one kernel; `render()` gives its canonical source and parameter list."""
+
+    def __init__(self, kernel: Kernel, language: CStyleLanguage, buffers: dict, vectorize: bool = False) -> None:
+        self.kernel = kernel
+        self.lang = language
+        self.vectorize = vectorize and language.vector_loads
+        self.lanes: dict[Var, int] = {}             # vector lane variables (lanes.py) -> width
+        self.buffers = buffers                      # buffer id -> proc Buffer
+        self.slots: dict[int, int] = {}             # buffer id -> parameter slot
+        self.var_names: dict[Var, str] = {}
+        self.outer_vars: list[Var] = []             # loop / run variables passed as ints
+        self.memo: dict[Expr, tuple[str, _Scope]] = {}
+        self.uses: dict[int, frozenset[Var]] = {}
+        self.counter = 0
+        self.constants: dict[float, str] = {}      # float constant -> its argument's name (K0, K1, ...)
+
+    # --- names ---------------------------------------------------------------------
+    def slot(self, buffer_id: int) -> int:
+        if buffer_id not in self.slots:
+            self.slots[buffer_id] = len(self.slots)
+        return self.slots[buffer_id]
+
+    def var_name(self, var: Var) -> str:
+        if var not in self.var_names:   # a variable from outside the kernel: a loop index or the run
+            self.var_names[var] = f"L{len(self.outer_vars)}"
+            self.outer_vars.append(var)
+        return self.var_names[var]
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def ctype(self, dtype: str) -> str:
+        return self.lang.types[dtype]
+
+    def literal(self, value: float | int, dtype: str) -> str:
+        if dtype == "int32":
+            return str(int(value))
+        value = float(value)
+        if math.isnan(value):
+            return self.lang.nan
+        if math.isinf(value):
+            return self.lang.infinity if value > 0 else f"(-{self.lang.infinity})"
+        if value not in WRITTEN_CONSTANTS:
+            # an argument, not text: kernels that differ in a learning rate or an epsilon share
+            # one source, so changing one rebuilds nothing
+            return self.constants.setdefault(value, f"K{len(self.constants)}")
+        text = repr(value)
+        if "e" not in text and "." not in text:
+            text += ".0"
+        return f"{text}f"
+
+    # --- scopes ----------------------------------------------------------------------
+    def variables_of(self, expr: Expr) -> frozenset[Var]:
+        """Every variable `expr` depends on (memoized, iterative)."""
+        stack = [(expr, False)]
+        while stack:
+            e, expanded = stack.pop()
+            if id(e) in self.uses:
+                continue
+            kids = list(children(e))
+            if not expanded:
+                stack.append((e, True))
+                stack.extend((k, False) for k in kids if id(k) not in self.uses)
+                continue
+            found: set[Var] = set()
+            for k in kids:
+                found |= self.uses[id(k)]
+            for form in _forms(e):
+                found |= set(form.variables())
+            if isinstance(e, Reduce):
+                found -= set(e.variables)
+            self.uses[id(e)] = frozenset(found)
+        return self.uses[id(expr)]
+
+    def home(self, expr: Expr, scope: _Scope) -> _Scope:
+        """The outermost scope `expr` can be computed in: below every loop defining a variable it
+        uses, and never outside a guard (its loads may be out of range elsewhere)."""
+        used = self.variables_of(expr)
+        best = scope
+        for s in scope.chain():
+            best = s
+            if s.guard or used.intersection(s.variables):
+                break
+        return best
+
+    def emit(self, scope: _Scope, ctype: str, text: str, prefix: str = "v") -> str:
+        name = self.fresh(prefix)
+        scope.lines.append(f"{ctype} {name} = {text};")
+        return name
+
+    # --- vector lanes (lanes.py) ------------------------------------------------------------
+    def lane_of(self, expr: Expr) -> Var | None:
+        return next((v for v in self.variables_of(expr) if v in self.lanes), None)
+
+    def value_type(self, expr: Expr) -> str:
+        """The C type of `expr`'s value: floatW where it depends on a vector lane."""
+        lane = self.lane_of(expr)
+        return self.ctype(expr.dtype) + (str(self.lanes[lane]) if lane is not None else "")
+
+    def load(self, expr: Load, scope: _Scope) -> str:
+        slot = self.slot(expr.buffer_id)
+        form = flat_index(expr.indices, self.buffers[expr.buffer_id].shape)
+        lane = next((v for v in form.variables() if v in self.lanes), None)
+        if lane is None:
+            return f"b{slot}[o{slot} + {self.index(form, scope)}]"
+        offset = self.index(without_lane(form, lane), scope)
+        if lane_step(form, lane) == 1:
+            return f"vload{self.lanes[lane]}(0, b{slot} + o{slot} + {offset})"
+        # names the lane without depending on it: one float, widened
+        return f"({self.value_type(expr)})(b{slot}[o{slot} + {offset}])"
+
+    # --- expressions -------------------------------------------------------------------
+    def index(self, form: Index, scope: _Scope) -> str:
+        return render_index(form, self.var_name, lambda e: self.value(e, scope))
+
+    def value(self, expr: Expr, scope: _Scope) -> str:
+        """A C expression (a name or a literal) for `expr`, emitting statements as needed."""
+        if isinstance(expr, Const):
+            return self.literal(expr.value, expr.dtype)
+        known = self.memo.get(expr)
+        if known is not None and known[1] in scope.chain():
+            return known[0]
+        target = self.home(expr, scope)
+        if isinstance(expr, IndexValue):
+            text = f"({self.ctype(expr.dtype)})({self.index(expr.index, target)})"
+        elif isinstance(expr, Load) and expr.buffer_id == ACCUMULATOR:
+            return "acc"
+        elif isinstance(expr, Load):
+            text = self.load(expr, target)
+        elif isinstance(expr, Alu):
+            text = self.alu(expr, [self.value(a, target) for a in expr.args])
+        elif isinstance(expr, RandomBits):
+            text = (f"ad_uniform({expr.seed & 0x7FFFFFFF}, {self.index(expr.counter, target)}, "
+                    f"{self.index(expr.element, target)})")
+        elif isinstance(expr, Guard):
+            name = self.guard(expr, target)
+            self.memo[expr] = (name, target)
+            return name
+        elif isinstance(expr, Reduce):
+            name = self.reduce(expr, target)
+            self.memo[expr] = (name, target)
+            return name
+        else:
+            raise AssertionError(f"cannot render {type(expr).__name__}")
+        name = self.emit(target, self.value_type(expr), text)
+        self.memo[expr] = (name, target)
+        return name
+
+    def alu(self, e: Alu, args: list[str]) -> str:
+        if e.op in SELECTIONS and self.lane_of(e) is not None:
+            return self.vector_selection(e, args)
+        op, t = e.op, self.ctype(e.dtype)
+        one, zero = self.literal(1, e.dtype), self.literal(0, e.dtype)
+        if op in self.lang.math:
+            return f"{self.lang.math[op]}({', '.join(args)})"
+        simple = {Op.ADD: "{0} + {1}", Op.SUB: "{0} - {1}", Op.MUL: "{0} * {1}", Op.DIV: "{0} / {1}",
+                  Op.NEG: "-{0}", Op.RECIP: f"{one} / {{0}}", Op.DETACH: "{0}", Op.CAST: f"({t})({{0}})",
+                  Op.LT: f"({{0}} < {{1}}) ? {one} : {zero}", Op.GT: f"({{0}} > {{1}}) ? {one} : {zero}",
+                  Op.EQ: f"({{0}} == {{1}}) ? {one} : {zero}",
+                  Op.WHERE: "({0} != 0) ? {1} : {2}",
+                  # NaN propagates, as in numpy (fmax/fmin would drop it)
+                  Op.MAXIMUM: "({0} > {1} || {0} != {0}) ? {0} : {1}",
+                  Op.MINIMUM: "({0} < {1} || {0} != {0}) ? {0} : {1}"}
+        if op in simple:
+            return simple[op].format(*args)
+        raise AssertionError(f"no C rendering for {op.value}")
+
+    def vector_selection(self, e: Alu, args: list[str]) -> str:
+        """A comparison or selection over vectors is `select`, every operand widened so that
+        the condition is an int vector of the same width (C arithmetic widens the rest)."""
+        vector = self.value_type(e)
+        a, b, *rest = [x if self.lane_of(arg) is not None else f"({vector})({x})" for x, arg in zip(args, e.args)]
+        one, zero = f"({vector})({self.literal(1, e.dtype)})", f"({vector})({self.literal(0, e.dtype)})"
+        if e.op is Op.WHERE:
+            return f"select({rest[0]}, {b}, {a} != 0.0f)"
+        return {Op.LT: f"select({zero}, {one}, {a} < {b})", Op.GT: f"select({zero}, {one}, {a} > {b})",
+                Op.EQ: f"select({zero}, {one}, {a} == {b})",
+                Op.MAXIMUM: f"select({b}, {a}, {a} > {b} || {a} != {a})",
+                Op.MINIMUM: f"select({b}, {a}, {a} < {b} || {a} != {a})"}[e.op]
+
+    def guard(self, e: Guard, scope: _Scope) -> str:
+        name = self.fresh("g")
+        otherwise = self.value(e.otherwise, scope)
+        cond = " && ".join(f"({lo} <= {v} && {v} < {hi})" for v, lo, hi in
+                           ((self.index(f, scope), lo, hi) for f, lo, hi in e.valid.ranges))
+        scope.lines.append(f"{self.ctype(e.dtype)} {name} = {otherwise};")
+        inner = _Scope(scope, guard=True)
+        value = self.value(e.body, inner)
+        scope.lines.append(f"if ({cond}) {{")
+        scope.lines.extend("    " + line for line in inner.lines)
+        scope.lines.append(f"    {name} = {value};")
+        scope.lines.append("}")
+        return name
+
+    def reduction_width(self, e: Reduce) -> int:
+        """Lanes for the innermost axis of a float sum or maximum whose loads are contiguous
+        along it (or do not depend on it); 1 keeps the scalar loop."""
+        if not self.vectorize or e.op not in (Op.SUM, Op.MAX) or e.dtype != "float32" or not e.variables:
+            return 1
+        if self.lane_of(e) is not None:
+            return 1        # already a vector per output lane: its accumulator is a vector
+        last = e.variables[-1]
+
+        def fits(width: int) -> bool:
+            body, _, lane = spread(e.body, last, width)
+            return vectorizes(body, lane, self.buffers)
+        return widest(last.extent, fits)
+
+    def vector_reduce(self, e: Reduce, scope: _Scope, width: int) -> str:
+        """The innermost axis in steps of `width` lanes into a vector accumulator, folded to
+        one float at the end (ad_hsum / ad_hmax: halves combined, NaN kept by the max)."""
+        body, outer, lane = spread(e.body, e.variables[-1], width)
+        self.lanes[lane] = width
+        variables = e.variables[:-1] + (outer,)
+        for v in variables:
+            self.var_names[v] = self.fresh("r")
+        vector = f"float{width}"
+        lanes = self.fresh("lanes")
+        start = "0.0f" if e.op is Op.SUM else f"-{self.lang.infinity}"
+        scope.lines.append(f"{vector} {lanes} = ({vector})({start});")
+        inner = _Scope(scope, variables=variables + (lane,))
+        value = self.value(body, inner)
+        if self.lane_of(body) is None:
+            value = f"({vector})({value})"
+        inner.lines.append(combine(e.op, lanes, value, vector=True))
+        lines = inner.lines
+        for v in reversed(variables):
+            name = self.var_names[v]
+            lines = [f"for (int {name} = 0; {name} < {v.extent}; {name}++) {{"] + ["    " + x for x in lines] + ["}"]
+        scope.lines.extend(lines)
+        return self.emit(scope, "float", f"{'ad_hsum' if e.op is Op.SUM else 'ad_hmax'}({lanes})", "acc")
+
+    def reduce(self, e: Reduce, scope: _Scope) -> str:
+        width = self.reduction_width(e)
+        if width > 1:
+            return self.vector_reduce(e, scope, width)
+        for v in e.variables:
+            self.var_names[v] = self.fresh("r")
+        t = self.value_type(e)      # floatW when the body differs per output lane
+        widen = (lambda text: f"({t})({text})") if t != self.ctype(e.dtype) else (lambda text: text)
+        acc = self.fresh("acc")
+        if e.op is Op.SUM:
+            scope.lines.append(f"{t} {acc} = {widen(self.literal(0, e.dtype))};")
+        elif e.op is Op.MAX:
+            lowest = "-" + self.lang.infinity if e.dtype == "float32" else "-2147483647 - 1"
+            scope.lines.append(f"{t} {acc} = {widen(lowest)};")
+        else:   # ARGMAX: the first index of the maximum
+            best = self.fresh("best")
+            scope.lines.append(f"float {best} = -{self.lang.infinity};")
+            scope.lines.append(f"int {acc} = 0;")
+        inner = _Scope(scope, variables=e.variables)
+        value = self.value(e.body, inner)
+        if e.op in (Op.SUM, Op.MAX):
+            inner.lines.append(combine(e.op, acc, value, vector=t != self.ctype(e.dtype)))
+        else:
+            (var,) = e.variables
+            inner.lines.append(f"if ({value} > {best}) {{ {best} = {value}; {acc} = {self.var_names[var]}; }}")
+        body = inner.lines
+        for v in reversed(e.variables):
+            body = [f"for (int {self.var_names[v]} = 0; {self.var_names[v]} < {v.extent}; {self.var_names[v]}++) {{"] + \
+                ["    " + line for line in body] + ["}"]
+        scope.lines.extend(body)
+        return acc
+
+    # --- the kernel ---------------------------------------------------------------------
+    def render_body(self) -> tuple[list[str], int]:
+        """The statements computing element `gid` of the output, and the element count.
+
+        The output's variables are written as digits of `gid` (i0 = gid / 4096, ...) inside
+        every access expression, whose simplification then folds the digits back together
+        where a load walks the output's own order (i0*4096 + i1*64 + i2 -> gid, a row
+        broadcast -> gid / 64): fewer integer divisions, and PoCL then vectorizes loops it
+        would otherwise leave scalar (softmax's exp over (8, 4, 64, 64): 0.63 -> 0.1 ms).
+        """
+        kernel = self.kernel
+        out = kernel.out
+        self.slot(out.id)
+        size = max(out.size, 1)
+        gid = Var("gid", size)
+        self.var_names[gid] = "gid"
+        digits = unflatten(Index.of(gid), out.shape)
+        value = substitute_vars(kernel.value, dict(zip(kernel.variables, digits)))
+        root = _Scope(None, variables=(gid,))
+        result = self.value(value, root)
+        return root.lines + [f"b0[o0 + gid] = {result};"], size
+
+    def render_expression(self, value: Expr, variables: tuple[Var, ...]) -> tuple[list[str], str]:
+        """Statements and the final value of `value`, its variables named i0, i1, ..."""
+        root = _Scope(None, variables=variables)
+        for n, v in enumerate(variables):
+            self.var_names[v] = f"i{n}"
+        result = self.value(value, root)
+        return root.lines, result
+
+    def signature(self) -> tuple[str, list[Param]]:
+        """The function's first line (its name as {name}) and its parameters: each buffer the
+        body used (pointer and element offset), the loop variables it reads, its constants."""
+        params: list[Param] = []
+        declarations: list[str] = []
+        for buffer_id, slot in self.slots.items():
+            buffer = self.buffers[buffer_id]
+            declarations.append(self.lang.buffer_param(self.ctype(buffer.dtype), f"b{slot}", slot == 0))
+            declarations.append(f"const int o{slot}")
+            params += [Param("buffer", buffer_id), Param("offset", buffer_id)]
+        for n, var in enumerate(self.outer_vars):
+            declarations.append(f"const int L{n}")
+            params.append(Param("var", var=var))
+        for value, name in self.constants.items():
+            declarations.append(f"const float {name}")
+            params.append(Param("constant", value=value))
+        return f"{self.lang.kernel_prefix} {{name}}({', '.join(declarations)}) {{", params
+
+    def render(self) -> RenderedKernel:
+        body, size = self.render_body()
+        header, params = self.signature()
+        lines = [header, f"    const int gid = {self.lang.global_id};", f"    if (gid >= {size}) return;"]
+        lines += ["    " + line for line in body]
+        lines.append("}")
+        global_size = (size + LOCAL_SIZE - 1) // LOCAL_SIZE * LOCAL_SIZE
+        return RenderedKernel(self.kernel.name, "\n".join(lines), params, global_size, LOCAL_SIZE)
+
+
+def combine(op: Op, acc: str, value: str, vector: bool = False) -> str:
+    """One step of a sum or a maximum (NaN wins, as in numpy), of floats or float vectors."""
+    if op is Op.SUM:
+        return f"{acc} += {value};"
+    if vector:
+        return f"{acc} = select({acc}, {value}, {value} > {acc} || {value} != {value});"
+    return f"{acc} = ({value} > {acc} || {value} != {value}) ? {value} : {acc};"
+
+
+def _forms(e: Expr) -> list[Index]:
+    if isinstance(e, Load):
+        return list(e.indices)
+    if isinstance(e, IndexValue):
+        return [e.index]
+    if isinstance(e, Guard):
+        return [f for f, _, _ in e.valid.ranges]
+    if isinstance(e, RandomBits):
+        return [e.counter, e.element]
+    return []
+
+
+def render_kernel(kernel: Kernel, language: CStyleLanguage, buffers: dict, vectorize: bool = False) -> RenderedKernel:
+    """`vectorize`: sums and maxima along a contiguous axis in float vectors (lanes.py)."""
+    return KernelRenderer(kernel, language, buffers, vectorize).render()

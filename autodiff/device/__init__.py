@@ -1,1 +1,0 @@
-"""Backends: the numpy reference device (and, later, OpenCL and CUDA)."""

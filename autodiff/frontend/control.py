@@ -1,0 +1,92 @@
+"""Host transfers and loops: `Feeder`, `Receiver`, `ir_for`."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..ir import ops as O
+from ..ir.ops import Op
+from ..ir.graph import Block
+from .program import current_program
+from ..ir.dtypes import FLOAT, INT
+from .tensor import Tensor, as_tensor
+from .trace import make_leaf, make_node, trace_error
+
+
+def Feeder(fn: Callable[[], Any], shape: Sequence[int], dtype: Any = np.float32,
+           name: str | None = None) -> Tensor:
+    """A tensor whose value is `fn()`, called on the host each time the program reaches it.
+
+    Inside `ir_for` that is once per iteration, in program order. The array must
+    have exactly `shape` and `dtype` (no silent conversion: a float64 array is
+    an error that says so).
+    """
+    dtype = str(np.dtype(dtype))
+    if dtype not in (FLOAT, INT):
+        raise trace_error("Feeder", f"dtype must be float32 or int32, not {dtype}")
+    if not callable(fn):
+        raise trace_error("Feeder", f"needs a function returning an array, got {type(fn).__name__}")
+    program = current_program()
+    name = name or f"feeder{sum(1 for n in program.root.walk() if n.op is Op.FEEDER)}"
+    return Tensor._wrap(make_leaf(Op.FEEDER, tuple(shape), dtype, O.FeederArgs(fn, name)))
+
+
+def Receiver(fn: Callable[..., Any], tensors: Tensor | Sequence[Tensor], name: str | None = None,
+             every: int = 1) -> None:
+    """Once `tensors` are computed, copy them to the host and call `fn(*arrays)`.
+
+    Calls happen in program order. Inside `ir_for`, `every=k` delivers only on
+    every k-th iteration of the enclosing loop (iterations k-1, 2k-1, ...).
+    """
+    tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    if not callable(fn):
+        raise trace_error("Receiver", f"needs a callable, got {type(fn).__name__}")
+    if int(every) < 1:
+        raise trace_error("Receiver", f"every must be >= 1, got {every}")
+    name = name or getattr(fn, "__name__", "receiver")
+    nodes = [as_tensor(t).node for t in tensors]
+    make_node(Op.RECEIVER, nodes, O.ReceiverArgs(fn, name, int(every)), "Receiver")
+
+
+def ir_for(range_or_count: int | range, body: Callable[..., Any]) -> None:
+    """Trace `body` once and run it on the device once per element of the range.
+
+    A body taking one parameter receives the loop index as a 0-d int32 tensor.
+    Persistent tensors updated in the body carry their values between iterations.
+    """
+    loop = range(range_or_count) if isinstance(range_or_count, int) else range_or_count
+    if not isinstance(loop, range):
+        raise trace_error("ir_for", f"needs an int or a range, got {type(range_or_count).__name__}")
+    program = current_program()
+    outer = program.block
+    body_block = Block(parent=outer)
+    program.push_block(body_block)
+    try:
+        counter = make_leaf(Op.LOOP_INDEX, (), INT)
+        wants_index = _takes_an_argument(body)
+        if wants_index:
+            index = Tensor._wrap(counter)
+            if loop.start != 0 or loop.step != 1:
+                index = index * loop.step + loop.start
+            body(index)
+        else:
+            body()
+    finally:
+        program.pop_block()
+    for_node = make_node(Op.FOR, [], O.ForArgs(len(loop), loop.start, loop.step, body_block, counter), "ir_for")
+    body_block.owner = for_node
+    # values of persistent tensors updated in the body are new after the loop
+    updated = [n.args.var.id for n in body_block.walk() if n.op is Op.ASSIGN]
+    program.forget_reads(updated)
+
+
+def _takes_an_argument(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.default is p.empty]
+    return len(positional) >= 1 or any(p.kind is p.VAR_POSITIONAL for p in params)

@@ -1,0 +1,121 @@
+"""The program being traced: the root block, its persistent variables, the block stack.
+
+`Program.execute()`/`compile()` reach the compiler through `entry.compiler()`, an
+entry point the compiler registers when `autodiff` is imported, so the frontend
+never imports a stage below it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from ..ir.graph import Block, Node, Variable
+from ..ir.ops import Op, OpArgs
+from . import entry
+
+
+class Program:
+    """A traced training program. Use as `with ad.Program() as p: ...; p.execute()`."""
+
+    def __init__(self) -> None:
+        self.root = Block()
+        self.variables: list[Variable] = []
+        self._block_stack: list[Block] = [self.root]
+        self._next_id = 0
+        # (block, variable id) -> the READ node that holds the variable's value there
+        self._reads: dict[tuple[int, int], Node] = {}
+        self.rng = np.random.default_rng(0)
+        self._random_seeds = 0
+        self._previous: list[Program] = []
+
+    # --- blocks -------------------------------------------------------------
+    @property
+    def block(self) -> Block:
+        return self._block_stack[-1]
+
+    def push_block(self, block: Block) -> None:
+        self._block_stack.append(block)
+
+    def pop_block(self) -> Block:
+        return self._block_stack.pop()
+
+    # --- nodes --------------------------------------------------------------
+    def add_node(self, op: Op, inputs: tuple[Node, ...], shape: tuple[int, ...], dtype: str,
+                 args: OpArgs, where: str) -> Node:
+        node = Node(self._next_id, op, inputs, shape, dtype, args, self.block, where)
+        self._next_id += 1
+        self.block.nodes.append(node)
+        return node
+
+    def new_variable(self, value: np.ndarray, name: str | None) -> Variable:
+        var = Variable(len(self.variables), name or f"t{len(self.variables)}", value)
+        self.variables.append(var)
+        return var
+
+    def cached_read(self, var: Variable) -> Node | None:
+        return self._reads.get((id(self.block), var.id))
+
+    def remember_read(self, var: Variable, node: Node) -> None:
+        self._reads[(id(self.block), var.id)] = node
+
+    def forget_reads(self, var_ids: list[int] | None = None) -> None:
+        """After an update (or a loop that updates), later uses must read again."""
+        key_block = id(self.block)
+        for key in list(self._reads):
+            if key[0] == key_block and (var_ids is None or key[1] in var_ids):
+                del self._reads[key]
+
+    def next_random_seed(self) -> int:
+        self._random_seeds += 1
+        return int(self.rng.integers(0, 2**31 - 1)) ^ self._random_seeds
+
+    # --- context ------------------------------------------------------------
+    def __enter__(self) -> "Program":
+        _program_stack.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _program_stack.pop()
+
+    def execute(self, device: str | None = None, **options):  # -> Report
+        from ..compiler import execute_program
+        return execute_program(self, device, **options)
+
+    def compile(self, device: str | None = None, **options):
+        from ..compiler import compile_program
+        return compile_program(self, device, **options)
+
+
+_program_stack: list[Program] = [Program()]
+
+
+def current_program() -> Program:
+    return _program_stack[-1]
+
+
+def reset() -> None:
+    """Forget the default program (all traced nodes and persistent tensors)."""
+    _program_stack[0] = Program()
+
+
+def manual_seed(seed: int) -> None:
+    """Make random initialisation (randn, rand, module init) and random ops reproducible."""
+    program = current_program()
+    program.rng = np.random.default_rng(seed)
+    program._random_seeds = 0
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_source_line() -> str:
+    """file:line of the innermost caller outside the autodiff package."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"

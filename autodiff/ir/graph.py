@@ -1,0 +1,99 @@
+"""The graph IR: nodes, blocks and persistent variables (the `Program` that owns them is
+the frontend's).
+
+A program is a root `Block`: an ordered list of nodes in the order they were
+traced. That order is a valid topological order (a node's inputs are always
+created before it) and it is also the order of effects: Feeders are called,
+Receivers deliver and persistent tensors are updated in block order. A `FOR`
+node owns a body block that runs `count` times; body nodes may read values of
+enclosing blocks (loop-invariant), never the other way round.
+
+A persistent tensor is a `Variable`. Reading it is a `READ` node, created lazily
+in the block where it is used; an in-place update is an `ASSIGN` node, after
+which the next use creates a fresh `READ`. So a `READ` always means "the value
+at this point of the block", and the numpy reference only has to run the block
+in order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .dtypes import itemsize
+from .ops import Op, OpArgs
+
+
+@dataclass(eq=False)
+class Node:
+    id: int
+    op: Op
+    inputs: tuple["Node", ...]
+    shape: tuple[int, ...]
+    dtype: str
+    args: OpArgs
+    block: "Block"
+    where: str = ""
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * itemsize(self.dtype)
+
+    def __repr__(self) -> str:
+        return f"%{self.id}:{self.op.value}{list(self.shape)}"
+
+
+@dataclass(eq=False)
+class Block:
+    """An ordered list of nodes; the root of a program or the body of a FOR."""
+    parent: "Block | None" = None
+    nodes: list[Node] = field(default_factory=list)
+    owner: "Node | None" = None   # the FOR node whose body this is
+
+    def encloses(self, other: "Block") -> bool:
+        """True when `other` is this block or nested inside it."""
+        block: Block | None = other
+        while block is not None:
+            if block is self:
+                return True
+            block = block.parent
+        return False
+
+    def walk(self) -> Iterator[Node]:
+        """Every node of this block and its nested bodies, in program order."""
+        stack: list[Iterator[Node]] = [iter(self.nodes)]
+        while stack:
+            node = next(stack[-1], None)
+            if node is None:
+                stack.pop()
+                continue
+            yield node
+            if node.op is Op.FOR:
+                stack.append(iter(node.args.body.nodes))
+
+
+@dataclass(eq=False)
+class Variable:
+    """A persistent device tensor: a parameter, optimizer state, or any user tensor."""
+    id: int
+    name: str
+    value: np.ndarray
+    requires_grad: bool = True
+    grad: object = None   # the Tensor accumulated by backward() since zero_grad, or None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.value.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.value.nbytes)

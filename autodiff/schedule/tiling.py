@@ -1,0 +1,145 @@
+"""How a matrix product is cut into work: the problem's shape and the tiling rules.
+
+The scheduler decides which kernels are tiled products and how each is tiled; code
+generation (`codegen/matmul_source.py`) renders exactly that. Measurements behind the
+rules are in `codegen/matmul_source.py`'s docstring and `benchmarks/bench_matmul_kernel.py`.
+This module imports nothing of autodiff.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+VECTOR_WIDTH = 8
+"""Floats per vector: one 256-bit AVX2 register, the widest PoCL emits here."""
+
+SMALL_PROBLEM_FLOPS = 64 * 64 * 64
+"""m*n*k at or below which a kernel is all launch overhead (a few microseconds)."""
+
+OUTER = "outer"
+"""Strategy: per k, broadcast A scalars times float8 rows of B (B contiguous along n)."""
+DOT = "dot"
+"""Strategy: float8 dot products along k (A and B both contiguous along k)."""
+PACKED = "packed"
+"""Strategy: OUTER, with each k-chunk of the work-group's B panel first copied
+into contiguous local memory (any B layout; no cache-set conflicts)."""
+
+
+@dataclass(frozen=True)
+class MatmulShape:
+    """The problem: ``batch`` products of an (m, k) matrix by a (k, n) matrix.
+
+    ``a_transposed`` means A is stored as its (k, m) transpose in row-major
+    order, likewise ``b_transposed`` stores B as (n, k). A batch stride of
+    ``None`` means "packed" (m*k for A, k*n for B); 0 broadcasts one matrix
+    over the batch. C is always packed: (batch, m, n) row-major.
+    """
+
+    m: int
+    n: int
+    k: int
+    batch: int = 1
+    a_transposed: bool = False
+    b_transposed: bool = False
+    a_batch_stride: int | None = None
+    b_batch_stride: int | None = None
+    # the distance between the stored rows of A and of B (None: packed, the row length),
+    # e.g. attention reads a head's (seq, 32) block out of rows of 128
+    a_lead: int | None = None
+    b_lead: int | None = None
+    # a batch of two axes that do not flatten into one stride (batch, head): batch index b
+    # is (b // batch_inner, b % batch_inner), the batch strides step the first, these the second
+    batch_inner: int = 1
+    a_inner_stride: int = 0
+    b_inner_stride: int = 0
+
+    def a_stride(self) -> int:
+        return self.m * self.k if self.a_batch_stride is None else self.a_batch_stride
+
+    def b_stride(self) -> int:
+        return self.k * self.n if self.b_batch_stride is None else self.b_batch_stride
+
+    def a_ld(self) -> int:
+        """Elements between consecutive stored rows of A ((k, m) rows when transposed)."""
+        return self.a_lead or (self.m if self.a_transposed else self.k)
+
+    def b_ld(self) -> int:
+        """Elements between consecutive stored rows of B ((n, k) rows when transposed)."""
+        return self.b_lead or (self.k if self.b_transposed else self.n)
+
+    def batch_offset(self, operand: str) -> str:
+        """C text of the element offset of batch `batch` in operand "a" or "b"."""
+        outer, inner = ((self.a_stride(), self.a_inner_stride) if operand == "a"
+                        else (self.b_stride(), self.b_inner_stride))
+        if self.batch_inner == 1:
+            return f"(long)batch * {outer}"
+        return f"(long)(batch / {self.batch_inner}) * {outer} + (long)(batch % {self.batch_inner}) * {inner}"
+
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.n * self.k
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How the output is cut into work.
+
+    Each work-item computes a block of ``rows`` x ``cols`` outputs (``cols``
+    a multiple of ``VECTOR_WIDTH`` for ``OUTER`` and ``PACKED``);
+    ``local_size`` counts work-items along (m, n); the k loop is unrolled
+    ``k_unroll`` times. ``PACKED`` copies ``k_chunk`` rows of the group's B
+    panel at a time to local memory, and with ``pack_a`` (transposed A only)
+    the group's A panel as well.
+    """
+
+    strategy: str
+    rows: int
+    cols: int
+    local_size: tuple[int, int]
+    k_unroll: int = 1
+    k_chunk: int = 512
+    pack_a: bool = False
+
+
+def choose_tiling(m: int, n: int, k: int, a_transposed: bool = False,
+                  b_transposed: bool = False) -> Tiling:
+    """Pick the tiling for one problem.
+
+    The rules and their numbers come from ``benchmarks/bench_matmul_kernel.py
+    --sweep`` on a 2-core Zen CPU with PoCL 3.0 (see the module docstring).
+    """
+    if b_transposed and not a_transposed:
+        # Both operands run along k in memory: float8 dot products need no
+        # packing (1024^2: ~105 GFLOP/s against ~90 for the packed panel).
+        rows, cols = min(2, m), min(4, n)
+        return Tiling(DOT, rows, cols, (_work_group_extent(m, rows, 8), 1))
+    if m * n * k <= SMALL_PROBLEM_FLOPS:
+        # Launch overhead dominates; small blocks give both threads work.
+        rows = min(2, m)
+        cols = VECTOR_WIDTH * min(4, math.ceil(n / VECTOR_WIDTH))
+        return Tiling(OUTER, rows, cols, (_work_group_extent(m, rows, 8), 1), k_unroll=4)
+    # 6 rows x 16 columns = 12 float8 accumulators + 2 B vectors + 1 broadcast
+    # A value: the largest block that fits the 16 AVX2 registers.
+    rows = min(6, m)
+    cols = VECTOR_WIDTH if n <= VECTOR_WIDTH else 2 * VECTOR_WIDTH
+    if m <= rows:
+        # One block of rows reads each B panel once: nothing to gain from
+        # packing it (2x2048x2048: 9.5 vs 7.6 GFLOP/s, memory bound).
+        return Tiling(OUTER, rows, cols, (1, 1), k_unroll=4)
+    # B's panel is copied to local memory in chunks of 512 k and shared by
+    # the 16 work-items of a group: read in place, rows N*4 bytes apart fall
+    # into the same cache sets (1024^2: 104 vs 127 GFLOP/s), and a transposed
+    # B cannot be read as vectors at all.
+    group_m = _work_group_extent(m, rows, 16)
+    # pack_a (A^T's panel copied too, 4 column blocks sharing it) is never chosen:
+    # it gained on the 2-core Zen CPU (1024^2, one thread: 45 vs 34 GFLOP/s), but on
+    # an AVX-512 Xeon PoCL 3.0 computed wrong columns for some shapes with edges in
+    # both m and n (20x40x700, 30x30x30), and was no faster there (1024^2: 144-150
+    # vs 150-155 GFLOP/s). Explicit tilings may still ask for it.
+    return Tiling(PACKED, rows, cols, (group_m, 1), k_unroll=4, k_chunk=512)
+
+
+def _work_group_extent(size: int, block: int, preferred: int) -> int:
+    """Work-items per group along one axis: ``preferred`` unless the axis is
+    shorter, so small problems do not launch groups of idle work-items."""
+    items = math.ceil(size / block)
+    return max(1, min(preferred, items))
