@@ -1,10 +1,12 @@
-"""compile() and execute(): choose a device, run the pipeline, report.
+"""The compiler driver: the whole compile as a named list of stages, compile() and execute().
 
-`compile_program` runs every compile stage for the chosen device and returns a
-`CompiledProgram`; `.run()` executes it once and returns a `Report`. The
-stages so far: the graph passes (`autodiff/opt/`), then the numpy reference
-device runs the optimized graph. Later stages (lowering, fusion, memory
-planning, OpenCL/CUDA) plug in here; see TODO.md.
+    graph passes -> lowering -> fusion -> schedule -> memory plan -> backend
+
+Each stage is a function of the `Compilation` so far, with a name, one line of why, the
+switch that turns it off (where it is an optimization) and its time in `stage_seconds`.
+A backend that runs the graph itself (numpy) stops after the graph passes; the others
+take the scheduled procedural program and its memory plan. The driver names no device:
+`backends.registry` says what each one needs.
 """
 from __future__ import annotations
 
@@ -13,21 +15,95 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from .alloc.plan import MemoryPlan, plan_memory, validate_plan
+from .backends.registry import Backend, backend, backend_switches, backends
 from .frontend import entry
 from .frontend.program import Program, current_program
+from .fusion import FUSION_KINDS, fuse
+from .ir.graph import Block
+from .opt import PASS_NAMES, Graph, PassRecord, optimize
+from .proc import lower
+from .proc.ir import ProcProgram
+from .schedule.packing import pack_matmul_operands
 
-DEVICES = ("numpy", "numpy-proc", "opencl", "cuda")
 KNOWN_OPTIONS = ("disable", "dump_passes", "debug")
 
 
+@dataclass
+class Compilation:
+    """What the stages have made so far of one program for one backend."""
+    program: Program
+    backend: Backend
+    disable: frozenset[str]
+    dump_passes: bool | None
+    debug: bool
+    graph: Graph | None = None
+    pass_records: list[PassRecord] = field(default_factory=list)
+    proc: ProcProgram | None = None
+    plan: MemoryPlan | None = None
+    kernels_before_fusion: int | None = None
+    kernels_after_fusion: int | None = None
+    executor: Any = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Compilation], None]
+    why: str
+    procedural: bool = True      # only for backends that take the procedural IR
+    switch: str | None = None    # the `disable=` name that skips it (an optimization)
+
+
+def _passes(c: Compilation) -> None:
+    c.graph, c.pass_records = optimize(Graph(c.program.root, c.program.variables), c.disable, c.dump_passes)
+
+
+def _lower(c: Compilation) -> None:
+    c.proc = lower(c.graph)
+    c.kernels_before_fusion = len(c.proc.kernels())
+
+
+def _fuse(c: Compilation) -> None:
+    c.proc = fuse(c.proc, c.disable)   # its kinds switch off one by one (FUSION_KINDS)
+
+
+def _schedule(c: Compilation) -> None:
+    pack_matmul_operands(c.proc)
+    c.kernels_after_fusion = len(c.proc.kernels())
+
+
+def _plan_memory(c: Compilation) -> None:
+    c.plan = plan_memory(c.proc, reuse="memory_reuse" not in c.disable)
+    if c.debug:
+        validate_plan(c.proc, c.plan)
+
+
+def _build(c: Compilation) -> None:
+    ir = c.proc if c.backend.takes_proc else c.graph.root
+    c.executor = c.backend.executor(ir, c.plan, c.disable)
+
+
+STAGES: list[Stage] = [
+    Stage("passes", _passes, "prune, fold, CSE and in-place updates on the graph (opt/pipeline.py)",
+          procedural=False),
+    Stage("lowering", _lower, "one kernel per compute node; views become access expressions"),
+    Stage("fusion", _fuse, "merge producers into their consumers: fewer kernels, fewer buffers"),
+    Stage("schedule", _schedule, "copy operands the tiled matmul kernel cannot read into packed buffers",
+          switch="operand_packing"),
+    Stage("memory", _plan_memory, "liveness, then every temporary at an offset of one arena"),
+    Stage("device build", _build, "render, build and warm up the kernels on the backend", procedural=False),
+]
+# switches the stages read besides their own names; the backends declare theirs
+STAGE_SWITCHES = ("fusion",) + FUSION_KINDS + ("memory_reuse",)
+
+
 def known_switches() -> tuple[str, ...]:
-    """Every name `disable=` accepts: graph passes, fusion kinds, memory reuse."""
-    from .fusion import FUSION_KINDS
-    from .opt import PASS_NAMES
-    return PASS_NAMES + ("fusion",) + FUSION_KINDS + ("operand_packing", "memory_reuse", "megakernel", "tiled_matmul",
-                                                     "vectorize", "group_reduce", "feeder_thread")
+    """Every name `disable=` accepts: graph passes, compile stages, backend features."""
+    names = list(PASS_NAMES) + list(STAGE_SWITCHES) + [s.switch for s in STAGES if s.switch]
+    return tuple(dict.fromkeys(names + list(backend_switches())))
 
 
 @dataclass
@@ -57,35 +133,33 @@ class Report:
 
 
 def default_device() -> str:
-    """AUTODIFF_DEVICE if set, else the best backend available here."""
+    """AUTODIFF_DEVICE if set, else the preferred backend that runs here (numpy, with a
+    warning that says why, when no other one does)."""
     chosen = os.environ.get("AUTODIFF_DEVICE")
     if chosen:
         return chosen
-    from .backends.cuda import cuda_available
-    if cuda_available():
-        return "cuda"
-    from .backends.opencl import opencl_problem
-    problem = opencl_problem()
-    if problem is None:
-        return "opencl"
+    problems = []
+    for b in backends():
+        if b.reference_only or b.fallback:
+            continue
+        problem = b.problem()
+        if problem is None:
+            return b.name
+        problems.append(problem)
+    fallback = next(b for b in backends() if b.fallback)
     global _fallback_warned
     if not _fallback_warned:
         _fallback_warned = True
-        warnings.warn(f"autodiff runs on the numpy reference device (slow): {problem}", stacklevel=3)
-    return "numpy"
+        why = problems[-1] if problems else "no other backend is registered"
+        warnings.warn(f"autodiff runs on the {fallback.name} reference device (slow): {why}", stacklevel=3)
+    return fallback.name
 
 
 _fallback_warned = False   # the fallback to numpy is explained once per process
 
 
 class CompiledProgram:
-    """A program compiled for one device; `run()` executes it (again) and reports.
-
-    Stages: graph passes (autodiff/opt) -> lowering to the procedural IR
-    (autodiff/proc) -> fusion (autodiff/fusion) -> memory plan (autodiff/alloc)
-    -> the device. The numpy device stops after the graph passes and runs the
-    graph itself, the executable specification.
-    """
+    """A program compiled for one backend; `run()` executes it (again) and reports."""
 
     def __init__(self, program: Program, device: str, disable: frozenset[str],
                  dump_passes: bool | None = None, debug: bool | None = None) -> None:
@@ -94,63 +168,27 @@ class CompiledProgram:
         self.device = device
         self.disable = disable
         self.debug = bool(os.environ.get("AUTODIFF_DEBUG")) if debug is None else debug
+        self.backend = backend(device)
+        c = Compilation(program, self.backend, disable, dump_passes, self.debug)
         self.stage_seconds: dict[str, float] = {}
-        from .opt import Graph, optimize
-        self.optimized, self.pass_records = optimize(Graph(program.root, program.variables),
-                                                     disable, dump_passes)
-        self.graph = self.optimized.root
-        self._mark("passes", start)
-        self.proc = self.plan = None
-        self.kernels_before_fusion = self.kernels_after_fusion = None
-        if device == "numpy":
-            from .backends.numpy_graph import NumpyGraphExecutor
-            self.executor = NumpyGraphExecutor(self.graph)
-        else:
-            self._build_procedural()
+        for stage in STAGES:
+            if (stage.procedural and not self.backend.takes_proc) or stage.switch in disable:
+                continue
             at = time.perf_counter()
-            if device == "opencl":
-                from .backends.opencl import OpenCLExecutor
-                self.executor = OpenCLExecutor(self.proc, self.plan, megakernels="megakernel" not in disable,
-                                               tiled_matmuls="tiled_matmul" not in disable,
-                                               feeder_thread="feeder_thread" not in disable,
-                                               vectorize="vectorize" not in disable,
-                                               group_reductions=False if "group_reduce" in disable else None)
-            elif device == "cuda":
-                from .backends.cuda import CUDAExecutor
-                self.executor = CUDAExecutor(self.proc, self.plan, feeder_thread="feeder_thread" not in disable)
-            else:
-                from .backends.numpy_proc import NumpyProcExecutor
-                self.executor = NumpyProcExecutor(self.proc, self.plan)
-            self._mark("device build", at)
+            stage.run(c)
+            self.stage_seconds[stage.name] = time.perf_counter() - at
+        self.optimized, self.pass_records = c.graph, c.pass_records
+        self.graph: Block = c.graph.root
+        self.proc, self.plan, self.executor = c.proc, c.plan, c.executor
+        self.kernels_before_fusion = c.kernels_before_fusion
+        self.kernels_after_fusion = c.kernels_after_fusion
+        if self.proc is not None and self.kernels_after_fusion is None:
+            self.kernels_after_fusion = len(self.proc.kernels())
         self.compile_seconds = time.perf_counter() - start
-
-    def _mark(self, stage: str, since: float) -> float:
-        now = time.perf_counter()
-        self.stage_seconds[stage] = now - since
-        return now
-
-    def _build_procedural(self) -> None:
-        from .alloc.plan import plan_memory, validate_plan
-        from .fusion import fuse
-        from .proc import lower
-        at = time.perf_counter()
-        self.proc = lower(self.optimized)
-        self.kernels_before_fusion = len(self.proc.kernels())
-        at = self._mark("lowering", at)
-        self.proc = fuse(self.proc, self.disable)
-        if "operand_packing" not in self.disable:
-            from .schedule.packing import pack_matmul_operands
-            pack_matmul_operands(self.proc)
-        self.kernels_after_fusion = len(self.proc.kernels())
-        at = self._mark("fusion", at)
-        self.plan = plan_memory(self.proc, reuse="memory_reuse" not in self.disable)
-        if self.debug:
-            validate_plan(self.proc, self.plan)
-        self._mark("memory", at)
 
     @property
     def kernels(self) -> dict[str, str]:
-        """Generated source of each distinct kernel, by name (devices that generate code)."""
+        """Generated source of each distinct kernel, by name (backends that generate code)."""
         rendered = getattr(self.executor, "rendered", None)
         if rendered is None:
             return {}
@@ -191,8 +229,7 @@ def compile_program(program: Program | None = None, device: str | None = None, *
     if unknown:
         raise TypeError(f"unknown compile options {unknown}; known: {list(KNOWN_OPTIONS)}")
     device = device or default_device()
-    if device not in DEVICES:
-        raise ValueError(f"unknown device '{device}'; choose one of {DEVICES}")
+    backend(device)   # an unknown name raises here, naming the registered ones
     disable = frozenset(options.get("disable") or ())
     # AUTODIFF_DISABLE=fusion,cse switches stages off for every compile (testing, bisecting)
     disable |= frozenset(n for n in os.environ.get("AUTODIFF_DISABLE", "").split(",") if n)

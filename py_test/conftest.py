@@ -10,14 +10,9 @@ import autodiff as ad
 
 
 def available_devices() -> list[str]:
-    """Devices the suite runs on here; AUTODIFF_TEST_DEVICES=numpy,opencl narrows it."""
-    devices = ["numpy", "numpy-proc"]
-    from autodiff.backends.opencl import opencl_available
-    if opencl_available():
-        devices.append("opencl")
-    from autodiff.backends.cuda import cuda_available
-    if cuda_available():
-        devices.append("cuda")
+    """Every registered backend that runs here; AUTODIFF_TEST_DEVICES=numpy,opencl narrows it."""
+    from autodiff.backends.registry import backends
+    devices = [b.name for b in backends() if b.problem() is None]
     wanted = os.environ.get("AUTODIFF_TEST_DEVICES")
     if wanted:
         devices = [d for d in devices if d in wanted.split(",")]

@@ -55,7 +55,7 @@ def test_group_reductions_match_numpy(rng):
     got: dict[str, np.ndarray] = {}
     ad.Receiver(lambda *vs: got.update(zip(outputs, vs)), list(outputs.values()))
     compiled = ad.compile(device="opencl", disable={"megakernel"})
-    compiled.executor = OpenCLExecutor(compiled.proc, compiled.plan, megakernels=False, group_reductions=True)
+    compiled.executor = OpenCLExecutor(compiled.proc, compiled.plan, frozenset({"megakernel"}), group_reductions=True)
     grouped = [r for r in compiled.executor.rendered if "partial[" in r.body]
     assert len(grouped) == len(outputs)
     assert all(r.local_size == GROUP_SIZE for r in grouped)

@@ -1,4 +1,9 @@
-"""The CUDA runtime on CuPy: one NVRTC module, one arena, one stream, loop bodies as CUDA Graphs.
+"""The CUDA backend on CuPy: one NVRTC module, one arena, one stream, loop bodies as CUDA Graphs.
+
+Code generation is `codegen.render_program` with the features CUDA's runtime has been
+checked with (none yet beyond the C renderer: megakernels, float vectors, tiled matmuls and
+work-group reductions need a GPU to verify; see TODO.md); the run loop is
+`base.DeviceExecutor`'s.
 
 Every distinct kernel source is compiled once, all in one module (CuPy caches
 the binary on disk). Temporaries live in one arena allocation and each kernel
@@ -35,15 +40,17 @@ from typing import Any
 import numpy as np
 
 from ..alloc.plan import MemoryPlan
-from ..errors import DeviceMemoryError
-from ..proc.index import Var
-from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
-from .host import Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
 from ..codegen.build import build_kernels
-from ..codegen.renderer import CUDALanguage, RenderedKernel, render_kernel
+from ..codegen.program import render_program
+from ..codegen.renderer import CUDALanguage, RenderedKernel
+from ..errors import DeviceMemoryError
+from ..ir.dtypes import ITEMSIZE
+from ..proc.index import Var
+from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram
+from .base import DeviceExecutor, Step, feeds_ahead_for, prepare_steps
+from .registry import Backend, register
 
 BLOCK_SIZE = 256             # threads per block; every kernel returns early past its last element
-MAX_ITERATIONS_AHEAD = 64    # the host waits when it gets this many loop iterations ahead of the device
 MAX_GRAPH_LAUNCHES = 20_000  # a body that unrolls into more launches (nested loops) is not captured whole
 FEED_SLOTS = 4               # pinned staging buffers per Feeder, used in turn
 NVRTC_OPTIONS = ("--std=c++14",)
@@ -104,13 +111,14 @@ class _FeedSlots:
     next: int = 0
 
 
-class CUDAExecutor:
+class CUDAExecutor(DeviceExecutor):
     language = CUDALanguage()
+    features: frozenset[str] = frozenset()   # codegen features used here (none checked on a GPU yet)
 
-    def __init__(self, program: ProcProgram, plan: MemoryPlan, device_id: int | None = None,
-                 feeder_thread: bool = True) -> None:
+    def __init__(self, program: ProcProgram, plan: MemoryPlan, disable: frozenset[str] = frozenset(),
+                 device_id: int | None = None) -> None:
         cp = _cupy()
-        self.feeds_ahead = feeds_ahead(program.commands) if feeder_thread else 0
+        self.feeds_ahead = feeds_ahead_for(program.commands, disable)
         self.cp = cp
         self.program = program
         self.plan = plan
@@ -119,11 +127,11 @@ class CUDAExecutor:
         self.device = cp.cuda.Device(device_id)
         self.device.use()
         self.device_name = _device_name(cp, device_id)
-        self.buffers = {b.id: b for b in program.buffers}
         self._check_memory()
         start = time.perf_counter()
-        kernels = program.kernels()
-        self.rendered = [render_kernel(k, self.language, self.buffers) for k in kernels]
+        rendered_program = render_program(program, self.language, self.features - disable)
+        kernels = [k for k, _ in rendered_program.singles]
+        self.rendered = [r for _, r in rendered_program.singles]
         self.module, self.function_names, self.source = build_module(cp, self.language, self.rendered)
         self.build_seconds = time.perf_counter() - start
         self.stream = cp.cuda.Stream(non_blocking=True)
@@ -132,11 +140,10 @@ class CUDAExecutor:
         self.launch_of: dict[int, _Launch] = {}
         for kernel, rendered, name in zip(kernels, self.rendered, self.function_names):
             self.launch_of[id(kernel)] = self._prepare(kernel, rendered, functions[name])
+        self.steps = prepare_steps(program.commands, lambda cmd: self.launch_of[id(cmd.kernel)])
         self.graph_plans: dict[int, _GraphPlan] = {}
         self.feed_slots: dict[int, _FeedSlots] = {}
         self.capturing = False
-        self.runs = 0
-        self.kernels_launched = 0
         self.graph_launches = 0
 
     # --- setup ------------------------------------------------------------------------
@@ -158,7 +165,7 @@ class CUDAExecutor:
             for b in self.program.buffers:
                 if b.kind == "temp":
                     self.device_buffers[b.id] = views[b.dtype]
-                    self.element_offset[b.id] = self.plan.offsets.get(b.id, 0) // 4
+                    self.element_offset[b.id] = self.plan.offsets.get(b.id, 0) // ITEMSIZE
                 else:
                     self.device_buffers[b.id] = cp.empty(max(b.size, 1), dtype=b.dtype)
                     self.element_offset[b.id] = 0
@@ -176,20 +183,22 @@ class CUDAExecutor:
                 args.append(np.int32(self.element_offset[param.buffer_id] + param.extra))
             elif param.kind == "constant":
                 args.append(np.float32(param.value))
-            else:
+            elif param.kind == "var":
                 args.append(np.int32(0))
                 var_args.append((position, param.var))
+            else:
+                raise AssertionError(f"the CUDA runtime cannot bind a '{param.kind}' argument")
         size = kernel.out.size
         grid = ((max(size, 1) + BLOCK_SIZE - 1) // BLOCK_SIZE,)
         return _Launch(function, grid, tuple(args), var_args, empty=size == 0)
 
     def _pointer(self, b: Buffer) -> int:
-        return self.device_buffers[b.id].data.ptr + self.element_offset[b.id] * 4
+        return self.device_buffers[b.id].data.ptr + self.element_offset[b.id] * ITEMSIZE
 
     def _pinned(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """A host array in page-locked memory, so copies from and to it run without blocking."""
         count = int(np.prod(shape, dtype=np.int64))
-        memory = self.cp.cuda.alloc_pinned_memory(max(count, 1) * 4)
+        memory = self.cp.cuda.alloc_pinned_memory(max(count, 1) * ITEMSIZE)
         return np.frombuffer(memory, dtype, count).reshape(shape)
 
     def _copy(self, destination: int, source: int, nbytes: int, to_device: bool) -> None:
@@ -197,69 +206,37 @@ class CUDAExecutor:
         kind = runtime.memcpyHostToDevice if to_device else runtime.memcpyDeviceToHost
         runtime.memcpyAsync(destination, source, nbytes, kind, self.stream.ptr)
 
-    # --- running ------------------------------------------------------------------------
+    # --- device operations (base.DeviceExecutor) ---------------------------------------
     def run(self) -> None:
         self.device.use()
-        persistent = [b for b in self.program.buffers if b.kind == "persistent"]
-        uploads = []   # kept alive until the stream has read them
-        for b in persistent:
-            if b.nbytes:
-                host = np.ascontiguousarray(b.var.value, dtype=b.dtype)
-                uploads.append(host)
-                self._copy(self._pointer(b), host.ctypes.data, b.nbytes, to_device=True)
-        self.values: dict[Var, int] = {self.program.run_counter: self.runs}
-        self.iterations: list[int] = []
-        self.pending: list[PendingReceive] = []
-        self.error: BaseException | None = None
-        self.feeds = Feeds(self.program.commands, self.feeds_ahead)
-        try:
-            with self.stream:
-                self._run_commands(self.program.commands)
-            self.stream.synchronize()
-            self._deliver(wait=True)
-        finally:
-            self.feeds.close()
-            downloads = [(b, np.empty(b.shape, b.dtype)) for b in persistent if b.nbytes]
-            for b, host in downloads:
-                self._copy(host.ctypes.data, self._pointer(b), b.nbytes, to_device=False)
-            self.stream.synchronize()
-            for b, host in downloads:
-                b.var.value = host
-            self.runs += 1
-        if self.error is not None:
-            raise self.error
+        self.uploads: list[np.ndarray] = []   # kept alive until the stream has read them
+        with self.stream:
+            super().run()
 
-    def _run_commands(self, commands) -> None:
-        for cmd in commands:
-            if self.error is not None:
-                return
-            if isinstance(cmd, KernelCmd):
-                self._launch(self.launch_of[id(cmd.kernel)])
-            elif isinstance(cmd, FeedCmd):
-                self._feed(cmd)
-            elif isinstance(cmd, ReceiveCmd):
-                if receiver_due(cmd.every, self.iterations):
-                    self._receive(cmd)
-            elif isinstance(cmd, LoopCmd):
-                self._run_loop(cmd)
+    def upload(self, buffer: Buffer, host: np.ndarray) -> None:
+        self.uploads.append(host)
+        self._copy(self._pointer(buffer), host.ctypes.data, buffer.nbytes, to_device=True)
 
-    def _launch(self, launch: _Launch) -> None:
+    def download(self, buffer: Buffer) -> np.ndarray:
+        host = np.empty(buffer.shape, buffer.dtype)
+        self._copy(host.ctypes.data, self._pointer(buffer), buffer.nbytes, to_device=False)
+        self.stream.synchronize()
+        return host
+
+    def launch(self, launch: _Launch, values: dict[Var, int]) -> None:
         if launch.empty:
             return
         args = launch.args
         if launch.var_args:
             args = list(args)
             for position, var in launch.var_args:
-                args[position] = np.int32(self.values[var])
+                args[position] = np.int32(values[var])
             args = tuple(args)
         launch.function(launch.grid, (BLOCK_SIZE,), args)   # on the current stream: self.stream
         self.kernels_launched += 1
 
-    def _feed(self, cmd: FeedCmd) -> None:
+    def feed(self, cmd: FeedCmd, value: np.ndarray) -> None:
         b = cmd.buffer
-        value = self.feeds.take(cmd, self.iterations)
-        if not b.nbytes:
-            return
         slots = self.feed_slots.get(id(cmd))
         if slots is None:
             slots = _FeedSlots([self._pinned(b.shape, b.dtype) for _ in range(FEED_SLOTS)], [None] * FEED_SLOTS)
@@ -272,68 +249,67 @@ class CUDAExecutor:
         self._copy(self._pointer(b), slots.hosts[n].ctypes.data, b.nbytes, to_device=True)
         slots.events[n] = self.stream.record()
 
-    def _receive(self, cmd: ReceiveCmd) -> None:
-        arrays = []
-        for b in cmd.buffers:
+    def read_back(self, buffers: list[Buffer]):
+        pinned = []
+        for b in buffers:
             host = self._pinned(b.shape, b.dtype)
             if b.nbytes:
                 self._copy(host.ctypes.data, self._pointer(b), b.nbytes, to_device=False)
-            arrays.append(host)
+            pinned.append(host)
         event = self.stream.record()
-        # pinned staging is reused: the callback gets copies
-        self.pending.append(PendingReceive(
-            ready=lambda: event.done, wait=event.synchronize, arrays=arrays, fn=lambda *a: cmd.fn(*[x.copy() for x in a]),
-            name=cmd.name, iterations=tuple(self.iterations)))
+        arrays = [np.empty(b.shape, b.dtype) for b in buffers]
 
-    def _run_loop(self, loop: LoopCmd) -> None:
-        graph = None if self.capturing or loop.count < 2 else self._graph_plan(loop)
-        replay = graph is not None and graph.replayable
-        self.iterations.append(0)
-        marks: list[Any] = []
-        try:
-            for i in range(loop.count):
-                self.iterations[-1] = i
-                self.values[loop.variable] = i
-                if replay:
-                    self._replay(loop, graph)
-                else:
-                    self._run_commands(loop.body)
-                if self.error is not None:
-                    return
-                if self.capturing:   # a nested loop being recorded: nothing runs yet
-                    continue
-                # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device
-                marks.append(self.stream.record())
-                if len(marks) > MAX_ITERATIONS_AHEAD:
-                    marks.pop(0).synchronize()
-                if self.pending:
-                    self._deliver(wait=False)
-        finally:
-            self.iterations.pop()
+        def wait() -> None:   # pinned staging is reused: the callback gets copies
+            event.synchronize()
+            for array, host in zip(arrays, pinned):
+                np.copyto(array, host)
+        return arrays, lambda: event.done, wait
+
+    def mark(self) -> Any:
+        return self.stream.record()
+
+    def wait(self, marker: Any) -> None:
+        marker.synchronize()
+
+    def finish(self) -> None:
+        self.stream.synchronize()
+
+    def release_all(self) -> None:
+        self.uploads = []
+
+    def marks_enabled(self) -> bool:
+        return not self.capturing   # a nested loop being recorded: nothing runs yet
+
+    def run_iteration(self, loop: LoopCmd, body: list[Step]) -> None:
+        plan = None if self.capturing or loop.count < 2 else self._graph_plan(loop, body)
+        if plan is not None and plan.replayable:
+            self._replay(body, plan)
+        else:
+            self.run_steps(body)
 
     # --- CUDA Graphs ----------------------------------------------------------------------
-    def _graph_plan(self, loop: LoopCmd) -> _GraphPlan:
+    def _graph_plan(self, loop: LoopCmd, body: list[Step]) -> _GraphPlan:
         plan = self.graph_plans.get(id(loop))
         if plan is None:
-            plan = self.graph_plans[id(loop)] = self._plan_graph(loop)
+            plan = self.graph_plans[id(loop)] = self._plan_graph(loop, body)
         return plan
 
-    def _plan_graph(self, loop: LoopCmd) -> _GraphPlan:
+    def _plan_graph(self, loop: LoopCmd, body: list[Step]) -> _GraphPlan:
         """Walk the body once: Feeders/Receivers, the variables its kernels read, its launches."""
         inside: list[Var] = []
         used: list[Var] = []
         launches = 0
-        stack: list[tuple[list, int]] = [(loop.body, 1)]
+        stack: list[tuple[list[Step], int]] = [(body, 1)]
         while stack:
-            commands, repeat = stack.pop()
-            for cmd in commands:
-                if isinstance(cmd, (FeedCmd, ReceiveCmd)):
+            steps, repeat = stack.pop()
+            for step in steps:
+                if step[0] in ("feed", "receive"):
                     return _GraphPlan(False)
-                if isinstance(cmd, LoopCmd):
-                    inside.append(cmd.variable)
-                    stack.append((cmd.body, repeat * cmd.count))
-                elif isinstance(cmd, KernelCmd):
-                    launch = self.launch_of[id(cmd.kernel)]
+                if step[0] == "loop":
+                    inside.append(step[1].variable)
+                    stack.append((step[2], repeat * step[1].count))
+                else:
+                    launch = step[1]
                     launches += 0 if launch.empty else repeat
                     used += [var for _, var in launch.var_args if var not in used]
         if loop.variable in used or launches > MAX_GRAPH_LAUNCHES:
@@ -341,21 +317,21 @@ class CUDAExecutor:
         outside = tuple(v for v in used if v not in inside)
         return _GraphPlan(True, outside, launches)
 
-    def _replay(self, loop: LoopCmd, plan: _GraphPlan) -> None:
+    def _replay(self, body: list[Step], plan: _GraphPlan) -> None:
         key = tuple(self.values[v] for v in plan.outside)
         if plan.graph is None or plan.key != key:
-            plan.graph, plan.key = self._capture(loop.body), key
+            plan.graph, plan.key = self._capture(body), key
         plan.graph.launch(stream=self.stream)
         self.kernels_launched += plan.launches
         self.graph_launches += 1
 
-    def _capture(self, body: list) -> Any:
+    def _capture(self, body: list[Step]) -> Any:
         """The body's launches recorded (not run) as one CUDA Graph."""
         launched = self.kernels_launched
         self.stream.begin_capture()
         self.capturing = True
         try:
-            self._run_commands(body)
+            self.run_steps(body)
         except BaseException:
             self.capturing = False
             try:
@@ -367,11 +343,15 @@ class CUDAExecutor:
         self.kernels_launched = launched
         return self.stream.end_capture()
 
-    # --- Receivers ----------------------------------------------------------------------------
-    def _deliver(self, wait: bool) -> None:
-        if self.error is None:
-            # a callback that raises stops issuing work; raised once the stream has drained
-            self.error = deliver_receives(self.pending, wait)
+
+def _problem() -> str | None:
+    return None if cuda_available() else INSTALL_HINT
+
+
+register(Backend(
+    name="cuda", executor=lambda ir, plan, disable: CUDAExecutor(ir, plan, disable), takes_proc=True,
+    problem=_problem, preference=10, language="cuda", switches=("feeder_thread",),
+    description="CUDA C kernels through CuPy/NVRTC on an NVIDIA GPU"))
 
 
 def _device_name(cp, device_id: int) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..ir.ops import Op
 from ..ir.graph import Block, Node
+from .registry import Backend, register
 from .host import call_feeder, call_receiver, receiver_due
 from ..ir.reference import REFERENCE, random_uniform
 
@@ -88,3 +89,9 @@ EFFECTS: dict[Op, Callable[[NumpyGraphExecutor, Node], None]] = {
     Op.RECEIVER: NumpyGraphExecutor._receiver,
     Op.FOR: NumpyGraphExecutor._for,
 }
+
+
+register(Backend(
+    name="numpy", executor=lambda ir, plan, disable: NumpyGraphExecutor(ir), takes_proc=False,
+    problem=lambda: None, preference=80, fallback=True,
+    description="the optimized graph run with numpy: the executable specification"))

@@ -18,6 +18,7 @@ from ..ir.ops import Op
 from ..proc.index import Atom, DynAtom, Var, evaluate_index, flat_index
 from ..proc.ir import (Alu, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load, LoopCmd,
                        ProcProgram, RandomBits, ReceiveCmd, Reduce, walk_expr)
+from .registry import Backend, register
 from .host import call_feeder, call_receiver, receiver_due
 from ..ir.reference import REFERENCE, hash_uniform
 
@@ -171,3 +172,9 @@ class _Context:
         if expr.op is Op.MAX:
             return np.max(full, axis=axes)
         return np.argmax(full, axis=outer).astype(np.int32)   # ARGMAX: one variable
+
+
+register(Backend(
+    name="numpy-proc", executor=lambda ir, plan, disable: NumpyProcExecutor(ir, plan), takes_proc=True,
+    problem=lambda: None, preference=90, reference_only=True,
+    description="the fused procedural IR over one numpy arena: checks lowering, fusion and the memory plan"))

@@ -1,45 +1,37 @@
-"""The OpenCL runtime: build once, allocate one arena, replay prepared launch lists.
+"""The OpenCL backend: compile, allocate one arena, launch prepared kernels.
 
-Every distinct kernel source is built once, all in one program (kernels that
-differ only in their buffers share a source). Runs of small kernels launch as
-megakernels (see megakernel.py), whose offsets come from a table, so the equal
-layers of a model share their megakernels too. Each launch gets its own kernel
-object with its arguments set once at compile time; inside a loop only the
-kernels that use the loop index get that one argument set again. Feeders are
-called in program order on a background thread ahead of the host (host.Feeds)
-and copied without blocking; Receivers read back without blocking and are
-called back in program order as their data arrives; a callback that raises
-stops the run after the queue drains, and the persistent tensors keep the
-values computed so far.
+Code generation (`codegen.render_program`) gives every kernel's source; this module builds
+them all as one program (kernels that differ only in their buffers share a source), puts
+temporaries in one arena at their planned offsets and persistent tensors and Feeder staging
+side by side in one "state" buffer, and prepares one kernel object per launch with its
+arguments set once (inside a loop only the kernels that read the loop index get that
+argument set again). Megakernels read their offsets and float constants from two tables.
+The run loop (Feeders ahead on a thread, Receivers in order, errors after the queue
+drains, persistent tensors kept) is `base.DeviceExecutor`'s; here are its device operations.
 """
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..alloc.plan import MemoryPlan
-from ..errors import DeviceMemoryError
-from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
-from ..proc.index import Var
 from ..codegen.build import build_kernels
-from ..codegen.group_reduce import group_reduction, render_group_reduce
-from .host import Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
-from ..schedule.matmul import match_matmul
-from ..codegen.matmul import render_matmul_kernel
 from ..codegen.matmul_source import BUILD_OPTIONS
-from ..schedule.megakernel import is_small, plan_megakernels
+from ..codegen.program import FEATURES, RenderedProgram, render_program
 from ..codegen.renderer import OpenCLLanguage, RenderedKernel
-from ..codegen.megakernel import render_megakernel, render_stage
-from ..codegen.vector import renderer_for
+from ..errors import DeviceMemoryError
+from ..ir.dtypes import ITEMSIZE
+from ..proc.index import Var
+from ..proc.ir import Buffer, FeedCmd, KernelCmd, ProcProgram
+from .base import DeviceExecutor, feeds_ahead_for, prepare_steps
+from .registry import Backend, register
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
 os.environ.setdefault("POCL_CPU_TARGET", "native")
-
-MAX_ITERATIONS_AHEAD = 64   # the host waits when it gets this many loop iterations ahead of the device
 
 INSTALL_HINT = ("no OpenCL platform found. On a CPU-only machine install PoCL: "
                 "pip install pyopencl pocl-binary-distribution (or apt-get install pocl-opencl-icd); "
@@ -153,69 +145,54 @@ class _Launch:
     var_args: list[tuple[int, Var]]     # (argument index, loop variable) set at each launch
 
 
-class OpenCLExecutor:
+class OpenCLExecutor(DeviceExecutor):
     language = OpenCLLanguage()
 
-    def __init__(self, program: ProcProgram, plan: MemoryPlan, device_name: str | None = None,
-                 megakernels: bool = True, tiled_matmuls: bool = True, feeder_thread: bool = True,
-                 vectorize: bool = True, group_reductions: bool | None = None) -> None:
+    def __init__(self, program: ProcProgram, plan: MemoryPlan, disable: frozenset[str] = frozenset(),
+                 device_name: str | None = None, group_reductions: bool | None = None) -> None:
+        """`group_reductions`: a work-group per output of a long reduction; by default on GPU
+        devices only (no gain measured on PoCL, where a work-group is one core); True forces it."""
         cl = _cl()
         self.cl = cl
         self.program = program
         self.plan = plan
         self.device = choose_device(device_name)
         self.context, self.queue = _context_and_queue(self.device)
-        self.buffers = {b.id: b for b in program.buffers}
         self._check_memory()
         start = time.perf_counter()
         self._place_buffers()
-        kernels = program.kernels()
-        self.tiled_matmuls = tiled_matmuls
-        self.vectorize = vectorize
-        # one work-group per output of a long reduction: for GPUs (no gain measured on PoCL)
-        self.group_reductions = (bool(self.device.type & cl.device_type.GPU) if group_reductions is None
-                                 else group_reductions)
-        self.feeds_ahead = feeds_ahead(program.commands) if feeder_thread else 0
-        # runs of small kernels launch as one megakernel per piece; the rest one by one
-        stages = {id(k): render_stage(k, self.language, self.buffers, lambda b: self._place(b)[0],
-                                      vectorize=vectorize)
-                  for k in kernels if is_small(k)} if megakernels else {}
-        mega_groups = plan_megakernels(program, lambda k: stages[id(k)].signature) if megakernels else []
-        self.mega_of: dict[int, int] = {id(cmd): n for n, group in enumerate(mega_groups) for cmd in group}
-        grouped = {id(cmd.kernel) for group in mega_groups for cmd in group}
-        singles = [k for k in kernels if id(k) not in grouped]
-        self.rendered = [self._render_single(k, tiled_matmuls) for k in singles]
-        self.mega_rendered = [render_megakernel(f"stages_{n}_{group[0].kernel.name}",
-                                                [stages[id(c.kernel)] for c in group], self.language)
-                              for n, group in enumerate(mega_groups)]
+        features = frozenset(f for f in FEATURES if f not in disable)
+        if group_reductions is None:
+            group_reductions = bool(self.device.type & cl.device_type.GPU)
+        if not group_reductions:
+            features -= {"group_reduce"}
+        self.feeds_ahead = feeds_ahead_for(program.commands, disable)
+        self.rendered_program: RenderedProgram = render_program(program, self.language, features,
+                                                                lambda b: self._place(b)[0])
+        self.rendered = [r for _, r in self.rendered_program.singles]
+        self.mega_rendered = [r for _, r in self.rendered_program.megakernels]
         self.cl_program, names, self.source = build_program(self.context, self.language,
                                                             self.rendered + self.mega_rendered)
         self._place_tables()
-        self.function_names = names[:len(self.rendered)]
-        self.launch_of: dict[int, _Launch] = {}
-        for kernel, rendered, fn in zip(singles, self.rendered, self.function_names):
-            self.launch_of[id(kernel)] = self._prepare(rendered, fn)
+        singles = [k for k, _ in self.rendered_program.singles]
+        self.launch_of: dict[int, _Launch] = {id(k): self._prepare(r, fn) for k, r, fn in
+                                              zip(singles, self.rendered, names[:len(self.rendered)])}
         self.mega_launches = [self._prepare(r, fn, base) for r, fn, base in
                               zip(self.mega_rendered, names[len(self.rendered):], self.table_bases)]
-        self.steps = self._steps(program.commands)
+        mega_of = self.rendered_program.megakernel_of()
+
+        def launch_for(cmd: KernelCmd) -> _Launch:
+            mega = mega_of.get(id(cmd))
+            return self.launch_of[id(cmd.kernel)] if mega is None else self.mega_launches[mega]
+        self.steps = prepare_steps(program.commands, launch_for)
         self._warm_up()
         self.build_seconds = time.perf_counter() - start
-        self.runs = 0
-        self.kernels_launched = 0
+        # a non-blocking copy's event waits for the copy when it is dropped (pyopencl keeps the
+        # host array alive that way): Feeder copies are kept until a marker after them is done
+        self.feed_copies: list[Any] = []
+        self.held: list[tuple[Any, list[Any]]] = []   # (marker, the Feeder copies before it)
 
     # --- setup ------------------------------------------------------------------------
-    def _render_single(self, kernel: Kernel, tiled_matmuls: bool) -> RenderedKernel:
-        """A matrix product (with its epilogue) uses the tiled generator, a long reduction with
-        few outputs a work-group per output (GPUs), an elementwise kernel over contiguous data
-        the vector renderer; the rest the C renderer."""
-        if tiled_matmuls:
-            match = match_matmul(kernel, self.buffers)
-            if match is not None:
-                return render_matmul_kernel(kernel, match, self.language, self.buffers)
-        if self.group_reductions and group_reduction(kernel) is not None:
-            return render_group_reduce(kernel, self.language, self.buffers)
-        return renderer_for(kernel, self.language, self.buffers, self.vectorize).render()
-
     def _check_memory(self) -> None:
         needed = self.plan.arena_bytes + self.plan.persistent_bytes + self.plan.feed_bytes
         available = self.device.global_mem_size
@@ -240,8 +217,11 @@ class OpenCLExecutor:
     def _place(self, buffer_id: int) -> tuple[str, int]:
         """(device buffer name, element offset) of a buffer, fixed for this compiled program."""
         if buffer_id in self.state_offset:
-            return "state", self.state_offset[buffer_id] // 4
-        return "arena", self.plan.offsets.get(buffer_id, 0) // 4
+            return "state", self.state_offset[buffer_id] // ITEMSIZE
+        return "arena", self.plan.offsets.get(buffer_id, 0) // ITEMSIZE
+
+    def _device_buffer(self, buffer_id: int) -> Any:
+        return self.arena if self._place(buffer_id)[0] == "arena" else self.state
 
     def _place_tables(self) -> None:
         """One int buffer with every megakernel launch's offset table, and one float buffer with
@@ -261,50 +241,26 @@ class OpenCLExecutor:
     def _prepare(self, rendered: RenderedKernel, function: str, table_bases: tuple[int, int] = (0, 0)) -> _Launch:
         kernel = self.cl.Kernel(self.cl_program, function)
         var_args = []
+        fixed: dict[str, Callable[[Any], Any]] = {
+            "table": lambda p: self.table,
+            "table_base": lambda p: np.int32(table_bases[0]),
+            "constants": lambda p: self.constant_table,
+            "constants_base": lambda p: np.int32(table_bases[1]),
+            "constant": lambda p: np.float32(p.value),
+            "arena": lambda p: self.arena,
+            "state": lambda p: self.state,
+            "buffer": lambda p: self._device_buffer(p.buffer_id),
+            "offset": lambda p: np.int32(self._place(p.buffer_id)[1] + p.extra),
+            "offset64": lambda p: np.int64(self._place(p.buffer_id)[1] + p.extra),
+        }
         for position, param in enumerate(rendered.params):
-            if param.kind == "table":
-                kernel.set_arg(position, self.table)
-            elif param.kind == "table_base":
-                kernel.set_arg(position, np.int32(table_bases[0]))
-            elif param.kind == "constants":
-                kernel.set_arg(position, self.constant_table)
-            elif param.kind == "constants_base":
-                kernel.set_arg(position, np.int32(table_bases[1]))
-            elif param.kind == "constant":
-                kernel.set_arg(position, np.float32(param.value))
-            elif param.kind in ("arena", "state"):
-                kernel.set_arg(position, self.arena if param.kind == "arena" else self.state)
-            elif param.kind == "buffer":
-                where, _ = self._place(param.buffer_id)
-                kernel.set_arg(position, self.arena if where == "arena" else self.state)
-            elif param.kind == "offset":
-                kernel.set_arg(position, np.int32(self._place(param.buffer_id)[1] + param.extra))
-            elif param.kind == "offset64":
-                kernel.set_arg(position, np.int64(self._place(param.buffer_id)[1] + param.extra))
-            else:
+            if param.kind == "var":
                 kernel.set_arg(position, np.int32(0))
                 var_args.append((position, param.var))
+            else:
+                kernel.set_arg(position, fixed[param.kind](param))
         sizes = [s if isinstance(s, tuple) else (s,) for s in (rendered.global_size, rendered.local_size)]
         return _Launch(kernel, sizes[0], sizes[1], var_args)
-
-    def _steps(self, commands: list) -> list[tuple]:
-        """The command list as prepared steps: ('launch', _Launch) | ('feed', cmd) |
-        ('receive', cmd) | ('loop', cmd, steps); a megakernel's kernels become one launch."""
-        steps: list[tuple] = []
-        for cmd in commands:
-            if isinstance(cmd, KernelCmd):
-                mega = self.mega_of.get(id(cmd))
-                if mega is None:
-                    steps.append(("launch", self.launch_of[id(cmd.kernel)]))
-                elif not steps or steps[-1] != ("launch", self.mega_launches[mega]):
-                    steps.append(("launch", self.mega_launches[mega]))
-            elif isinstance(cmd, FeedCmd):
-                steps.append(("feed", cmd))
-            elif isinstance(cmd, ReceiveCmd):
-                steps.append(("receive", cmd))
-            elif isinstance(cmd, LoopCmd):
-                steps.append(("loop", cmd, self._steps(cmd.body)))
-        return steps
 
     def _warm_up(self) -> None:
         """Launch each distinct kernel once on zeroed buffers: PoCL generates a kernel's code at
@@ -312,7 +268,7 @@ class OpenCLExecutor:
         (Zeros keep gather indices in range; the run uploads the real values first.)"""
         for buffer in (self.arena, self.state):
             self.cl.enqueue_fill_buffer(self.queue, buffer, np.uint32(0), 0, buffer.size)
-        done: set[int] = set()
+        done: set[str] = set()
         for launch in list(self.launch_of.values()) + self.mega_launches:
             key = launch.kernel.function_name
             if key in done:
@@ -321,108 +277,68 @@ class OpenCLExecutor:
             self.cl.enqueue_nd_range_kernel(self.queue, launch.kernel, launch.global_size, launch.local_size)
         self.queue.finish()
 
-    # --- running ------------------------------------------------------------------------
-    def run(self) -> None:
-        cl = self.cl
-        persistent = [b for b in self.program.buffers if b.kind == "persistent"]
-        for b in persistent:
-            if b.nbytes:
-                cl.enqueue_copy(self.queue, self.state, np.ascontiguousarray(b.var.value, dtype=b.dtype),
-                                dst_offset=self.state_offset[b.id], is_blocking=False)
-        self.values: dict[Var, int] = {self.program.run_counter: self.runs}
-        self.iterations: list[int] = []
-        self.pending: list[PendingReceive] = []
-        self.error: BaseException | None = None
-        # a non-blocking copy's event waits for the copy when it is dropped (pyopencl keeps the
-        # host array alive that way): Feeder copies are kept until their iteration is done
-        self.feed_copies: list[Any] = []
-        self.feeds = Feeds(self.program.commands, self.feeds_ahead)
-        try:
-            self._run_steps(self.steps)
-            self.queue.finish()
-            self._deliver(wait=True)
-        finally:
-            self.feeds.close()
-            self.queue.finish()
-            self.feed_copies.clear()
-            for b in persistent:
-                if b.nbytes:
-                    host = np.empty(b.shape, b.dtype)
-                    cl.enqueue_copy(self.queue, host, self.state, src_offset=self.state_offset[b.id],
-                                    is_blocking=True)
-                    b.var.value = host
-            self.runs += 1
-        if self.error is not None:
-            raise self.error
+    # --- device operations (base.DeviceExecutor) ---------------------------------------
+    def upload(self, buffer: Buffer, host: np.ndarray) -> None:
+        self.cl.enqueue_copy(self.queue, self.state, host, dst_offset=self.state_offset[buffer.id],
+                             is_blocking=False)
 
-    def _run_steps(self, steps: list[tuple]) -> None:
-        cl = self.cl
-        enqueue = cl.enqueue_nd_range_kernel
-        queue = self.queue
-        for step in steps:
-            if self.error is not None:
-                return
-            kind = step[0]
-            if kind == "launch":
-                launch = step[1]
-                for position, var in launch.var_args:
-                    launch.kernel.set_arg(position, np.int32(self.values[var]))
-                enqueue(queue, launch.kernel, launch.global_size, launch.local_size)
-                self.kernels_launched += 1
-            elif kind == "feed":
-                cmd = step[1]
-                b = cmd.buffer
-                value = self.feeds.take(cmd, self.iterations)
-                if b.nbytes:
-                    self.feed_copies.append(cl.enqueue_copy(queue, self.state, np.ascontiguousarray(value),
-                                                            dst_offset=self.state_offset[b.id], is_blocking=False))
-            elif kind == "receive":
-                self._receive(step[1])
-            else:
-                self._run_loop(step[1], step[2])
+    def download(self, buffer: Buffer) -> np.ndarray:
+        host = np.empty(buffer.shape, buffer.dtype)
+        self.cl.enqueue_copy(self.queue, host, self.state, src_offset=self.state_offset[buffer.id],
+                             is_blocking=True)
+        return host
 
-    def _receive(self, cmd: ReceiveCmd) -> None:
-        if not receiver_due(cmd.every, self.iterations):
-            return
+    def launch(self, launch: _Launch, values: dict[Var, int]) -> None:
+        for position, var in launch.var_args:
+            launch.kernel.set_arg(position, np.int32(values[var]))
+        self.cl.enqueue_nd_range_kernel(self.queue, launch.kernel, launch.global_size, launch.local_size)
+        self.kernels_launched += 1
+
+    def feed(self, cmd: FeedCmd, value: np.ndarray) -> None:
+        self.feed_copies.append(self.cl.enqueue_copy(self.queue, self.state, np.ascontiguousarray(value),
+                                                     dst_offset=self.state_offset[cmd.buffer.id],
+                                                     is_blocking=False))
+
+    def read_back(self, buffers: list[Buffer]):
         arrays, events = [], []
-        for b in cmd.buffers:
+        for b in buffers:
             host = np.empty(b.shape, b.dtype)
             if b.nbytes:
-                where, offset = self._place(b.id)
-                events.append(self.cl.enqueue_copy(self.queue, host, self.arena if where == "arena" else self.state,
-                                                   src_offset=offset * 4, is_blocking=False))
+                events.append(self.cl.enqueue_copy(self.queue, host, self._device_buffer(b.id),
+                                                   src_offset=self._place(b.id)[1] * ITEMSIZE, is_blocking=False))
             arrays.append(host)
-        complete = self.cl.command_execution_status.COMPLETE
-        self.pending.append(PendingReceive(
-            ready=lambda: all(e.command_execution_status == complete for e in events),
-            wait=lambda: [e.wait() for e in events], arrays=arrays, fn=cmd.fn, name=cmd.name,
-            iterations=tuple(self.iterations)))
         self.queue.flush()
+        complete = self.cl.command_execution_status.COMPLETE
+        return (arrays, lambda: all(e.command_execution_status == complete for e in events),
+                lambda: [e.wait() for e in events])
 
-    def _run_loop(self, loop: LoopCmd, body: list[tuple]) -> None:
-        self.iterations.append(0)
-        marks: list[Any] = []
-        try:
-            for i in range(loop.count):
-                self.iterations[-1] = i
-                self.values[loop.variable] = i
-                self._run_steps(body)
-                if self.error is not None:
-                    return
-                # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device;
-                # the Feeder copies enqueued before a marker are done once it is
-                marks.append((self.cl.enqueue_marker(self.queue), self.feed_copies))
-                self.feed_copies = []
-                if len(marks) > MAX_ITERATIONS_AHEAD:
-                    marks.pop(0)[0].wait()
-                if self.pending:
-                    self._deliver(wait=False)
-        finally:
-            self.iterations.pop()
-            # copies still in flight are kept until an outer marker (or the run's end) passes
-            self.feed_copies = [c for _, copies in marks for c in copies] + self.feed_copies
+    def mark(self) -> Any:
+        marker = self.cl.enqueue_marker(self.queue)
+        self.held.append((marker, self.feed_copies))
+        self.feed_copies = []
+        return marker
 
-    def _deliver(self, wait: bool) -> None:
-        if self.error is None:
-            # a callback that raises stops issuing work; raised once the queue has drained
-            self.error = deliver_receives(self.pending, wait)
+    def wait(self, marker: Any) -> None:
+        marker.wait()
+
+    def release_marked(self, marker: Any) -> None:
+        while self.held:   # in-order queue: every copy before a finished marker is done
+            if self.held.pop(0)[0] is marker:
+                break
+
+    def release_all(self) -> None:
+        self.held.clear()
+        self.feed_copies.clear()
+
+    def finish(self) -> None:
+        self.queue.finish()
+
+
+def _problem() -> str | None:
+    return opencl_problem()
+
+
+register(Backend(
+    name="opencl", executor=lambda ir, plan, disable: OpenCLExecutor(ir, plan, disable), takes_proc=True,
+    problem=_problem, preference=20, language="opencl", features=FEATURES, switches=("feeder_thread",),
+    description="OpenCL C kernels on any OpenCL device (PoCL runs them on the CPU)"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..errors import UnsupportedOpError
 from ..ir.ops import Op
 from ..proc.index import Index, Var, flat_index, render_index, unflatten
 from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children,
@@ -27,6 +28,22 @@ LOCAL_SIZE = 64   # one fixed work-group size: PoCL rebuilds a kernel for each n
 # float constants written into the source; every other one is a kernel argument
 WRITTEN_CONSTANTS = frozenset({0.0, 1.0, -1.0, 0.5, 2.0})
 ACCUMULATOR = -1  # a Load of this buffer id renders as `acc` (a matmul epilogue's input)
+
+
+# The rendering registry of elementwise ops: a C expression of the operands {0} {1} {2}, with
+# {one} and {zero} the literals of the result's type and {t} its C type. A language's
+# `math` table (a function per op) takes precedence; every elementwise op of the op table
+# has a rendering in every language (py_test/test_registries.py).
+C_EXPRESSIONS: dict[Op, str] = {
+    Op.ADD: "{0} + {1}", Op.SUB: "{0} - {1}", Op.MUL: "{0} * {1}", Op.DIV: "{0} / {1}",
+    Op.NEG: "-{0}", Op.RECIP: "{one} / {0}", Op.DETACH: "{0}", Op.CAST: "({t})({0})",
+    Op.LT: "({0} < {1}) ? {one} : {zero}", Op.GT: "({0} > {1}) ? {one} : {zero}",
+    Op.EQ: "({0} == {1}) ? {one} : {zero}",
+    Op.WHERE: "({0} != 0) ? {1} : {2}",
+    # NaN propagates, as in numpy (fmax/fmin would drop it)
+    Op.MAXIMUM: "({0} > {1} || {0} != {0}) ? {0} : {1}",
+    Op.MINIMUM: "({0} < {1} || {0} != {0}) ? {0} : {1}",
+}
 
 
 class CStyleLanguage:
@@ -55,6 +72,10 @@ class CStyleLanguage:
     return (float)(ad_mix32(({self.uint})element ^ key) >> 8) * 5.9604644775390625e-08f;
 }}
 """
+
+    def renders(self, op: Op) -> bool:
+        """Whether an elementwise op has a rendering in this language."""
+        return op in self.math or op in C_EXPRESSIONS
 
     def buffer_param(self, ctype: str, name: str, written: bool) -> str:
         const = "" if written else "const "
@@ -143,8 +164,7 @@ class CUDALanguage(CStyleLanguage):
     local_qualifier = "__shared__"
     infinity = "__int_as_float(0x7f800000)"
     nan = "__int_as_float(0x7fffffff)"
-    math = {Op.EXP: "expf", Op.LOG: "logf", Op.SQRT: "sqrtf", Op.SIN: "sinf", Op.COS: "cosf",
-            Op.TANH: "tanhf", Op.ERF: "erff", Op.POW: "powf"}
+    math = {op: name + "f" for op, name in CStyleLanguage.math.items()}   # the float overloads
     uint = "unsigned int"
     helper_prefix = "static __device__ __forceinline__"
 
@@ -337,7 +357,7 @@ class KernelRenderer:
             self.memo[expr] = (name, target)
             return name
         else:
-            raise AssertionError(f"cannot render {type(expr).__name__}")
+            raise UnsupportedOpError(type(expr).__name__, self.lang.name, "no C rendering for this expression")
         name = self.emit(target, self.value_type(expr), text)
         self.memo[expr] = (name, target)
         return name
@@ -349,17 +369,10 @@ class KernelRenderer:
         one, zero = self.literal(1, e.dtype), self.literal(0, e.dtype)
         if op in self.lang.math:
             return f"{self.lang.math[op]}({', '.join(args)})"
-        simple = {Op.ADD: "{0} + {1}", Op.SUB: "{0} - {1}", Op.MUL: "{0} * {1}", Op.DIV: "{0} / {1}",
-                  Op.NEG: "-{0}", Op.RECIP: f"{one} / {{0}}", Op.DETACH: "{0}", Op.CAST: f"({t})({{0}})",
-                  Op.LT: f"({{0}} < {{1}}) ? {one} : {zero}", Op.GT: f"({{0}} > {{1}}) ? {one} : {zero}",
-                  Op.EQ: f"({{0}} == {{1}}) ? {one} : {zero}",
-                  Op.WHERE: "({0} != 0) ? {1} : {2}",
-                  # NaN propagates, as in numpy (fmax/fmin would drop it)
-                  Op.MAXIMUM: "({0} > {1} || {0} != {0}) ? {0} : {1}",
-                  Op.MINIMUM: "({0} < {1} || {0} != {0}) ? {0} : {1}"}
-        if op in simple:
-            return simple[op].format(*args)
-        raise AssertionError(f"no C rendering for {op.value}")
+        template = C_EXPRESSIONS.get(op)
+        if template is None:
+            raise UnsupportedOpError(op, self.lang.name, "no C rendering for it (codegen/renderer.py C_EXPRESSIONS)")
+        return template.format(*args, one=one, zero=zero, t=t)
 
     def vector_selection(self, e: Alu, args: list[str]) -> str:
         """A comparison or selection over vectors is `select`, every operand widened so that

@@ -79,13 +79,13 @@ class Program:
     def __exit__(self, *exc: object) -> None:
         _program_stack.pop()
 
-    def execute(self, device: str | None = None, **options):  # -> Report
-        from ..compiler import execute_program
-        return execute_program(self, device, **options)
+    def execute(self, device: str | None = None, **options):  # -> compiler.Report
+        """Compile and run this program once (see `autodiff.execute`)."""
+        return entry.compiler().compile_program(self, device, **options).run()
 
-    def compile(self, device: str | None = None, **options):
-        from ..compiler import compile_program
-        return compile_program(self, device, **options)
+    def compile(self, device: str | None = None, **options):  # -> compiler.CompiledProgram
+        """Compile this program without running it (see `autodiff.compile`)."""
+        return entry.compiler().compile_program(self, device, **options)
 
 
 _program_stack: list[Program] = [Program()]

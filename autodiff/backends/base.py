@@ -1,0 +1,187 @@
+"""The run loop every device executor shares (OpenCL, CUDA): one place for its semantics.
+
+A backend prepares, at compile time, one launch per kernel (or per megakernel) and turns
+the program's commands into steps (`prepare_steps`); it then supplies only the device
+operations: copy persistent tensors in and out, launch, copy a Feeder's value in, start
+an asynchronous copy out for a Receiver, put a marker in the queue and wait for one, and
+wait for the queue to drain. The loop here owns everything else:
+
+- persistent tensors are uploaded before and downloaded after every run, also when the
+  run fails, so the work done so far is kept;
+- Feeders are called in program order (`host.Feeds`, on a background thread ahead of the
+  host unless the "feeder_thread" switch is off);
+- the host runs at most MAX_ITERATIONS_AHEAD loop iterations ahead of the device;
+- Receivers are called back in program order as their data arrives; a callback that
+  raises stops issuing work, and the error is raised once the device has drained.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..proc.index import Var
+from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
+from .host import Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
+
+MAX_ITERATIONS_AHEAD = 64   # the host waits when it gets this many loop iterations ahead of the device
+
+Step = tuple   # ("launch", launch) | ("feed", FeedCmd) | ("receive", ReceiveCmd) | ("loop", LoopCmd, steps)
+
+
+def prepare_steps(commands: list, launch_for: Callable[[KernelCmd], Any]) -> list[Step]:
+    """The command list as steps; `launch_for(cmd)` is the prepared launch of a kernel command.
+    Consecutive commands with the same launch (the kernels of one megakernel) are one step."""
+    steps: list[Step] = []
+    for cmd in commands:
+        if isinstance(cmd, KernelCmd):
+            launch = launch_for(cmd)
+            if not steps or steps[-1][0] != "launch" or steps[-1][1] is not launch:
+                steps.append(("launch", launch))
+        elif isinstance(cmd, FeedCmd):
+            steps.append(("feed", cmd))
+        elif isinstance(cmd, ReceiveCmd):
+            steps.append(("receive", cmd))
+        elif isinstance(cmd, LoopCmd):
+            steps.append(("loop", cmd, prepare_steps(cmd.body, launch_for)))
+    return steps
+
+
+class DeviceExecutor:
+    """Base of the executors that run a procedural program on a device queue.
+
+    Subclasses set `program`, `steps` and `feeds_ahead` and implement the device operations
+    below; `run()` executes the whole program once.
+    """
+    program: ProcProgram
+    steps: list[Step]
+    feeds_ahead: int
+    runs: int = 0
+    kernels_launched: int = 0
+
+    # --- device operations a backend supplies ----------------------------------------
+    def upload(self, buffer: Buffer, host: np.ndarray) -> None:
+        """Start copying a persistent tensor's value to the device (without blocking)."""
+        raise NotImplementedError
+
+    def download(self, buffer: Buffer) -> np.ndarray:
+        """A persistent tensor's value, once the queue has drained (blocking)."""
+        raise NotImplementedError
+
+    def launch(self, launch: Any, values: dict[Var, int]) -> None:
+        """Enqueue one prepared launch; `values` holds the loop variables it may read."""
+        raise NotImplementedError
+
+    def feed(self, cmd: FeedCmd, value: np.ndarray) -> None:
+        """Start copying a Feeder's value into its staging buffer (without blocking)."""
+        raise NotImplementedError
+
+    def read_back(self, buffers: list[Buffer]) -> tuple[list[np.ndarray], Callable[[], bool], Callable[[], None]]:
+        """Start copying buffers to host arrays: (arrays, ready(), wait())."""
+        raise NotImplementedError
+
+    def mark(self) -> Any:
+        """A marker in the queue: everything enqueued before it is done once it is."""
+        raise NotImplementedError
+
+    def wait(self, marker: Any) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Wait until the queue has drained."""
+        raise NotImplementedError
+
+    def release_marked(self, marker: Any) -> None:
+        """Host memory kept alive for copies enqueued before `marker` may go now."""
+
+    def release_all(self) -> None:
+        """The queue has drained: every host array kept for a copy may go."""
+
+    def run_iteration(self, loop: LoopCmd, body: list[Step]) -> None:
+        """One iteration of a loop body (CUDA replays it as a graph where it can)."""
+        self.run_steps(body)
+
+    def marks_enabled(self) -> bool:
+        """False while a backend only records launches (CUDA graph capture)."""
+        return True
+
+    # --- the run loop ----------------------------------------------------------------
+    def run(self) -> None:
+        persistent = [b for b in self.program.buffers if b.kind == "persistent" and b.nbytes]
+        for b in persistent:
+            self.upload(b, np.ascontiguousarray(b.var.value, dtype=b.dtype))
+        self.values: dict[Var, int] = {self.program.run_counter: self.runs}
+        self.iterations: list[int] = []
+        self.pending: list[PendingReceive] = []
+        self.error: BaseException | None = None
+        self.feeds = Feeds(self.program.commands, self.feeds_ahead)
+        try:
+            self.run_steps(self.steps)
+            self.finish()
+            self.deliver(wait=True)
+        finally:
+            self.feeds.close()
+            self.finish()
+            self.release_all()
+            for b in persistent:
+                b.var.value = self.download(b)
+            self.runs += 1
+        if self.error is not None:
+            raise self.error
+
+    def run_steps(self, steps: list[Step]) -> None:
+        for step in steps:
+            if self.error is not None:
+                return
+            kind = step[0]
+            if kind == "launch":
+                self.launch(step[1], self.values)
+            elif kind == "feed":
+                cmd = step[1]
+                value = self.feeds.take(cmd, self.iterations)
+                if cmd.buffer.nbytes:
+                    self.feed(cmd, value)
+            elif kind == "receive":
+                self.receive(step[1])
+            else:
+                self.run_loop(step[1], step[2])
+
+    def receive(self, cmd: ReceiveCmd) -> None:
+        if not receiver_due(cmd.every, self.iterations):
+            return
+        arrays, ready, wait = self.read_back(cmd.buffers)
+        self.pending.append(PendingReceive(ready=ready, wait=wait, arrays=arrays, fn=cmd.fn, name=cmd.name,
+                                           iterations=tuple(self.iterations)))
+
+    def run_loop(self, loop: LoopCmd, body: list[Step]) -> None:
+        self.iterations.append(0)
+        marks: list[Any] = []
+        try:
+            for i in range(loop.count):
+                self.iterations[-1] = i
+                self.values[loop.variable] = i
+                self.run_iteration(loop, body)
+                if self.error is not None:
+                    return
+                if not self.marks_enabled():
+                    continue
+                # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device
+                marks.append(self.mark())
+                if len(marks) > MAX_ITERATIONS_AHEAD:
+                    marker = marks.pop(0)
+                    self.wait(marker)
+                    self.release_marked(marker)
+                if self.pending:
+                    self.deliver(wait=False)
+        finally:
+            self.iterations.pop()
+
+    def deliver(self, wait: bool) -> None:
+        if self.error is None:
+            # a callback that raises stops issuing work; raised once the queue has drained
+            self.error = deliver_receives(self.pending, wait)
+
+
+def feeds_ahead_for(commands: list, disable: frozenset[str]) -> int:
+    """Values the feeder thread may hold ahead (0: no thread, with "feeder_thread" off)."""
+    return 0 if "feeder_thread" in disable else feeds_ahead(commands)

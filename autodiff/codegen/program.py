@@ -1,0 +1,71 @@
+"""`render_program`: every kernel of a scheduled procedural program as source, for one language.
+
+The one entry every code-generating backend uses. For each kernel it picks the renderer
+(a matched matrix product: the tiled matmul generator; a long reduction with few outputs
+on a GPU: a work-group per output; contiguous elementwise work: float vectors; the rest:
+the C renderer), and with the "megakernel" feature it renders runs of small kernels as
+the stages of megakernels (which runs, and where they are cut, is the scheduler's
+`plan_megakernels`; stages that render to equal text are equal stages).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..proc.ir import Kernel, KernelCmd, ProcProgram
+from ..schedule.matmul import match_matmul
+from ..schedule.megakernel import is_small, plan_megakernels
+from .group_reduce import group_reduction, render_group_reduce
+from .matmul import render_matmul_kernel
+from .megakernel import render_megakernel, render_stage
+from .renderer import CStyleLanguage, RenderedKernel
+from .vector import renderer_for
+
+# what render_program can be asked to use; a backend declares the ones its runtime supports
+FEATURES = ("megakernel", "tiled_matmul", "vectorize", "group_reduce")
+
+
+@dataclass
+class RenderedProgram:
+    singles: list[tuple[Kernel, RenderedKernel]]          # kernels launched one by one
+    megakernels: list[tuple[list[KernelCmd], RenderedKernel]]   # runs of small kernels, one launch each
+
+    @property
+    def rendered(self) -> list[RenderedKernel]:
+        return [r for _, r in self.singles] + [r for _, r in self.megakernels]
+
+    def megakernel_of(self) -> dict[int, int]:
+        """id(kernel command) -> index of the megakernel that runs it."""
+        return {id(cmd): n for n, (group, _) in enumerate(self.megakernels) for cmd in group}
+
+
+def render_single(kernel: Kernel, language: CStyleLanguage, buffers: dict, features: frozenset[str]) -> RenderedKernel:
+    """One kernel launched alone, with the most specific renderer that applies."""
+    if "tiled_matmul" in features:
+        match = match_matmul(kernel, buffers)
+        if match is not None:
+            return render_matmul_kernel(kernel, match, language, buffers)
+    if "group_reduce" in features and group_reduction(kernel) is not None:
+        return render_group_reduce(kernel, language, buffers)
+    return renderer_for(kernel, language, buffers, "vectorize" in features).render()
+
+
+def render_program(program: ProcProgram, language: CStyleLanguage, features: frozenset[str],
+                   where: Callable[[int], str] = lambda buffer_id: "arena") -> RenderedProgram:
+    """`where(buffer id)` names the device buffer a megakernel stage reads a buffer from."""
+    unknown = set(features) - set(FEATURES)
+    assert not unknown, f"unknown codegen features {sorted(unknown)}"
+    buffers = {b.id: b for b in program.buffers}
+    kernels = program.kernels()
+    groups: list[list[KernelCmd]] = []
+    stages = {}
+    if "megakernel" in features:
+        stages = {id(k): render_stage(k, language, buffers, where, vectorize="vectorize" in features)
+                  for k in kernels if is_small(k)}
+        groups = plan_megakernels(program, lambda k: stages[id(k)].signature)
+    grouped = {id(cmd.kernel) for group in groups for cmd in group}
+    singles = [(k, render_single(k, language, buffers, features)) for k in kernels if id(k) not in grouped]
+    megakernels = [(group, render_megakernel(f"stages_{n}_{group[0].kernel.name}",
+                                             [stages[id(c.kernel)] for c in group], language))
+                   for n, group in enumerate(groups)]
+    return RenderedProgram(singles, megakernels)
