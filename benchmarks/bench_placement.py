@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from autodiff.alloc import Buffer, place_buffers, validate_placement
+from autodiff.alloc import Lifetime, place_buffers, validate_placement
 from autodiff.alloc.greedy import GREEDY_ORDERINGS, lowest_fit_offsets
 from autodiff.alloc.sections import build_sectioned_problem
 
@@ -25,16 +25,16 @@ KNOWN_HEIGHT = 1_048_576
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "minimalloc"
 
 
-def load_instance(path: Path) -> list[Buffer]:
+def load_instance(path: Path) -> list[Lifetime]:
     """Read an ``id,lower,upper,size`` CSV into buffers."""
     with path.open(newline="") as f:
         return [
-            Buffer(int(row["id"]), int(row["lower"]), int(row["upper"]), int(row["size"]))
+            Lifetime(int(row["id"]), int(row["lower"]), int(row["upper"]), int(row["size"]))
             for row in csv.DictReader(f)
         ]
 
 
-def greedy_by_size_height(buffers: list[Buffer]) -> int:
+def greedy_by_size_height(buffers: list[Lifetime]) -> int:
     """Height of plain greedy: decreasing size, each at the lowest offset that fits."""
     problem = build_sectioned_problem(
         [b.start for b in buffers], [b.end for b in buffers], [b.size for b in buffers], 1

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autodiff.alloc import Buffer, PlacementError, liveness_lower_bound, place_buffers, validate_placement
+from autodiff.alloc import Lifetime, PlacementError, liveness_lower_bound, place_buffers, validate_placement
 from autodiff.alloc.greedy import GREEDY_ORDERINGS, lowest_fit_offsets
 from autodiff.alloc.sections import build_sectioned_problem
 
@@ -18,15 +18,15 @@ INSTANCES = "ABCDEFGHIJK"
 KNOWN_HEIGHT = 1_048_576
 
 
-def load_instance(name: str) -> list[Buffer]:
+def load_instance(name: str) -> list[Lifetime]:
     with (MINIMALLOC / f"{name}.csv").open(newline="") as f:
         return [
-            Buffer(int(r["id"]), int(r["lower"]), int(r["upper"]), int(r["size"]))
+            Lifetime(int(r["id"]), int(r["lower"]), int(r["upper"]), int(r["size"]))
             for r in csv.DictReader(f)
         ]
 
 
-def greedy_by_size_height(buffers: list[Buffer], alignment: int) -> int:
+def greedy_by_size_height(buffers: list[Lifetime], alignment: int) -> int:
     problem = build_sectioned_problem(
         [b.start for b in buffers], [b.end for b in buffers], [b.size for b in buffers], alignment
     )
@@ -35,20 +35,20 @@ def greedy_by_size_height(buffers: list[Buffer], alignment: int) -> int:
 
 
 @st.composite
-def buffer_lists(draw: st.DrawFn) -> list[Buffer]:
+def buffer_lists(draw: st.DrawFn) -> list[Lifetime]:
     count = draw(st.integers(0, 40))
     buffers = []
     for i in range(count):
         start = draw(st.integers(0, 30))
         length = draw(st.integers(0, 12))  # 0: never live
         size = draw(st.one_of(st.just(0), st.integers(1, 300), st.integers(1, 5000)))
-        buffers.append(Buffer(i if i % 3 else f"t{i}", start, start + length, size))
+        buffers.append(Lifetime(i if i % 3 else f"t{i}", start, start + length, size))
     return buffers
 
 
 @settings(max_examples=150, deadline=None)
 @given(buffer_lists(), st.sampled_from([1, 8, 64]), st.integers(0, 3))
-def test_random_buffers_get_a_valid_plan(buffers: list[Buffer], alignment: int, seed: int) -> None:
+def test_random_buffers_get_a_valid_plan(buffers: list[Lifetime], alignment: int, seed: int) -> None:
     plan = place_buffers(buffers, alignment=alignment, time_budget_s=5.0, seed=seed, node_budget=300)
     assert set(plan.offsets) == {b.id for b in buffers}
     validate_placement(buffers, plan.offsets, alignment=alignment)
@@ -61,7 +61,7 @@ def test_random_buffers_get_a_valid_plan(buffers: list[Buffer], alignment: int, 
 
 @settings(max_examples=40, deadline=None)
 @given(buffer_lists())
-def test_same_seed_and_budget_give_the_same_plan(buffers: list[Buffer]) -> None:
+def test_same_seed_and_budget_give_the_same_plan(buffers: list[Lifetime]) -> None:
     first = place_buffers(buffers, alignment=1, time_budget_s=30.0, seed=1, node_budget=400)
     second = place_buffers(buffers, alignment=1, time_budget_s=30.0, seed=1, node_budget=400)
     assert first.offsets == second.offsets
@@ -69,14 +69,14 @@ def test_same_seed_and_budget_give_the_same_plan(buffers: list[Buffer]) -> None:
 
 
 def test_validator_names_the_two_overlapping_buffers() -> None:
-    buffers = [Buffer("a", 0, 4, 100), Buffer("b", 2, 6, 100), Buffer("c", 4, 8, 100)]
+    buffers = [Lifetime("a", 0, 4, 100), Lifetime("b", 2, 6, 100), Lifetime("c", 4, 8, 100)]
     validate_placement(buffers, {"a": 0, "b": 128, "c": 0})  # a and c never meet
     with pytest.raises(PlacementError, match="'a' and 'b' overlap"):
         validate_placement(buffers, {"a": 0, "b": 64, "c": 256})
 
 
 def test_validator_rejects_missing_and_misaligned_offsets() -> None:
-    buffers = [Buffer("a", 0, 4, 100), Buffer("b", 2, 6, 100)]
+    buffers = [Lifetime("a", 0, 4, 100), Lifetime("b", 2, 6, 100)]
     with pytest.raises(PlacementError, match="'b' has no offset"):
         validate_placement(buffers, {"a": 0})
     with pytest.raises(PlacementError, match="not a multiple of 64"):
@@ -84,7 +84,7 @@ def test_validator_rejects_missing_and_misaligned_offsets() -> None:
 
 
 def test_buffers_that_touch_in_time_may_share_bytes() -> None:
-    buffers = [Buffer("a", 0, 4, 64), Buffer("b", 4, 8, 64)]  # [0, 4) and [4, 8)
+    buffers = [Lifetime("a", 0, 4, 64), Lifetime("b", 4, 8, 64)]  # [0, 4) and [4, 8)
     assert liveness_lower_bound(buffers) == 64
     validate_placement(buffers, {"a": 0, "b": 0})
     assert place_buffers(buffers).offsets == {"a": 0, "b": 0}
@@ -95,11 +95,11 @@ def test_greedy_on_a_hand_example() -> None:
     # P at 0; Q and R on P (4); S over Q and R (7); T into the gap [4, 7)
     # below S, since it meets neither Q (ends at 4) nor R (starts at 6).
     buffers = [
-        Buffer("P", 0, 10, 4),
-        Buffer("Q", 0, 4, 3),
-        Buffer("R", 6, 10, 3),
-        Buffer("S", 2, 8, 2),
-        Buffer("T", 4, 6, 1),
+        Lifetime("P", 0, 10, 4),
+        Lifetime("Q", 0, 4, 3),
+        Lifetime("R", 6, 10, 3),
+        Lifetime("S", 2, 8, 2),
+        Lifetime("T", 4, 6, 1),
     ]
     plan = place_buffers(buffers, alignment=1)
     assert plan.offsets == {"P": 0, "Q": 4, "R": 4, "S": 7, "T": 4}
@@ -110,7 +110,7 @@ def test_greedy_on_a_hand_example() -> None:
 def test_empty_zero_size_and_never_live_buffers() -> None:
     empty = place_buffers([])
     assert (empty.offsets, empty.height, empty.lower_bound) == ({}, 0, 0)
-    buffers = [Buffer("z", 0, 5, 0), Buffer("never", 3, 3, 500), Buffer("x", 0, 5, 10)]
+    buffers = [Lifetime("z", 0, 5, 0), Lifetime("never", 3, 3, 500), Lifetime("x", 0, 5, 10)]
     plan = place_buffers(buffers)
     assert plan.offsets == {"z": 0, "never": 0, "x": 0}
     assert (plan.height, plan.lower_bound) == (10, 10)
@@ -118,21 +118,21 @@ def test_empty_zero_size_and_never_live_buffers() -> None:
 
 def test_bad_inputs_are_rejected() -> None:
     with pytest.raises(PlacementError, match="duplicate"):
-        place_buffers([Buffer(1, 0, 2, 8), Buffer(1, 1, 3, 8)])
+        place_buffers([Lifetime(1, 0, 2, 8), Lifetime(1, 1, 3, 8)])
     with pytest.raises(PlacementError, match="ends"):
-        place_buffers([Buffer(1, 5, 2, 8)])
+        place_buffers([Lifetime(1, 5, 2, 8)])
     with pytest.raises(PlacementError, match="negative"):
-        place_buffers([Buffer(1, 0, 2, -8)])
+        place_buffers([Lifetime(1, 0, 2, -8)])
 
 
 def test_search_beats_greedy_on_a_small_puzzle() -> None:
     # Greedy by size puts c (the longer 4) at 0 and a on it, which leaves b no
     # room below 8; the plan at the bound puts a at 0 with d, then b, on it.
     buffers = [
-        Buffer("a", 5, 7, 4),
-        Buffer("b", 5, 6, 2),
-        Buffer("c", 6, 10, 4),
-        Buffer("d", 4, 6, 3),
+        Lifetime("a", 5, 7, 4),
+        Lifetime("b", 5, 6, 2),
+        Lifetime("c", 6, 10, 4),
+        Lifetime("d", 4, 6, 3),
     ]
     assert greedy_by_size_height(buffers, 1) == 10
     plan = place_buffers(buffers, alignment=1)
@@ -145,10 +145,10 @@ def test_training_step_shape_reaches_the_bound_with_greedy() -> None:
     # Forward activations live until their backward use (a nested pattern),
     # gradients briefly, parameters the whole step: greedy is optimal here.
     layers = 100
-    buffers = [Buffer(f"param{i}", 0, 4 * layers, 4096) for i in range(layers)]
+    buffers = [Lifetime(f"param{i}", 0, 4 * layers, 4096) for i in range(layers)]
     for i in range(layers):
-        buffers.append(Buffer(f"act{i}", i, 4 * layers - i, 1024 * (1 + i % 7)))
-        buffers.append(Buffer(f"grad{i}", 4 * layers - i - 1, 4 * layers - i + 1, 4096))
+        buffers.append(Lifetime(f"act{i}", i, 4 * layers - i, 1024 * (1 + i % 7)))
+        buffers.append(Lifetime(f"grad{i}", 4 * layers - i - 1, 4 * layers - i + 1, 4096))
     plan = place_buffers(buffers)     # its speed is measured in benchmarks/bench_placement.py
     validate_placement(buffers, plan.offsets)
     assert plan.height == plan.lower_bound

@@ -1,9 +1,9 @@
 """Static memory placement: offsets for buffers with known lifetimes."""
-from .placement import (Buffer, Placement, PlacementError, liveness_lower_bound, place_buffers,
+from .placement import (Lifetime, Placement, PlacementError, liveness_lower_bound, place_buffers,
                         validate_placement)
 
 __all__ = [
-    "Buffer",
+    "Lifetime",
     "Placement",
     "PlacementError",
     "liveness_lower_bound",

@@ -39,8 +39,9 @@ BufferId = int | str
 
 
 @dataclass(frozen=True)
-class Buffer:
-    """``size`` bytes live during the half-open time interval ``[start, end)``."""
+class Lifetime:
+    """A buffer to place: ``size`` bytes live during the half-open time interval ``[start, end)``
+    (named apart from the procedural IR's `Buffer`, which this stands for in the planner)."""
 
     id: BufferId
     start: int  # first time step it is live
@@ -65,7 +66,7 @@ class PlacementError(Exception):
     """An invalid input, or a plan that breaks the rules."""
 
 
-def liveness_lower_bound(buffers: Sequence[Buffer]) -> int:
+def liveness_lower_bound(buffers: Sequence[Lifetime]) -> int:
     """The most bytes live at any one time; no plan can be lower."""
     events: list[tuple[int, int]] = []
     for b in buffers:
@@ -82,7 +83,7 @@ def liveness_lower_bound(buffers: Sequence[Buffer]) -> int:
 
 
 def place_buffers(
-    buffers: Sequence[Buffer],
+    buffers: Sequence[Lifetime],
     alignment: int = 64,
     time_budget_s: float = 2.0,
     seed: int = 0,
@@ -135,7 +136,7 @@ def place_buffers(
     return Placement(offsets, height, lower_bound, strategy, time.perf_counter() - began, progress)
 
 
-def _height_in_bytes(live: Sequence[Buffer], unit_offsets: Sequence[int], unit: int) -> int:
+def _height_in_bytes(live: Sequence[Lifetime], unit_offsets: Sequence[int], unit: int) -> int:
     """The real height: unpadded sizes on top of offsets in units."""
     return max(off * unit + b.size for b, off in zip(live, unit_offsets))
 
@@ -153,7 +154,7 @@ def _best_greedy(problem: SectionedProblem, target: int) -> tuple[list[int], str
     return best, f"greedy:{best_name}"
 
 
-def _check_input(buffers: Sequence[Buffer], alignment: int, time_budget_s: float) -> None:
+def _check_input(buffers: Sequence[Lifetime], alignment: int, time_budget_s: float) -> None:
     if alignment < 1:
         raise PlacementError(f"alignment must be positive, got {alignment}")
     if time_budget_s < 0:
@@ -170,7 +171,7 @@ def _check_input(buffers: Sequence[Buffer], alignment: int, time_budget_s: float
 
 
 def validate_placement(
-    buffers: Sequence[Buffer], offsets: Mapping[BufferId, int], alignment: int = 64
+    buffers: Sequence[Lifetime], offsets: Mapping[BufferId, int], alignment: int = 64
 ) -> None:
     """Raise ``PlacementError`` unless ``offsets`` is a valid plan for ``buffers``.
 
@@ -188,7 +189,7 @@ def validate_placement(
     live = sorted(
         (b for b in buffers if b.size > 0 and b.end > b.start), key=lambda b: (b.start, b.end)
     )
-    active: list[Buffer] = []
+    active: list[Lifetime] = []
     for b in live:
         active = [a for a in active if a.end > b.start]
         low, high = offsets[b.id], offsets[b.id] + b.size
@@ -202,7 +203,7 @@ def validate_placement(
 
 
 __all__ = [
-    "Buffer",
+    "Lifetime",
     "Placement",
     "PlacementError",
     "liveness_lower_bound",

@@ -168,7 +168,7 @@ def plan_memory(program: ProcProgram, reuse: bool = True, time_budget_s: float =
     groups: dict[int, list[int]] = {}
     for b in temps:
         groups.setdefault(root(b.id), []).append(b.id)
-    rectangles = [placement.Buffer(g, min(lives[i].start for i in members), max(lives[i].end for i in members) + 1,
+    rectangles = [placement.Lifetime(g, min(lives[i].start for i in members), max(lives[i].end for i in members) + 1,
                                    max(_aligned(lives[i].buffer.nbytes) for i in members))
                   for g, members in groups.items()]
     placed = placement.place_buffers(rectangles, alignment=ALIGNMENT, time_budget_s=time_budget_s)

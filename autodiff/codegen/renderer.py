@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from ..errors import UnsupportedOpError
 from ..ir.ops import Op
@@ -169,17 +170,31 @@ class CUDALanguage(CStyleLanguage):
     helper_prefix = "static __device__ __forceinline__"
 
 
+class ParamKind(StrEnum):
+    BUFFER = "buffer"                   # a buffer's device pointer
+    OFFSET = "offset"                   # its element offset (int)
+    OFFSET64 = "offset64"               # its element offset (long: the tiled matmul)
+    VAR = "var"                         # a loop variable's value, set at each launch
+    ARENA = "arena"                     # the arena itself (megakernels)
+    STATE = "state"                     # the persistent/feed buffer itself (megakernels)
+    TABLE = "table"                     # a megakernel's offset table
+    TABLE_BASE = "table_base"           # its first entry for this launch
+    CONSTANT = "constant"               # a float constant
+    CONSTANTS = "constants"             # a megakernel's float table
+    CONSTANTS_BASE = "constants_base"   # its first entry for this launch
+
+
 @dataclass
 class Param:
-    """One kernel argument: a buffer's pointer, its element offset, or an int variable."""
-    kind: str           # "buffer" | "offset" (int) | "offset64" (long) | "var" | "arena" | "state"
-    #                     | "table" (a megakernel's offset table) | "table_base" (its first entry)
-    #                     | "constant" (a float) | "constants" (a megakernel's float table)
-    #                     | "constants_base" (its first entry)
+    """One kernel argument (a string of `ParamKind` is accepted as its kind)."""
+    kind: ParamKind
     buffer_id: int = -1
     var: Var | None = None
     extra: int = 0      # elements added to an offset (a matmul operand's constant index term)
     value: float = 0.0  # a "constant" argument's value
+
+    def __post_init__(self) -> None:
+        self.kind = ParamKind(self.kind)   # a misspelt kind fails when rendered, not when launched
 
 
 @dataclass

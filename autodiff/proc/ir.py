@@ -13,23 +13,34 @@ variable kernels may use), feeds (host -> device) and receives (device -> host).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Callable, Iterator, Union
 
+from ..ir.dtypes import itemsize
 from ..ir.ops import Op
 from .index import DynAtom, Index, Var
 
 
 # --- buffers -------------------------------------------------------------------------
 
+class BufferKind(StrEnum):
+    TEMP = "temp"                # a temporary, at its planned offset in the arena
+    PERSISTENT = "persistent"    # a Variable's value, outside the arena
+    FEED = "feed"                # a Feeder's staging buffer, outside the arena
+
+
 @dataclass(eq=False)
 class Buffer:
-    """Device storage. `kind`: temp (in the arena), persistent (a Variable's), feed (staging)."""
+    """Device storage; `kind` says where it lives (a string of `BufferKind` is accepted)."""
     id: int
     name: str
     shape: tuple[int, ...]
     dtype: str
-    kind: str
+    kind: BufferKind
     var: object = None          # the graph Variable of a persistent buffer
+
+    def __post_init__(self) -> None:
+        self.kind = BufferKind(self.kind)   # a misspelt kind fails here, not in a runtime
 
     @property
     def size(self) -> int:
@@ -40,7 +51,7 @@ class Buffer:
 
     @property
     def nbytes(self) -> int:
-        return self.size * 4
+        return self.size * itemsize(self.dtype)
 
     def __repr__(self) -> str:
         return f"{self.name}"
@@ -239,15 +250,29 @@ def _sub_dyn(index: Index, done: dict[int, Expr]) -> Index:
 
 # --- kernels and commands ------------------------------------------------------------------
 
+class KernelKind(StrEnum):
+    """What a kernel computes, as lowering made it (fusion keeps the consumer's kind)."""
+    ELEMENTWISE = "elementwise"
+    REDUCE = "reduce"
+    MATMUL = "matmul"
+    GATHER = "gather"
+    COPY = "copy"
+    ASSIGN = "assign"
+    SNAPSHOT = "snapshot"
+
+
 @dataclass(eq=False)
 class Kernel:
     name: str
     out: Buffer
     variables: tuple[Var, ...]          # one per output axis
     value: Expr
-    kind: str                            # elementwise | reduce | matmul | gather | copy | assign | snapshot
+    kind: KernelKind                     # a string of `KernelKind` is accepted
     sources: list[int] = field(default_factory=list)   # graph node ids it computes
     ops: list[str] = field(default_factory=list)       # their op names, in program order
+
+    def __post_init__(self) -> None:
+        self.kind = KernelKind(self.kind)
 
     @property
     def shape(self) -> tuple[int, ...]:
