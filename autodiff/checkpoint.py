@@ -277,3 +277,19 @@ def restore(path: str | os.PathLike, obj: Any = None, /, **objects: Any) -> dict
         raise type(err)(f"checkpoint.restore({os.fspath(path)}): {message}") from err
     return flat
 
+
+def to_torch(state: Any) -> dict[str, Any]:
+    """A state dict (or an object with `state_dict()`, such as a Module) as torch tensors, by key.
+
+    torch's `load_state_dict` rejects numpy arrays: `torch_model.load_state_dict(to_torch(model))`.
+    The values are copied. The other way needs no conversion: `Module.load_state_dict` takes
+    torch tensors.
+    """
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError("checkpoint.to_torch needs torch (pip install torch)") from err
+    if hasattr(state, "state_dict"):
+        state = state.state_dict()
+    # np.array copies: torch.from_numpy shares memory and warns on read-only arrays
+    return {key: torch.from_numpy(np.array(value)) for key, value in state.items()}
