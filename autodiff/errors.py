@@ -37,5 +37,10 @@ class KernelBuildError(RuntimeError):
     """A kernel failed to build: its name, its numbered source and the compiler log."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be trusted: truncated, corrupted (a checksum differs) or
+    not safetensors (e.g. a pickle from torch.save). Names the path and what is wrong."""
+
+
 __all__ = ["TraceError", "FeederError", "ReceiverError", "UnsupportedOpError", "DeviceMemoryError",
-           "KernelBuildError"]
+           "KernelBuildError", "CheckpointError"]

@@ -9,8 +9,9 @@ The loss is the reference program's `sum()`, kept as is: it has no minimum, so
 it keeps falling (about linearly once the output bias dominates) but stays
 finite for any sensible number of steps. On the last iteration a Receiver
 (`every=steps`) copies every parameter to the host, and they are written with
-`ad.save` (safetensors) to `--out`. The script prints the loss every 20 steps,
-then the final loss and a checksum (the sum of all parameter values).
+`ad.save` (safetensors) to `--out` (default: linear.safetensors in the working
+directory). The script prints the loss every 20 steps, then the final loss and
+a checksum (the sum of all parameter values).
 
     python examples/linear.py                         # best device, 1000 steps
     python examples/linear.py --device numpy --steps 100 --show-graph
@@ -18,8 +19,6 @@ then the final loss and a checksum (the sum of all parameter values).
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 
 import numpy as np
@@ -33,8 +32,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--device", default=None, help="numpy, numpy-proc, opencl or cuda (default: best available)")
-    parser.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "autodiff_linear.safetensors"),
-                        help="where to save the trained parameters (default: a file in the temp folder)")
+    parser.add_argument("--out", default="linear.safetensors",
+                        help="where to save the trained parameters (default: linear.safetensors in the "
+                             "working directory)")
     parser.add_argument("--show-graph", action="store_true", help="print the traced graph")
     args = parser.parse_args()
 

@@ -120,3 +120,21 @@ def test_restore_errors(tmp_path: Path) -> None:
         checkpoint.save(path, np.zeros(3))
     with pytest.raises(Exception, match="shape"):
         checkpoint.restore(path, model=nn.Linear(4, 2))
+
+
+def test_to_torch_round_trip_through_torch_linear() -> None:
+    torch = pytest.importorskip("torch")
+    model = nn.Linear(3, 2)
+    state = checkpoint.to_torch(model.state_dict())
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    linear = torch.nn.Linear(3, 2)
+    linear.load_state_dict(state)                 # torch accepts it as is
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    expected = x @ model.state_dict()["weight"].T + model.state_dict()["bias"]
+    np.testing.assert_allclose(linear(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-6)
+
+    back = nn.Linear(3, 2)
+    back.load_state_dict(linear.state_dict())     # and back: torch tensors are accepted
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[name], value, err_msg=name)
+        np.testing.assert_array_equal(checkpoint.to_torch(model)[name].numpy(), value, err_msg=name)

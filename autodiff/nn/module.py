@@ -1,11 +1,12 @@
 """nn.Module: parameters, submodules and PyTorch-compatible state dicts."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from ..errors import TraceError
+from ..ir.graph import Variable
 from ..frontend.tensor import Tensor
 
 
@@ -63,12 +64,21 @@ class Module:
         return {name: p.numpy() for name, p in self.named_parameters()}
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
-        """Set parameter values (numpy arrays or anything with .numpy(), e.g. torch tensors)."""
+        """Set parameter values (numpy arrays or anything with .numpy(), e.g. torch tensors).
+
+        All or nothing: every key and shape is checked before any value is written."""
+        self._prepare_load(state, strict)()
+
+    def _prepare_load(self, state: Mapping[str, Any], strict: bool = True) -> Callable[[], None]:
+        """Check `state` against the parameters and convert its values; returns the function that
+        writes them. Split in two so that `checkpoint.restore` can check the model, the optimizer
+        and the rest before writing any of them (a failed restore leaves every value as it was)."""
         params = dict(self.named_parameters())
         missing = [k for k in params if k not in state]
         unexpected = [k for k in state if k not in params]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        writes: list[tuple[Variable, np.ndarray]] = []
         for name, value in state.items():
             if name not in params:
                 continue
@@ -78,7 +88,12 @@ class Module:
             var = params[name]._var
             if array.shape != var.shape:
                 raise TraceError(f"load_state_dict: {name} has shape {var.shape}, got {array.shape}")
-            var.value = np.array(array, dtype=var.value.dtype)
+            writes.append((var, np.array(array, dtype=var.value.dtype)))
+
+        def write() -> None:
+            for var, array in writes:
+                var.value = array
+        return write
 
     def zero_grad(self) -> None:
         for p in self.parameters():

@@ -14,7 +14,7 @@ before or after the training loop is traced.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from ..ir import ops as O
 from ..ir.ops import Op
 from ..errors import TraceError
 from ..ir.dtypes import FLOAT, INT
+from ..ir.graph import Variable
 from ..frontend.tensor import Tensor, constant
 from ..frontend.trace import make_node
 
@@ -63,19 +64,32 @@ class Optimizer:
         return {k: t.numpy() for k, t in self.state.items()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray], strict: bool = True) -> None:
-        """Set the state tensors' values (for the next execute()); dtypes and shapes are kept."""
+        """Set the state tensors' values (for the next execute()); dtypes and shapes are kept.
+
+        All or nothing: every key and shape is checked before any value is written."""
+        self._prepare_load(state, strict)()
+
+    def _prepare_load(self, state: Mapping[str, np.ndarray], strict: bool = True) -> Callable[[], None]:
+        """Check `state` and convert its values; returns the function that writes them (split so
+        that `checkpoint.restore` checks every object before writing any, as Module does)."""
         missing = [k for k in self.state if k not in state]
         unexpected = [k for k in state if k not in self.state]
         if unexpected or (strict and missing):
             raise KeyError(f"{type(self).__name__}.load_state_dict: missing {missing}, "
                            f"unexpected {unexpected}")
+        writes: list[tuple[Variable, np.ndarray]] = []
         for key, value in state.items():
             var = self.state[key]._var
             array = np.asarray(value)
             if array.shape != var.shape:
                 raise TraceError(f"{type(self).__name__}.load_state_dict: {key} has shape "
                                  f"{var.shape}, got {array.shape}")
-            var.value = np.array(array, dtype=var.value.dtype)
+            writes.append((var, np.array(array, dtype=var.value.dtype)))
+
+        def write() -> None:
+            for var, array in writes:
+                var.value = array
+        return write
 
 
 class SGD(Optimizer):
