@@ -1,7 +1,7 @@
 """autodiff: an ahead-of-time, whole-program reverse-mode AD compiler.
 
 Trace a training program with a PyTorch-like Tensor API, then `execute()` it
-as a whole (loops included) on a device. See README.md and DESIGN.md.
+as a whole (loops included) on a device. See README.md and ARCHITECTURE.md.
 """
 from .errors import CheckpointError, DeviceMemoryError, FeederError, ReceiverError, TraceError, UnsupportedOpError
 from .frontend.autodiff import grad

@@ -1,4 +1,4 @@
-"""Elementwise kernels: explicit float vectors (vector_renderer.py) against scalar code.
+"""Elementwise kernels: explicit float vectors (vector.py) against scalar code.
 
     python benchmarks/bench_elementwise.py [--rows 4096] [--device opencl]
 

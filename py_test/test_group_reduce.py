@@ -1,4 +1,4 @@
-"""Work-group reductions (device/group_reduce.py): which kernels qualify, their values on
+"""Work-group reductions (codegen/group_reduce.py): which kernels qualify, their values on
 OpenCL (forced on: the runtime uses them on GPUs only) against numpy, and their CUDA text
 through nvcc."""
 from __future__ import annotations

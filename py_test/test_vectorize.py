@@ -1,4 +1,4 @@
-"""Elementwise kernels written with float vectors (device/vector_renderer.py): which kernels
+"""Elementwise kernels written with float vectors (codegen/vector.py): which kernels
 qualify, and their values on OpenCL against numpy (with the switch off as the control)."""
 from __future__ import annotations
 

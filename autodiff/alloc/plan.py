@@ -4,7 +4,7 @@ Time is the position of a command in program order (a loop's body spans a range 
 steps). A temporary lives from the kernel that writes it to its last reader,
 inclusive on both ends: a buffer read by a kernel lives until that kernel ends and
 one written by a kernel lives from its start, so two buffers that meet inside one
-kernel never share bytes (the pitfall DESIGN.md describes). A value read inside a
+kernel never share bytes (a pitfall seen in an earlier compiler of this kind). A value read inside a
 loop but written before it lives until the loop's last iteration ends.
 
 In-place reuse is the one exception: an elementwise kernel may write its output

@@ -6,7 +6,7 @@ usual. A load whose flat offset steps by one with the lane reads W floats at onc
 (vloadW); a load that does not depend on the lane is one float, which vector arithmetic
 widens. Anything else stays scalar: a load that strides or wraps inside the vector,
 gathers, guards (padding, concatenation), argmax, random bits, integers and casts.
-Used for the outputs of kernels (vector_renderer.py: a sum or max inside such a kernel
+Used for the outputs of kernels (vector.py: a sum or max inside such a kernel
 accumulates a vector, e.g. a bias gradient summing rows) and for the innermost axis of
 sums and maxima (renderer.py).
 """

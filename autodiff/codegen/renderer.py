@@ -60,7 +60,7 @@ class CStyleLanguage:
             Op.ERF: "erf", Op.POW: "pow"}
     uint = "uint"
     helper_prefix = "inline"
-    vector_loads = False    # vloadN / vstoreN and arithmetic on floatN (vector_renderer.py)
+    vector_loads = False    # vloadN / vstoreN and arithmetic on floatN (vector.py)
 
     def preamble(self) -> str:
         return f"""// lowbias32 integer hash: the same bits as autodiff.ir.reference.hash_uniform
@@ -109,7 +109,7 @@ class OpenCLLanguage(CStyleLanguage):
 # a microcode assist on x86 (measured 13x slower: softmax over masked or far-apart scores),
 # so none is ever computed. Against numpy's float32 exp: at most 1.9e-7 relative error
 # above FLT_MIN; nan, +-inf and overflow as numpy. One text for float and the float vectors
-# of vectorized kernels (vector_renderer.py), overloaded. CUDA keeps expf.
+# of vectorized kernels (vector.py), overloaded. CUDA keeps expf.
 _OPENCL_EXP = """
 #define AD_EXP(T, I) \\
 __attribute__((overloadable)) inline T ad_exp(T x) { \\

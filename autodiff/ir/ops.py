@@ -6,8 +6,9 @@ backends) only ever sees the ops listed here.
 
 Each concern keeps its own registry keyed by `Op`, next to the code of that
 concern: shape rules in `shapes.py`, numpy reference semantics in
-`reference.py`, VJP rules in `vjp.py`. `py_test/test_registries.py` fails when
-an op lacks an entry in any of them.
+`reference.py`, VJP rules in `frontend/vjp.py`, C renderings of elementwise ops in
+`codegen/renderer.py` (`C_EXPRESSIONS` or a language's `math` table).
+`py_test/test_registries.py` fails when an op lacks an entry in any of them.
 
 An op's arguments are a small frozen dataclass (one per op kind that needs
 them), never a positional tuple.

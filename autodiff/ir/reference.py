@@ -3,7 +3,7 @@
 This table is the executable specification: every other backend is tested
 against it. Ops that need the runtime (reads of persistent tensors, Feeders,
 loop indices, random numbers, Receivers, updates, loops) are handled by the
-executor in `numpy_device.py`, which has its own table for them.
+executor in `backends/numpy_graph.py`, which has its own table for them.
 """
 from __future__ import annotations
 
