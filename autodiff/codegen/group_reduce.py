@@ -17,7 +17,8 @@ from __future__ import annotations
 from ..ir.ops import Op
 from ..proc.index import Index, Var, unflatten
 from ..proc.ir import Alu, Kernel, Load, Reduce, replace_expr, substitute_vars, walk_expr
-from .renderer import ACCUMULATOR, CStyleLanguage, KernelRenderer, RenderedKernel, _Scope, combine
+from .renderer import (ACCUMULATOR, COMPENSATE_FROM, CStyleLanguage, KernelRenderer, RenderedKernel, _Scope, combine,
+                       start_value)
 
 GROUP_SIZE = 128            # work-items per output (a power of two: the tree halves it)
 MIN_LENGTH = 1024           # elements per output from which a group per output pays
@@ -69,9 +70,12 @@ class GroupReduceRenderer(KernelRenderer):
         root = _Scope(None, variables=(gid,))
         loop = _Scope(root, variables=(r,))
         part = self.value(body, loop)
-        start = "0.0f" if reduce.op is Op.SUM else f"-{lang.infinity}"
-        lines = root.lines + [f"float mine = {start};", f"for (int r = lid; r < {length}; r += {GROUP_SIZE}) {{"]
-        lines += ["    " + line for line in loop.lines] + ["    " + combine(reduce.op, "mine", part), "}"]
+        compensated = reduce.op is Op.SUM and length // GROUP_SIZE >= COMPENSATE_FROM
+        lines = root.lines + [f"float mine = {start_value(reduce.op, 'float32', lang)};"]
+        lines += ["float comp = 0.0f;"] if compensated else []
+        lines += [f"for (int r = lid; r < {length}; r += {GROUP_SIZE}) {{"]
+        lines += ["    " + line for line in loop.lines]
+        lines += ["    " + combine(reduce.op, "mine", part, compensation="comp" if compensated else None), "}"]
         lines += ["partial[lid] = mine;", lang.local_barrier,
                   f"for (int step = {GROUP_SIZE // 2}; step > 0; step >>= 1) {{",
                   "    if (lid < step) {",

@@ -364,7 +364,8 @@ class Tensor:
     def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "Tensor":
         axes = self._axes("mean", dim)
         count = int(np.prod([self.shape[a] for a in axes], dtype=np.int64))
-        return self.float().sum(axes, keepdim) * (1.0 / max(count, 1))
+        # the mean of nothing is nan, as torch's
+        return self.float().sum(axes, keepdim) * (1.0 / count if count else float("nan"))
 
     def var(self, dim: int | Sequence[int] | None = None, keepdim: bool = False,
             unbiased: bool = True, correction: int | None = None) -> "Tensor":
@@ -372,7 +373,9 @@ class Tensor:
         count = int(np.prod([self.shape[a] for a in axes], dtype=np.int64))
         ddof = correction if correction is not None else (1 if unbiased else 0)
         centered = self - self.mean(axes, keepdim=True)
-        return (centered * centered).sum(axes, keepdim) * (1.0 / max(count - ddof, 1))
+        # fewer elements than the correction: nan, as torch's
+        scale = 1.0 / (count - ddof) if count > ddof else float("nan")
+        return (centered * centered).sum(axes, keepdim) * scale
 
     def max(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "Tensor":
         """Values of the maximum (gradient shared evenly among ties, like torch.amax)."""

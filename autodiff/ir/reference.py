@@ -26,6 +26,10 @@ def _erf(x: np.ndarray) -> np.ndarray:
         return np.vectorize(math.erf, otypes=[np.float64])(x).astype(np.float32)
 
 
+def _lowest(dtype: str) -> float | int:
+    return -np.inf if dtype == "float32" else np.iinfo(np.int32).min
+
+
 def _f32(fn: Callable[..., np.ndarray]) -> Reference:
     """Elementwise op computed with numpy and kept in the node's dtype."""
     def run(xs: list[np.ndarray], node: Node) -> np.ndarray:
@@ -92,7 +96,8 @@ REFERENCE: dict[Op, Reference] = {
     Op.EQ: _f32(np.equal),
     Op.WHERE: lambda xs, n: np.where(xs[0] != 0, xs[1], xs[2]),
     Op.SUM: lambda xs, n: np.sum(xs[0], axis=n.args.axes, keepdims=True, dtype=n.dtype),
-    Op.MAX: lambda xs, n: np.max(xs[0], axis=n.args.axes, keepdims=True),
+    # over an empty axis: -inf (the lowest int), as the kernels give
+    Op.MAX: lambda xs, n: np.max(xs[0], axis=n.args.axes, keepdims=True, initial=_lowest(n.dtype)),
     Op.ARGMAX: _argmax,
     Op.DOT: lambda xs, n: np.matmul(xs[0], xs[1]),
     Op.RESHAPE: lambda xs, n: xs[0].reshape(n.shape),

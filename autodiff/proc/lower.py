@@ -8,7 +8,7 @@ Fusion (autodiff/fusion) then merges kernels by inlining producers into loads.
 """
 from __future__ import annotations
 
-from ..ir.ops import ELEMENTWISE_OPS, Op
+from ..ir.ops import ELEMENTWISE_OPS, REDUCE_OPS, Op
 from ..ir.graph import Block, Node
 from ..opt.inplace import stale_reads
 from ..opt.rewrite import Graph
@@ -117,6 +117,10 @@ class Lowering:
         op, args = node.op, node.args
         if op in ELEMENTWISE_OPS:
             return Alu(op, tuple(self.read(i, idx) for i in node.inputs), node.dtype), "elementwise"
+        if op in REDUCE_OPS + (Op.DOT, Op.SCATTER_ADD) and _reduces_nothing(node):
+            # a reduction over an empty axis is its identity: 0 for a sum (and a product of
+            # (m, 0) by (0, n)), -inf for a maximum, as torch; never a loop that writes nothing
+            return Const(_EMPTY_REDUCTION[op](node.dtype), node.dtype), "elementwise"
         if op in (Op.SUM, Op.MAX):
             (source,) = node.inputs
             reduced = {a: self.fresh_var("r", source.shape[a]) for a in args.axes}
@@ -238,3 +242,23 @@ def lower(graph: Graph) -> ProcProgram:
     lowering = Lowering(graph)
     commands = lowering.lower_block(graph.root)
     return ProcProgram(commands, lowering.buffers, lowering.run_counter, lowering.all_loop_vars)
+
+
+_EMPTY_REDUCTION = {
+    Op.SUM: lambda dtype: 0,
+    Op.DOT: lambda dtype: 0,
+    Op.SCATTER_ADD: lambda dtype: 0,
+    Op.MAX: lambda dtype: float("-inf") if dtype == "float32" else -2**31,
+    Op.ARGMAX: lambda dtype: 0,
+}
+
+
+def _reduces_nothing(node: Node) -> bool:
+    """Whether a reducing node's reduction runs over zero elements."""
+    if node.op in (Op.SUM, Op.MAX):
+        return any(node.inputs[0].shape[a] == 0 for a in node.args.axes)
+    if node.op is Op.ARGMAX:
+        return node.inputs[0].shape[node.args.axis] == 0
+    if node.op is Op.DOT:
+        return node.inputs[0].shape[-1] == 0
+    return node.inputs[0].size == 0   # SCATTER_ADD: no index to scatter
