@@ -3,7 +3,8 @@
 Trace a training program with a PyTorch-like Tensor API, then `execute()` it
 as a whole (loops included) on a device. See README.md and ARCHITECTURE.md.
 """
-from .errors import CheckpointError, DeviceMemoryError, FeederError, ReceiverError, TraceError, UnsupportedOpError
+from .errors import (CheckpointError, DeviceMemoryError, FeederError, IndexOutOfRangeError, KernelBuildError,
+                     ReceiverError, TraceError, UnsupportedOpError)
 from .frontend.autodiff import grad
 from .frontend.control import Feeder, Receiver, ir_for
 from .frontend.functions import (abs, arange, cat, concat, cos, exp, full, full_like, iota, log, matmul,

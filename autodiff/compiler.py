@@ -23,7 +23,7 @@ from .frontend import entry
 from .frontend.program import Program, current_program
 from .fusion import FUSION_KINDS, fuse
 from .ir.graph import Block
-from .opt import PASS_NAMES, Graph, PassRecord, optimize
+from .opt import CHECK_SWITCHES, PASS_NAMES, Graph, PassRecord, optimize
 from .proc import lower
 from .proc.ir import ProcProgram
 from .schedule.packing import pack_matmul_operands
@@ -102,7 +102,7 @@ STAGE_SWITCHES = ("fusion",) + FUSION_KINDS + ("memory_reuse",)
 
 def known_switches() -> tuple[str, ...]:
     """Every name `disable=` accepts: graph passes, compile stages, backend features."""
-    names = list(PASS_NAMES) + list(STAGE_SWITCHES) + [s.switch for s in STAGES if s.switch]
+    names = list(PASS_NAMES) + list(CHECK_SWITCHES) + list(STAGE_SWITCHES) + [s.switch for s in STAGES if s.switch]
     return tuple(dict.fromkeys(names + list(backend_switches())))
 
 

@@ -29,6 +29,11 @@ class UnsupportedOpError(NotImplementedError):
         self.backend = backend
 
 
+class IndexOutOfRangeError(IndexError):
+    """An index tensor held a value outside its table (gather, embedding, cross_entropy targets),
+    found by the check the tracer adds; names the op, the value, the size and the user's line."""
+
+
 class DeviceMemoryError(MemoryError):
     """The program needs more device memory than the device has (raised before running)."""
 
@@ -43,4 +48,4 @@ class CheckpointError(ValueError):
 
 
 __all__ = ["TraceError", "FeederError", "ReceiverError", "UnsupportedOpError", "DeviceMemoryError",
-           "KernelBuildError", "CheckpointError"]
+           "KernelBuildError", "CheckpointError", "IndexOutOfRangeError"]

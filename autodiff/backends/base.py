@@ -11,8 +11,9 @@ wait for the queue to drain. The loop here owns everything else:
 - Feeders are called in program order (`host.Feeds`, on a background thread ahead of the
   host unless the "feeder_thread" switch is off);
 - the host runs at most MAX_ITERATIONS_AHEAD loop iterations ahead of the device;
-- Receivers are called back in program order as their data arrives; a callback that
-  raises stops issuing work, and the error is raised once the device has drained.
+- Receivers are called back in program order as their data arrives; after one raises the
+  run stops where `host.Failure` says (the same point on every backend), and the error is
+  raised once the device has drained.
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ import numpy as np
 
 from ..proc.index import Var
 from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
-from .host import Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
+from .host import FAILURE_LEAD, Failure, Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
 
-MAX_ITERATIONS_AHEAD = 64   # the host waits when it gets this many loop iterations ahead of the device
+# the host waits when it gets this many loop iterations ahead of the device; the outermost
+# loop's Receivers are delivered no later, which is what makes a failure stop where it says
+MAX_ITERATIONS_AHEAD = FAILURE_LEAD
 
 Step = tuple   # ("launch", launch) | ("feed", FeedCmd) | ("receive", ReceiveCmd) | ("loop", LoopCmd, steps)
 
@@ -113,7 +116,7 @@ class DeviceExecutor:
         self.values: dict[Var, int] = {self.program.run_counter: self.runs}
         self.iterations: list[int] = []
         self.pending: list[PendingReceive] = []
-        self.error: BaseException | None = None
+        self.failure = Failure()
         self.feeds = Feeds(self.program.commands, self.feeds_ahead)
         try:
             self.run_steps(self.steps)
@@ -126,13 +129,13 @@ class DeviceExecutor:
             for b in persistent:
                 b.var.value = self.download(b)
             self.runs += 1
-        if self.error is not None:
-            raise self.error
+        if self.failure.error is not None:
+            raise self.failure.error
 
     def run_steps(self, steps: list[Step]) -> None:
         for step in steps:
-            if self.error is not None:
-                return
+            if self.failure.error is not None and not self.iterations:
+                return   # outside loops a failure stops at once
             kind = step[0]
             if kind == "launch":
                 self.launch(step[1], self.values)
@@ -147,39 +150,49 @@ class DeviceExecutor:
                 self.run_loop(step[1], step[2])
 
     def receive(self, cmd: ReceiveCmd) -> None:
-        if not receiver_due(cmd.every, self.iterations):
+        if self.failure.error is not None or not receiver_due(cmd.every, self.iterations):
             return
         arrays, ready, wait = self.read_back(cmd.buffers)
         self.pending.append(PendingReceive(ready=ready, wait=wait, arrays=arrays, fn=cmd.fn, name=cmd.name,
                                            iterations=tuple(self.iterations)))
+        if not self.iterations:
+            self.deliver(wait=True)   # outside loops: known before anything after it is enqueued
 
     def run_loop(self, loop: LoopCmd, body: list[Step]) -> None:
+        outermost = not self.iterations
         self.iterations.append(0)
-        marks: list[Any] = []
+        marks: list[tuple[int, Any]] = []   # (iteration, marker after it)
+        ran = 0
         try:
             for i in range(loop.count):
+                if outermost and not self.failure.runs_outer_iteration(i):
+                    break
+                # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device; in the
+                # outermost loop, the Receivers of an iteration that far back are delivered now
+                while marks and marks[0][0] < i - MAX_ITERATIONS_AHEAD:
+                    done, marker = marks.pop(0)
+                    self.wait(marker)
+                    self.release_marked(marker)
+                    if outermost:
+                        self.deliver(wait=True, until=lambda p, done=done: p.iterations[0] <= done)
                 self.iterations[-1] = i
                 self.values[loop.variable] = i
                 self.run_iteration(loop, body)
-                if self.error is not None:
-                    return
+                ran = i + 1
                 if not self.marks_enabled():
                     continue
-                # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device
-                marks.append(self.mark())
-                if len(marks) > MAX_ITERATIONS_AHEAD:
-                    marker = marks.pop(0)
-                    self.wait(marker)
-                    self.release_marked(marker)
+                marks.append((i, self.mark()))
                 if self.pending:
                     self.deliver(wait=False)
         finally:
             self.iterations.pop()
+            if outermost:
+                self.finish()
+                self.deliver(wait=True)
+                self.failure.outer_loop_done(ran)
 
-    def deliver(self, wait: bool) -> None:
-        if self.error is None:
-            # a callback that raises stops issuing work; raised once the queue has drained
-            self.error = deliver_receives(self.pending, wait)
+    def deliver(self, wait: bool, until: Callable[[PendingReceive], bool] = lambda p: True) -> None:
+        deliver_receives(self.pending, wait, self.failure, until)
 
 
 def feeds_ahead_for(commands: list, disable: frozenset[str]) -> int:

@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import FeederError, ReceiverError
+from ..errors import FeederError, IndexOutOfRangeError, ReceiverError
 from ..proc.ir import FeedCmd, LoopCmd
 
 
@@ -43,9 +43,49 @@ def call_receiver(fn: Callable[..., object], name: str, values: list[np.ndarray]
                   iterations: Sequence[int]) -> None:
     try:
         fn(*values)
+    except IndexOutOfRangeError as err:   # an index check: its own class, the iteration added
+        raise IndexOutOfRangeError(f"{err}, {where_in_loops(iterations)}") from None
     except Exception as err:
         raise ReceiverError(f"Receiver '{name}' raised at {where_in_loops(iterations)}: {err!r}; "
                             "persistent tensors keep the values computed so far", name) from err
+
+
+# After a Receiver raises inside a loop, the outermost loop still completes this many more
+# iterations (Receivers silent) and then stops: the device executors run that far ahead of
+# the callbacks, and every backend stops at the same point, so the persistent tensors
+# after a failure are the same on every device and from run to run.
+FAILURE_LEAD = 64
+
+
+class Failure:
+    """Where a run stops after a Receiver (or an index check) raised, the same on every backend.
+
+    Outside any loop: at once, nothing after it runs. Inside a loop: every later Receiver is
+    silent, the current iteration and FAILURE_LEAD more iterations of the outermost loop run
+    in full (inner loops included), and then the run stops. The error says how many
+    iterations of the outermost loop the persistent tensors reflect
+    (`err.completed_iterations`; None for an error outside any loop)."""
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        self.outer: int | None = None    # the outermost loop's iteration that failed
+
+    def record(self, error: Exception, iterations: Sequence[int]) -> None:
+        if self.error is None:
+            self.error = error
+            self.outer = iterations[0] if iterations else None
+            error.completed_iterations = None   # type: ignore[attr-defined]
+
+    def runs_outer_iteration(self, i: int) -> bool:
+        """Whether iteration `i` of the outermost loop still runs."""
+        return self.error is None or (self.outer is not None and i <= self.outer + FAILURE_LEAD)
+
+    def outer_loop_done(self, iterations_run: int) -> None:
+        if self.error is not None and self.outer is not None:
+            self.error.completed_iterations = iterations_run   # type: ignore[attr-defined]
+
+
+RECEIVER_ERRORS = (ReceiverError, IndexOutOfRangeError)
 
 
 @dataclass
@@ -59,20 +99,23 @@ class PendingReceive:
     iterations: tuple[int, ...]
 
 
-def deliver_receives(pending: list[PendingReceive], wait: bool) -> ReceiverError | None:
-    """Call back the Receivers whose data has arrived, in program order; without `wait`, stop at
-    the first still in flight. A callback that raises stops delivery and is returned."""
-    while pending:
+def deliver_receives(pending: list[PendingReceive], wait: bool, failure: Failure,
+                     until: Callable[[PendingReceive], bool] = lambda p: True) -> None:
+    """Call back the Receivers whose data has arrived, in program order, while `until(first)`;
+    without `wait`, stop at the first still in flight. A callback that raises is recorded in
+    `failure`; later ones are dropped uncalled."""
+    while pending and until(pending[0]):
         first = pending[0]
         if not wait and not first.ready():
-            return None
+            return
         first.wait()
         pending.pop(0)
+        if failure.error is not None:
+            continue
         try:
             call_receiver(first.fn, first.name, first.arrays, first.iterations)
-        except ReceiverError as err:
-            return err
-    return None
+        except RECEIVER_ERRORS as err:
+            failure.record(err, first.iterations)
 
 
 def _has_feed(commands: list) -> bool:

@@ -19,7 +19,7 @@ from ..proc.index import Atom, DynAtom, Var, evaluate_index, flat_index
 from ..proc.ir import (Alu, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load, LoopCmd,
                        ProcProgram, RandomBits, ReceiveCmd, Reduce, walk_expr)
 from .registry import Backend, register
-from .host import call_feeder, call_receiver, receiver_due
+from .host import RECEIVER_ERRORS, Failure, call_feeder, call_receiver, receiver_due
 from ..ir.reference import REFERENCE, hash_uniform
 
 CHUNK_ELEMENTS = 1 << 22   # iteration points evaluated at once
@@ -49,6 +49,7 @@ class NumpyProcExecutor:
             self.views[b.id] = np.array(b.var.value, dtype=b.dtype).reshape(-1)
         self.loop_values = {self.program.run_counter: self.runs}
         self.iterations = []
+        self.failure = Failure()
         try:
             self._run_commands(self.program.commands)
         finally:   # the work done so far is kept, even when a callback raised
@@ -65,18 +66,39 @@ class NumpyProcExecutor:
                 value = call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, self.iterations)
                 self.views[b.id][:] = value.reshape(-1)
             elif isinstance(cmd, ReceiveCmd):
-                if receiver_due(cmd.every, self.iterations):
-                    values = [self.views[b.id].reshape(b.shape).copy() for b in cmd.buffers]
-                    call_receiver(cmd.fn, cmd.name, values, self.iterations)
+                self._receive(cmd)
             elif isinstance(cmd, LoopCmd):
-                self.iterations.append(0)
-                try:
-                    for i in range(cmd.count):
-                        self.iterations[-1] = i
-                        self.loop_values[cmd.variable] = i
-                        self._run_commands(cmd.body)
-                finally:
-                    self.iterations.pop()
+                self._run_loop(cmd)
+
+    def _receive(self, cmd: ReceiveCmd) -> None:
+        if self.failure.error is not None or not receiver_due(cmd.every, self.iterations):
+            return
+        values = [self.views[b.id].reshape(b.shape).copy() for b in cmd.buffers]
+        try:
+            call_receiver(cmd.fn, cmd.name, values, self.iterations)
+        except RECEIVER_ERRORS as err:
+            self.failure.record(err, self.iterations)
+            if not self.iterations:
+                raise   # outside loops a failure stops at once
+
+    def _run_loop(self, cmd: LoopCmd) -> None:
+        """Loops stop after a failure where `host.Failure` says, as on every backend."""
+        outermost = not self.iterations
+        self.iterations.append(0)
+        ran = 0
+        try:
+            for i in range(cmd.count):
+                if outermost and not self.failure.runs_outer_iteration(i):
+                    break
+                self.iterations[-1] = i
+                self.loop_values[cmd.variable] = i
+                self._run_commands(cmd.body)
+                ran = i + 1
+        finally:
+            self.iterations.pop()
+        if outermost and self.failure.error is not None:
+            self.failure.outer_loop_done(ran)
+            raise self.failure.error
 
     # --- kernels --------------------------------------------------------------------
     def _run_kernel(self, kernel: Kernel) -> None:

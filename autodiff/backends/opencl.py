@@ -200,6 +200,14 @@ class OpenCLExecutor(DeviceExecutor):
             raise DeviceMemoryError(f"the program needs {needed} bytes of device memory (arena "
                                     f"{self.plan.arena_bytes}, persistent {self.plan.persistent_bytes}, feed "
                                     f"{self.plan.feed_bytes}); {self.device.name} has {available}")
+        # one allocation may not exceed CL_DEVICE_MAX_MEM_ALLOC_SIZE (often a quarter of the
+        # memory; 2 GiB on some PoCL builds), whatever the total
+        largest = self.device.max_mem_alloc_size
+        for what, size in (("arena", self.plan.arena_bytes),
+                           ("persistent tensors and Feeder staging", self.plan.persistent_bytes + self.plan.feed_bytes)):
+            if size > largest:
+                raise DeviceMemoryError(f"the program's {what} needs one allocation of {size} bytes; {self.device.name} "
+                                        f"allows at most {largest} bytes per allocation (CL_DEVICE_MAX_MEM_ALLOC_SIZE)")
 
     def _place_buffers(self) -> None:
         """Temporaries at their planned arena offsets; persistent tensors and Feeder staging

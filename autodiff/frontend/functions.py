@@ -10,6 +10,7 @@ from ..ir.ops import Op
 from .program import current_program
 from ..ir.dtypes import FLOAT, INT
 from .tensor import Tensor, TensorLike, _shape_arg, as_tensor, broadcast_operands, constant
+from .checks import check_indices
 from .trace import broadcast_shapes, make_leaf, make_node, normalize_axis, trace_error
 
 
@@ -138,8 +139,11 @@ def minimum(a: TensorLike, b: TensorLike) -> Tensor:
     return as_tensor(a, b if isinstance(b, Tensor) else None).minimum(b)
 
 
-def gather_rows(table: Tensor, indices: Tensor) -> Tensor:
-    """table[indices] for a (V, D) table and int32 indices of any shape: (..., D)."""
+def gather_rows(table: Tensor, indices: Tensor, opname: str = "gather", check: bool = True) -> Tensor:
+    """table[indices] for a (V, D) table and int32 indices of any shape: (..., D); an index
+    outside the table raises at run time (checks.py)."""
+    if check and indices.dtype == INT and table.ndim >= 1:
+        check_indices(indices, table.shape[0], opname)
     return Tensor._wrap(make_node(Op.GATHER, [table.node, indices.node], O.NO_ARGS, "gather"))
 
 

@@ -20,7 +20,7 @@ def getitem(x: Tensor, index: Any) -> Tensor:
         if index.dtype != INT or x.ndim != 2:
             raise trace_error("getitem", f"tensor indices must be int32 into a 2-D table, got "
                               f"{index.dtype} {index.shape} into {x.shape}")
-        return gather_rows(x, index)
+        return gather_rows(x, index, "index")
     items = list(index) if isinstance(index, tuple) else [index]
     if sum(item is Ellipsis for item in items) > 1:
         raise trace_error("getitem", "only one ... allowed")

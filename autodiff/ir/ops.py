@@ -172,6 +172,7 @@ class ReceiverArgs:
     fn: Callable[..., Any]
     name: str
     every: int
+    check: bool = False   # an index check the tracer added (dropped with disable={"index_check"})
 
 
 @dataclass(frozen=True, eq=False)

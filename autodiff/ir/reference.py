@@ -46,14 +46,19 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _gather(xs: list[np.ndarray], node: Node) -> np.ndarray:
+    # an index outside the table reads its nearest row, as the kernels do; the index check
+    # the tracer adds before every gather reports it (frontend/checks.py)
     table, idx = xs
-    return table[idx]
+    return table[np.clip(idx, 0, max(table.shape[0] - 1, 0))]
 
 
 def _scatter_add(xs: list[np.ndarray], node: Node) -> np.ndarray:
+    # an index outside the rows adds nothing, as the kernels (it was reported by the check)
     idx, grad = xs
     out = np.zeros(node.shape, grad.dtype)
-    np.add.at(out, idx.reshape(-1), grad.reshape(-1, grad.shape[-1]))
+    flat, rows = idx.reshape(-1), grad.reshape(-1, grad.shape[-1])
+    inside = (flat >= 0) & (flat < node.shape[0])
+    np.add.at(out, flat[inside], rows[inside])
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from ..frontend.checks import check_indices
 from ..frontend.functions import gather_rows, iota, random_uniform, where
 from ..ir.dtypes import FLOAT, INT
 from ..frontend.tensor import Tensor, as_tensor
@@ -48,10 +49,12 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
 
-def one_hot(target: Tensor, num_classes: int) -> Tensor:
-    """float32 one-hot rows of int32 class indices: shape target.shape + (num_classes,)."""
+def one_hot(target: Tensor, num_classes: int, opname: str = "one_hot") -> Tensor:
+    """float32 one-hot rows of int32 class indices: shape target.shape + (num_classes,); a
+    class outside [0, num_classes) raises at run time, as in torch."""
     if target.dtype != INT:
-        raise trace_error("one_hot", f"needs int32 class indices, got {target.dtype}")
+        raise trace_error(opname, f"needs int32 class indices, got {target.dtype}")
+    check_indices(target, num_classes, opname)
     classes = iota(target.shape + (num_classes,), -1)
     return target.unsqueeze(-1).eq(classes).float()
 
@@ -88,7 +91,7 @@ def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean",
         if target.shape != logits.shape[:-1]:
             raise trace_error("cross_entropy", f"int targets must have shape {logits.shape[:-1]}, "
                               f"got {target.shape} for logits {logits.shape}")
-        probs = one_hot(target, classes)
+        probs = one_hot(target, classes, "cross_entropy")
     else:
         if target.shape != logits.shape:
             raise trace_error("cross_entropy", f"probability targets must have the logits' shape "
@@ -134,7 +137,7 @@ def embedding(indices: Tensor, weight: Tensor) -> Tensor:
     """Rows of `weight` for int32 `indices` of any shape; the gradient adds up repeated rows."""
     if indices.dtype != INT:
         raise trace_error("embedding", f"needs int32 indices, got {indices.dtype} {indices.shape}")
-    return gather_rows(weight, indices)
+    return gather_rows(weight, indices, "embedding")
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:

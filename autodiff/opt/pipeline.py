@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .checks import drop_index_checks
 from .cse import cse
 from .inplace import mark_in_place
 from .prune import prune
@@ -24,16 +25,21 @@ class GraphPass:
     name: str
     run: Callable[[Graph], Graph]
     why: str
+    # a pass that trades a check for speed runs only when this switch is off (disabled)
+    only_when_disabled: str | None = None
 
 
 PIPELINE: list[GraphPass] = [
+    GraphPass("drop_index_checks", drop_index_checks, "the user switched index checks off for speed",
+              only_when_disabled="index_check"),
     GraphPass("prune", prune, "drop gradients and values no output needs before spending time on them"),
     GraphPass("simplify", simplify, "fold constants, exact identities, movement canonicalization"),
     GraphPass("cse", cse, "compute the forward values the backward pass repeats only once"),
     GraphPass("prune", prune, "drop what simplify and cse left unused"),
     GraphPass("inplace", mark_in_place, "let updates write straight into persistent tensors"),
 ]
-PASS_NAMES = tuple(dict.fromkeys(p.name for p in PIPELINE))
+PASS_NAMES = tuple(dict.fromkeys(p.name for p in PIPELINE if p.only_when_disabled is None))
+CHECK_SWITCHES = tuple(p.only_when_disabled for p in PIPELINE if p.only_when_disabled)
 
 
 @dataclass
@@ -52,7 +58,8 @@ def optimize(graph: Graph, disable: Iterable[str] = (), dump: bool | None = None
     records: list[PassRecord] = []
     graph = copy_graph(graph)   # passes never see (or change) the traced program itself
     for graph_pass in PIPELINE:
-        if graph_pass.name in disable:
+        if graph_pass.name in disable or (graph_pass.only_when_disabled
+                                          and graph_pass.only_when_disabled not in disable):
             continue
         before = graph.count()
         start = time.perf_counter()
