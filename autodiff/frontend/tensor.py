@@ -109,7 +109,12 @@ class Tensor:
         return f"Tensor({kind}, shape={self.shape}, dtype={self.dtype})"
 
     def __bool__(self) -> bool:
-        raise TypeError("a traced Tensor has no value while tracing; use ad.where or a Receiver")
+        # `if t:`, `and`/`or`/`not` and `x in list` (through ==) would need the value now,
+        # but a traced tensor only has one when the program runs
+        raise trace_error("bool", f"{self!r} has no value while tracing, so Python control flow "
+                          "(if, while, and, or, not, `in` on a list, which compares with ==) cannot "
+                          "branch on it; use ad.where(cond, a, b) to choose per element, `is` to "
+                          "compare tensors by identity, or a Receiver to look at the value")
 
     # --- values and gradients ----------------------------------------------
     def numpy(self) -> np.ndarray:
@@ -261,7 +266,16 @@ class Tensor:
     def __ge__(self, other: TensorLike) -> "Tensor":
         return self.ge(other)
 
-    __hash__ = object.__hash__  # == stays identity (a list of tensors must stay searchable)
+    def __eq__(self, other: object) -> "Tensor":  # type: ignore[override]
+        # elementwise like torch; anything that is not tensor-like compares by identity
+        return self.eq(other) if _is_tensor_like(other) else NotImplemented
+
+    def __ne__(self, other: object) -> "Tensor":  # type: ignore[override]
+        return self.ne(other) if _is_tensor_like(other) else NotImplemented
+
+    # hashing stays by identity, so tensors can still be dict keys and set members; but
+    # `t in some_list` now compares elementwise (and raises, via bool): search with `is`
+    __hash__ = object.__hash__
 
     def pow(self, exponent: TensorLike) -> "Tensor":
         return _binary(Op.POW, self, exponent, float_only=True)
@@ -530,9 +544,25 @@ def is_scalar(value: TensorLike) -> bool:
     return isinstance(value, (bool, int, float, np.integer, np.floating))
 
 
-def broadcast_operands(opname: str, values: Sequence[TensorLike]) -> list[Tensor]:
-    """Tensors of one broadcast shape; Python scalars become constants of that shape directly."""
-    like = next((v for v in values if isinstance(v, Tensor)), None)
+def _is_tensor_like(value: object) -> bool:
+    """What `==` compares elementwise: tensors, scalars, arrays and (nested) lists."""
+    return isinstance(value, (Tensor, np.ndarray, list, tuple)) or is_scalar(value)
+
+
+def _is_float_operand(value: TensorLike) -> bool:
+    """Whether an operand makes an int32 operation float32 (torch's promotion)."""
+    if isinstance(value, Tensor):
+        return value.dtype == FLOAT
+    if is_scalar(value):
+        return isinstance(value, (float, np.floating))
+    return np.asarray(value).dtype.kind not in "iub"
+
+
+def broadcast_operands(opname: str, values: Sequence[TensorLike], like: Tensor | None = None) -> list[Tensor]:
+    """Tensors of one broadcast shape; Python scalars become constants of that shape directly,
+    int32 or float32 as `like` (default: the first tensor) and the scalar say."""
+    if like is None:
+        like = next((v for v in values if isinstance(v, Tensor)), None)
     values = [v if is_scalar(v) else as_tensor(v, like) for v in values]
     shape = broadcast_shapes(opname, *[() if is_scalar(v) else v.shape for v in values])
     # nodes are made in operand order, so `x + 1` reads x before making the constant
