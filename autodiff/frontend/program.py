@@ -30,7 +30,9 @@ class Program:
         self._reads: dict[tuple[int, int], Node] = {}
         self.rng = np.random.default_rng(0)
         self._random_seeds = 0
-        self._previous: list[Program] = []
+        # node id -> source line of the backward() that differentiated through it without
+        # retain_graph=True: a second backward() through that node is an error, as in torch
+        self.freed_by_backward: dict[int, str] = {}
 
     # --- blocks -------------------------------------------------------------
     @property

@@ -149,10 +149,14 @@ class Tensor:
             raise TraceError("requires_grad can be set only on persistent tensors")
         self._var.requires_grad = bool(value) and self._var.dtype == FLOAT
 
-    def backward(self, grad: TensorLike | None = None) -> None:
-        """Append the gradient of this tensor to the graph; accumulate into `.grad`."""
+    def backward(self, grad: TensorLike | None = None, retain_graph: bool = False) -> None:
+        """Append the gradient of this tensor to the graph; accumulate into `.grad`.
+
+        As in torch: `grad` may be omitted only for a one-element tensor, and a second
+        backward() through the same nodes needs `retain_graph=True` in the first.
+        """
         from .autodiff import backward
-        backward(self, grad)
+        backward(self, grad, retain_graph)
 
     def detach(self) -> "Tensor":
         return _unary(Op.DETACH, self)
