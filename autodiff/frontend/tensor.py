@@ -300,10 +300,11 @@ class Tensor:
         return _binary(Op.EQ, self, other)
 
     def le(self, other: TensorLike) -> "Tensor":
-        return 1 - self.gt(other)
+        # lt + eq, not 1 - gt: both are 0 when either side is nan, so nan <= x is 0 as in torch
+        return self.lt(other) + self.eq(other)
 
     def ge(self, other: TensorLike) -> "Tensor":
-        return 1 - self.lt(other)
+        return self.gt(other) + self.eq(other)
 
     def ne(self, other: TensorLike) -> "Tensor":
         return 1 - self.eq(other)
@@ -348,9 +349,10 @@ class Tensor:
         return self.minimum(0).exp() / ((self.minimum(-self)).exp() + 1)
 
     def relu(self) -> "Tensor":
-        # where(x > 0, x, 0): gradient 0 at x == 0, as in PyTorch
+        # torch's definition, where(x <= 0, 0, x): nan <= 0 is false, so relu(nan) is nan with
+        # gradient 1 (torch's threshold_backward); the gradient at x == 0 is 0; +-inf are exact
         from .functions import where
-        return where(self.gt(0), self, 0)
+        return where(self.le(0), 0, self)
 
     def sign(self) -> "Tensor":
         return self.gt(0) - self.lt(0)
