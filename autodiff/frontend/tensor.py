@@ -179,35 +179,44 @@ class Tensor:
         return self.assign(value)
 
     def add_(self, other: TensorLike) -> "Tensor":
-        return self.assign(self + other)
+        return self._updated(self + other, "add_")
 
     def sub_(self, other: TensorLike) -> "Tensor":
-        return self.assign(self - other)
+        return self._updated(self - other, "sub_")
 
     def mul_(self, other: TensorLike) -> "Tensor":
-        return self.assign(self * other)
+        return self._updated(self * other, "mul_")
 
     def div_(self, other: TensorLike) -> "Tensor":
-        return self.assign(self / other)
+        return self._updated(self / other, "div_")
 
     def zero_(self) -> "Tensor":
         return self.assign(0)
 
-    def _inplace(self, result: "Tensor") -> "Tensor":
+    def _inplace(self, result: "Tensor", opname: str) -> "Tensor":
         # `p -= x` updates a persistent tensor; on an intermediate it rebinds the name
-        return self.assign(result) if self._var is not None else result
+        return self._updated(result, opname) if self._var is not None else result
+
+    def _updated(self, result: "Tensor", opname: str) -> "Tensor":
+        """`self.assign(result)` for the arithmetic in-place ops (add_, +=, ...)."""
+        if self._var is not None and self.dtype == INT and result.dtype == FLOAT:
+            # torch: "result type Float can't be cast to the desired output type Int"
+            raise trace_error(opname, f"the result is float32 and cannot be stored in the int32 "
+                              f"tensor {self._var.name!r} {self.shape} in place; use "
+                              "t.assign(value) to store it truncated, or a float32 tensor")
+        return self.assign(result)
 
     def __iadd__(self, other: TensorLike) -> "Tensor":
-        return self._inplace(self + other)
+        return self._inplace(self + other, "+=")
 
     def __isub__(self, other: TensorLike) -> "Tensor":
-        return self._inplace(self - other)
+        return self._inplace(self - other, "-=")
 
     def __imul__(self, other: TensorLike) -> "Tensor":
-        return self._inplace(self * other)
+        return self._inplace(self * other, "*=")
 
     def __itruediv__(self, other: TensorLike) -> "Tensor":
-        return self._inplace(self / other)
+        return self._inplace(self / other, "/=")
 
     # --- arithmetic -----------------------------------------------------------
     def __add__(self, other: TensorLike) -> "Tensor":
@@ -245,6 +254,9 @@ class Tensor:
         return self.pow(other)
 
     def __rpow__(self, other: TensorLike) -> "Tensor":
+        if self.dtype == INT and not _is_float_operand(other):
+            raise trace_error("pow", f"{other!r} ** an int32 tensor {self.shape} is not supported "
+                              "(torch gives an integer power); write float(base) ** e for float32")
         return _binary(Op.POW, other, self, float_only=True)
 
     def __neg__(self) -> "Tensor":
@@ -282,7 +294,29 @@ class Tensor:
     __hash__ = object.__hash__
 
     def pow(self, exponent: TensorLike) -> "Tensor":
+        if self.dtype == INT and not _is_float_operand(exponent):
+            return self._int_pow(exponent)
         return _binary(Op.POW, self, exponent, float_only=True)
+
+    def _int_pow(self, exponent: TensorLike) -> "Tensor":
+        """int32 ** int: an int32 result, as in torch, by exact repeated squaring."""
+        if isinstance(exponent, Tensor) or not is_scalar(exponent):
+            raise trace_error("pow", f"int32 {self.shape} ** an int32 tensor is not supported (torch "
+                              "gives an integer power, which the devices cannot compute exactly in "
+                              "general); write x.float() ** e for a float32 power")
+        n = int(exponent)
+        if n < 0:
+            raise trace_error("pow", "Integers to negative integer powers are not allowed "
+                              f"(int32 {self.shape} ** {n}); write x.float() ** {n}")
+        result: Tensor | None = None
+        square: Tensor = self
+        while n:   # binary exponentiation: about 2*log2(n) multiplies, each exact (wrapping) int32
+            if n & 1:
+                result = square if result is None else result * square
+            n >>= 1
+            if n:
+                square = square * square
+        return result if result is not None else constant(1, self.shape, INT)
 
     def maximum(self, other: TensorLike) -> "Tensor":
         return _binary(Op.MAXIMUM, self, other)
