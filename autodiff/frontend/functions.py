@@ -81,7 +81,12 @@ def matmul(a: TensorLike, b: TensorLike) -> Tensor:
     if a.shape[-1] != b.shape[-2]:
         raise trace_error("matmul", f"shapes {a.shape} and {b.shape}: inner sizes "
                           f"{a.shape[-1]} and {b.shape[-2]} differ")
-    if b.ndim == 2 and a.ndim > 2:
+    if a.shape[-1] == 0:
+        # an empty sum is 0; answered here because the lowering gives every reduction at least
+        # one step (which would read the empty operands)
+        batch = broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
+        out = constant(0.0, batch + (a.shape[-2], b.shape[-1]))
+    elif b.ndim == 2 and a.ndim > 2:
         # (..., M, K) @ (K, N) is one 2-D product over all rows: no batch copies of b
         rows = a.reshape(-1, a.shape[-1])
         out = Tensor._wrap(make_node(Op.DOT, [rows.node, b.node], O.NO_ARGS, "matmul"))

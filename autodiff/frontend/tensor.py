@@ -418,7 +418,7 @@ class Tensor:
     def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "Tensor":
         axes = self._axes("mean", dim)
         count = int(np.prod([self.shape[a] for a in axes], dtype=np.int64))
-        return self.float().sum(axes, keepdim) * (1.0 / max(count, 1))
+        return self.float().sum(axes, keepdim) * _reciprocal(count)
 
     def var(self, dim: int | Sequence[int] | None = None, keepdim: bool = False,
             unbiased: bool = True, correction: int | None = None) -> "Tensor":
@@ -426,7 +426,7 @@ class Tensor:
         count = int(np.prod([self.shape[a] for a in axes], dtype=np.int64))
         ddof = correction if correction is not None else (1 if unbiased else 0)
         centered = self - self.mean(axes, keepdim=True)
-        return (centered * centered).sum(axes, keepdim) * (1.0 / max(count - ddof, 1))
+        return (centered * centered).sum(axes, keepdim) * _reciprocal(count - ddof)
 
     def max(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "Tensor":
         """Values of the maximum (gradient shared evenly among ties, like torch.amax)."""
@@ -439,6 +439,11 @@ class Tensor:
         if dim is None:
             return self.reshape(-1).argmax(0, keepdim=False)
         axis = normalize_axis("argmax", dim, self.ndim)
+        if self.ndim == 0:   # torch: the only index of a 0-d tensor, 0-d even with keepdim
+            return constant(0, (), INT)
+        if self.shape[axis] == 0:
+            raise trace_error("argmax", f"cannot take the argmax over the empty dim {dim} of shape "
+                              f"{self.shape}")
         out = Tensor._wrap(make_node(Op.ARGMAX, [self.node], O.AxisArgs(axis), "argmax"))
         return out if keepdim else out.squeeze(axis)
 
@@ -452,7 +457,16 @@ class Tensor:
         axes = self._axes(opname, dim)
         if self.ndim == 0:
             return self
-        out = Tensor._wrap(make_node(op, [self.node], O.AxesArgs(axes), opname))
+        if any(self.shape[a] == 0 for a in axes):
+            # over an empty axis the sum is 0 and the maximum has no value (torch raises);
+            # answered here because the lowering gives every reduced axis at least one step
+            if op is not Op.SUM:
+                raise trace_error(opname, f"cannot reduce over an empty dim: dims {list(axes)} of "
+                                  f"shape {self.shape}")
+            kept = tuple(1 if i in axes else n for i, n in enumerate(self.shape))
+            out = constant(0, kept, self.dtype)
+        else:
+            out = Tensor._wrap(make_node(op, [self.node], O.AxesArgs(axes), opname))
         if keepdim:
             return out
         return out.reshape(tuple(n for i, n in enumerate(self.shape) if i not in axes))
@@ -485,6 +499,9 @@ class Tensor:
         return Tensor._wrap(make_node(Op.PERMUTE, [self.node], O.PermuteArgs(perm), "permute"))
 
     def transpose(self, dim0: int, dim1: int) -> "Tensor":
+        if self.ndim == 0:   # torch accepts dims 0 and -1 of a 0-d tensor: nothing to swap
+            normalize_axis("transpose", dim0, 0), normalize_axis("transpose", dim1, 0)
+            return self
         perm = list(range(self.ndim))
         a, b = normalize_axis("transpose", dim0, self.ndim), normalize_axis("transpose", dim1, self.ndim)
         perm[a], perm[b] = perm[b], perm[a]
@@ -502,13 +519,48 @@ class Tensor:
         axis = normalize_axis("unsqueeze", dim, self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 
-    def squeeze(self, dim: int | None = None) -> "Tensor":
+    def squeeze(self, dim: int | Sequence[int] | None = None) -> "Tensor":
+        """Drop size-1 axes: all of them, or those of `dim` (an int or a tuple, as in torch 2)."""
         if dim is None:
             return self.reshape(tuple(n for n in self.shape if n != 1))
-        axis = normalize_axis("squeeze", dim, self.ndim)
-        if self.ndim == 0 or self.shape[axis] != 1:
+        axes = {normalize_axis("squeeze", d, self.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
+        if self.ndim == 0:
             return self
-        return self.reshape(self.shape[:axis] + self.shape[axis + 1:])
+        # a named axis whose size is not 1 is kept, as in torch
+        return self.reshape(tuple(n for i, n in enumerate(self.shape) if not (i in axes and n == 1)))
+
+    def narrow(self, dim: int, start: "int | Tensor", length: int) -> "Tensor":
+        """Elements start .. start+length-1 along `dim`, like torch.narrow.
+
+        `start` may be a 0-d int32 tensor, known only when the program runs: those rows are
+        gathered, and a start outside [-size, size - length] is clamped into range (torch
+        raises; a running program cannot).
+        """
+        if self.ndim == 0:
+            raise trace_error("narrow", "narrow() cannot be applied to a 0-dim tensor")
+        axis = normalize_axis("narrow", dim, self.ndim)
+        size = self.shape[axis]
+        if not 0 <= length <= size:
+            raise trace_error("narrow", f"length {length} does not fit dim {dim} of size {size} "
+                              f"(shape {self.shape})")
+        if isinstance(start, Tensor) and start.ndim == 0 and start.node.op is Op.CONST:
+            start = start.node.args.value   # a constant is known now: an ordinary slice
+        if not isinstance(start, Tensor):
+            first = int(start) + size if int(start) < 0 else int(start)
+            if not 0 <= first <= size - length:
+                raise trace_error("narrow", f"start {start} with length {length} is out of range for "
+                                  f"dim {dim} of size {size} (shape {self.shape})")
+            index: list[Any] = [slice(None)] * self.ndim
+            index[axis] = slice(first, first + length)
+            return self[tuple(index)]
+        if start.ndim != 0 or start.dtype != INT:
+            raise trace_error("narrow", f"start must be an int or a 0-d int32 tensor, got "
+                              f"{start.dtype} {start.shape}")
+        from .functions import iota, where
+        from .indexing import take_along
+        first = where(start.lt(0), start + size, start).maximum(0).minimum(size - length)
+        rows = first + iota((length,), 0)   # the positions along `dim`, as a gather index
+        return take_along(self, axis, rows)
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
         if self.ndim == 0:
@@ -551,6 +603,11 @@ class Tensor:
 
     def contiguous(self) -> "Tensor":
         return self
+
+
+def _reciprocal(count: int) -> float:
+    """1/count for a mean over `count` elements; nan for none, as torch's 0/0."""
+    return 1.0 / count if count > 0 else float("nan")
 
 
 def _shape_arg(shape: tuple[Any, ...]) -> tuple[int, ...]:
