@@ -128,3 +128,9 @@ def test_a_buffer_over_the_largest_allocation_is_a_clear_error():
     plan = dataclasses.replace(compiled.plan, arena_bytes=largest + 64)
     with pytest.raises(ad.DeviceMemoryError, match="per allocation"):
         OpenCLExecutor(compiled.proc, plan)
+
+
+def test_a_receiver_of_none_is_a_trace_error():
+    w = ad.Tensor(np.ones(3, np.float32))
+    with pytest.raises(ad.TraceError, match="None"):
+        ad.Receiver(lambda v: None, [w.grad])

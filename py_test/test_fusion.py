@@ -162,7 +162,7 @@ def test_linear_relu_bias_is_in_the_matmul_kernel():
     compute node, not a view, so no copy kernel (relu itself: see below)."""
     compiled, _, _ = _compile(_linear_relu)
     kernels = compiled.proc.kernels()
-    assert compiled.kernels_before_fusion == 4          # dot, add, gt, where
+    assert compiled.kernels_before_fusion == 6          # dot, add, lt, eq, add (x <= 0), where
     assert len(kernels) <= 2 and kernels[0].kind == "matmul"
     assert {"dot", "add"} <= set(kernels[0].ops)
     assert not any(k.kind == "copy" for k in kernels)

@@ -67,7 +67,7 @@ def test_vectorized_values_match_numpy(disable, rng):
     with np.errstate(all="ignore"):
         expected = {
             "exp": np.exp(x),
-            "bias_relu": np.where(x + bias > 0, x + bias, 0),   # relu is where(x > 0, x, 0): relu(nan) = 0
+            "bias_relu": np.where(x + bias <= 0, 0, x + bias),  # torch's relu: relu(nan) = nan
             "max_min": np.minimum(np.maximum(x, column), bias * 40.0),
             "where_gt": np.where(x > bias, x, column),
             "lt_eq": (x < column).astype(np.float32) + (x == 0).astype(np.float32),

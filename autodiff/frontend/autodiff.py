@@ -12,6 +12,7 @@ from ..ir.ops import Op
 from ..ir.graph import Node
 from ..errors import TraceError
 from ..ir.dtypes import FLOAT
+from .program import current_program, user_source_line
 from .tensor import Tensor, TensorLike, as_tensor, constant
 from .trace import trace_error
 from .vjp import VJP_RULES
@@ -30,8 +31,14 @@ def _ancestors(outputs: Sequence[Node]) -> list[Node]:
     return [seen[i] for i in sorted(seen)]
 
 
-def _gradients(outputs: Sequence[Node], seeds: Sequence[Tensor], wrt: Sequence[Node]) -> dict[int, Tensor]:
-    """Gradients of sum(<output, seed>) with respect to every node in `wrt`, by node id."""
+def _gradients(outputs: Sequence[Node], seeds: Sequence[Tensor], wrt: Sequence[Node],
+               opname: str, visited: list[Node] | None = None) -> dict[int, Tensor]:
+    """Gradients of sum(<output, seed>) with respect to every node in `wrt`, by node id.
+
+    Raises when it would differentiate through a node that an earlier backward() freed;
+    appends every node it differentiates through to `visited`.
+    """
+    freed = current_program().freed_by_backward
     nodes = _ancestors(outputs)
     wrt_ids = {n.id for n in wrt}
     # forward: which nodes depend on something we differentiate with respect to
@@ -50,6 +57,14 @@ def _gradients(outputs: Sequence[Node], seeds: Sequence[Tensor], wrt: Sequence[N
         needs = [depends[i.id] for i in node.inputs]
         if not any(needs):
             continue
+        if node.id in freed:
+            raise trace_error(opname, (
+                f"Trying to backward through the graph a second time: node %{node.id} "
+                f"({node.op.value} {list(node.shape)}, made at {node.where}) was already "
+                f"differentiated by the backward() at {freed[node.id]}; specify retain_graph=True "
+                "in that first backward() to backward through the graph a second time"))
+        if visited is not None:
+            visited.append(node)
         xs = [Tensor._wrap(i) for i in node.inputs]
         input_grads = VJP_RULES[node.op](node, xs, Tensor._wrap(node), g, needs)
         for inp, gi, need in zip(node.inputs, input_grads, needs):
@@ -65,19 +80,43 @@ def _seed(output: Tensor, grad: TensorLike | None, opname: str) -> Tensor:
     if output.dtype != FLOAT:
         raise trace_error(opname, f"cannot differentiate an {output.dtype} tensor")
     if grad is None:
-        return constant(1.0, output.shape)   # non-scalar: the gradient of the sum
+        if output.numel() != 1:   # torch's rule: no implicit sum over the elements
+            raise trace_error(opname, f"grad can be implicitly created only for scalar outputs, got "
+                              f"shape {output.shape}; pass the gradient of the output (e.g. "
+                              "ad.ones_like(out)) or reduce it first (out.sum())")
+        return constant(1.0, output.shape)
     seed = as_tensor(grad, output).float()
     if seed.shape != output.shape:
         raise trace_error(opname, f"gradient shape {seed.shape} does not match output shape {output.shape}")
     return seed
 
 
-def backward(output: Tensor, grad: TensorLike | None = None) -> None:
-    """Accumulate d(output)/d(p) into `p.grad` of every persistent tensor p that needs it."""
+def backward(output: Tensor, grad: TensorLike | None = None, retain_graph: bool = False) -> None:
+    """Accumulate d(output)/d(p) into `p.grad` of every persistent tensor p that needs it.
+
+    Like torch, the nodes it differentiates through are then freed for backward(): a second
+    backward() through any of them raises unless this one passed `retain_graph=True`.
+    Leaves (persistent tensors, Feeders, constants) are never freed, so separate losses of
+    the same parameters may each call backward() and their gradients add up.
+    """
+    program = current_program()
+    block, mark = program.block, len(program.block.nodes)
     seed = _seed(output, grad, "backward")
     reads = [n for n in _ancestors([output.node])
              if n.op is Op.READ and n.args.var.requires_grad]
-    grads = _gradients([output.node], [seed], reads)
+    visited: list[Node] = []
+    try:
+        grads = _gradients([output.node], [seed], reads, "backward", visited)
+    except TraceError:
+        # drop the gradient nodes made before the error (and any cached READ among them)
+        removed = block.nodes[mark:]
+        del block.nodes[mark:]
+        program.forget_reads([n.args.var.id for n in removed if n.op is Op.READ])
+        raise
+    if not retain_graph:
+        where = user_source_line()
+        for node in visited:
+            program.freed_by_backward.setdefault(node.id, where)
     per_variable: dict[int, Tensor] = {}
     variables = {}
     for read in reads:  # a tensor read several times (before/after updates, in loops) sums up
@@ -97,7 +136,9 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
     """Gradients of `outputs` with respect to `inputs` as graph nodes (like torch.autograd.grad).
 
     `.grad` is left alone. An input the outputs do not depend on gets zeros.
-    Differentiating a returned gradient gives second and higher derivatives.
+    Differentiating a returned gradient gives second and higher derivatives, so the graph
+    is always kept (torch's create_graph=True); without `grad_outputs` every output must
+    have one element, as in torch.
     """
     outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
@@ -109,5 +150,5 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
         raise TraceError(f"grad: {len(outs)} outputs but {len(grad_outputs)} grad_outputs")
     seeds = [_seed(o, g, "grad") for o, g in zip(outs, grad_outputs)]
     in_nodes = [t.node for t in ins]
-    grads = _gradients([o.node for o in outs], seeds, in_nodes)
+    grads = _gradients([o.node for o in outs], seeds, in_nodes, "grad")
     return [grads.get(n.id, constant(0.0, n.shape)) for n in in_nodes]

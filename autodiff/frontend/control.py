@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -38,7 +39,8 @@ def Receiver(fn: Callable[..., Any], tensors: Tensor | Sequence[Tensor], name: s
     """Once `tensors` are computed, copy them to the host and call `fn(*arrays)`.
 
     Calls happen in program order. Inside `ir_for`, `every=k` delivers only on
-    every k-th iteration of the enclosing loop (iterations k-1, 2k-1, ...).
+    every k-th iteration of the enclosing loop (iterations k-1, 2k-1, ...); `ir_for`
+    warns when k exceeds its count, as such a Receiver is never called.
     """
     tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
     if not callable(fn):
@@ -46,6 +48,10 @@ def Receiver(fn: Callable[..., Any], tensors: Tensor | Sequence[Tensor], name: s
     if int(every) < 1:
         raise trace_error("Receiver", f"every must be >= 1, got {every}")
     name = name or getattr(fn, "__name__", "receiver")
+    if any(t is None for t in tensors):
+        # as_tensor(None) would be a nan constant: a .grad that backward() never set
+        raise trace_error("Receiver", f"got None in position {[t is None for t in tensors].index(True)} "
+                          "(a .grad is None until backward() reaches that tensor)")
     nodes = [as_tensor(t).node for t in tensors]
     make_node(Op.RECEIVER, nodes, O.ReceiverArgs(fn, name, int(every)), "Receiver")
 
@@ -75,11 +81,22 @@ def ir_for(range_or_count: int | range, body: Callable[..., Any]) -> None:
             body()
     finally:
         program.pop_block()
+    _warn_silent_receivers(body_block, len(loop))
     for_node = make_node(Op.FOR, [], O.ForArgs(len(loop), loop.start, loop.step, body_block, counter), "ir_for")
     body_block.owner = for_node
     # values of persistent tensors updated in the body are new after the loop
     updated = [n.args.var.id for n in body_block.walk() if n.op is Op.ASSIGN]
     program.forget_reads(updated)
+
+
+def _warn_silent_receivers(body: Block, count: int) -> None:
+    """A Receiver with every=k delivers on iterations k-1, 2k-1, ... of its innermost loop:
+    in a loop of fewer than k iterations it is never called, which is almost surely a mistake."""
+    for node in body.nodes:   # only this loop's own Receivers: nested loops checked themselves
+        if node.op is Op.RECEIVER and count > 0 and node.args.every > count:
+            warnings.warn(f"Receiver '{node.args.name}' (at {node.where}) has every={node.args.every} "
+                          f"but its loop runs {count} iterations, so it is never called",
+                          stacklevel=3)
 
 
 def _takes_an_argument(fn: Callable[..., Any]) -> bool:

@@ -9,7 +9,7 @@ from ..ir import ops as O
 from ..ir.ops import Op
 from .program import current_program
 from ..ir.dtypes import FLOAT, INT
-from .tensor import Tensor, TensorLike, _shape_arg, as_tensor, broadcast_operands, constant
+from .tensor import Tensor, TensorLike, _shape_arg, as_tensor, broadcast_operands, constant, is_scalar
 from .checks import check_indices
 from .trace import broadcast_shapes, make_leaf, make_node, normalize_axis, trace_error
 
@@ -125,7 +125,17 @@ def stack(tensors: Sequence[TensorLike], dim: int = 0) -> Tensor:
 
 
 def where(condition: TensorLike, x: TensorLike, y: TensorLike) -> Tensor:
-    cond, x, y = broadcast_operands("where", [as_tensor(condition), x, y])
+    """x where `condition` is nonzero, else y, elementwise (like torch.where)."""
+    if is_scalar(condition):
+        # like torch.where, the condition must be a tensor: a Python bool here was decided
+        # while tracing (e.g. by comparing non-tensors), so it cannot vary per element
+        raise trace_error("where", f"the condition is a Python {type(condition).__name__} "
+                          f"({condition!r}), not a tensor; choose in Python with "
+                          "`x if condition else y`, or pass a tensor condition")
+    cond = as_tensor(condition)
+    # a Python scalar branch takes the other branch's dtype, not the condition's
+    like = x if isinstance(x, Tensor) else y if isinstance(y, Tensor) else cond
+    cond, x, y = broadcast_operands("where", [cond, x, y], like)
     if x.dtype != y.dtype:
         x, y = x.float(), y.float()
     return Tensor._wrap(make_node(Op.WHERE, [cond.node, x.node, y.node], O.NO_ARGS, "where"))

@@ -1,26 +1,27 @@
-"""Basic indexing `t[1:3, :, 0, None, ...]` in terms of SLICE, RESHAPE and PAD.
+"""Indexing `t[1:3, :, 0, None, ...]` in terms of SLICE, RESHAPE and PAD, and `t[idx]` by GATHER.
 
 Only unit-step SLICE is a primitive. A step s > 1 is a unit-step window padded
 to a multiple of s, reshaped to (count, s) and sliced at column 0; this keeps
-one slice primitive (and one VJP rule, PAD) for every backend. An int32 tensor
-index on a 2-D table gathers rows (an embedding lookup).
+one slice primitive (and one VJP rule, PAD) for every backend. One advanced
+index (an int32 tensor, a list or an int array) per indexing gathers along its
+axis as torch does: the index's axes take the place of the indexed axis.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .functions import gather_rows, pad, window
+import numpy as np
+
+from .functions import gather_rows, pad, where, window
 from ..ir.dtypes import INT
 from .tensor import Tensor
 from .trace import trace_error
 
+_MASK_HINT = ("a boolean mask selects a data-dependent number of elements, which a traced "
+              "program cannot; use ad.where(mask, t, 0) or multiply by the mask")
+
 
 def getitem(x: Tensor, index: Any) -> Tensor:
-    if isinstance(index, Tensor):
-        if index.dtype != INT or x.ndim != 2:
-            raise trace_error("getitem", f"tensor indices must be int32 into a 2-D table, got "
-                              f"{index.dtype} {index.shape} into {x.shape}")
-        return gather_rows(x, index, "index")
     items = list(index) if isinstance(index, tuple) else [index]
     if sum(item is Ellipsis for item in items) > 1:
         raise trace_error("getitem", "only one ... allowed")
@@ -33,6 +34,59 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     else:
         items += [slice(None)] * (x.ndim - consumed)
 
+    advanced = [i for i, item in enumerate(items) if _is_advanced(item)]
+    if len(advanced) > 1:
+        raise trace_error("getitem", f"only one list or tensor index per indexing is supported, got "
+                          f"{len(advanced)} into {x.shape}; index one axis at a time")
+    if advanced:
+        at = advanced[0]
+        in_axis = sum(1 for item in items[:at] if item is not None)
+        indices = _index_tensor(items[at], x.shape[in_axis], in_axis, x.shape)
+        # the basic indexing first, keeping the advanced axis whole, then the gather along it
+        out_axis = sum(1 for item in items[:at] if item is None or isinstance(item, slice))
+        items[at] = slice(None)
+        return take_along(_basic(x, items), out_axis, indices)
+    return _basic(x, items)
+
+
+def _is_advanced(item: Any) -> bool:
+    return isinstance(item, (Tensor, list, np.ndarray))
+
+
+def _index_tensor(item: Any, size: int, axis: int, shape: tuple[int, ...]) -> Tensor:
+    """An int32 tensor of positions along an axis of `size`, negative ones wrapped like torch."""
+    if isinstance(item, Tensor):
+        if item.dtype != INT:
+            raise trace_error("getitem", f"tensor indices must be int32, got {item.dtype} {item.shape} "
+                              f"into {shape}; {_MASK_HINT}")
+        return where(item.lt(0), item + size, item)
+    array = np.asarray(item)
+    if array.dtype.kind == "b":
+        raise trace_error("getitem", f"boolean index into {shape}: {_MASK_HINT}")
+    if array.dtype.kind not in "iu" and array.size:
+        raise trace_error("getitem", f"list and array indices must be integers, got {array.dtype}")
+    array = array.astype(np.int64)
+    if array.size and not (-size <= array.min() and array.max() < size):
+        raise trace_error("getitem", f"index {array.tolist()} is out of range for axis {axis} of size "
+                          f"{size} (shape {shape})")
+    return Tensor(np.where(array < 0, array + size, array).astype(np.int32), name="index",
+                  requires_grad=False)
+
+
+def take_along(x: Tensor, axis: int, indices: Tensor) -> Tensor:
+    """x[..., indices, ...] with `indices` (int32, in range) on `axis`: the shape
+    x.shape[:axis] + indices.shape + x.shape[axis + 1:], by one row gather."""
+    rest = x.shape[:axis] + x.shape[axis + 1:]
+    moved = x.permute((axis,) + tuple(i for i in range(x.ndim) if i != axis))
+    table = moved.reshape(x.shape[axis], int(np.prod(rest, dtype=np.int64)))
+    rows = gather_rows(table, indices, "index").reshape(indices.shape + rest)
+    k = indices.ndim   # rows: the index axes, then the other axes of x in order
+    perm = tuple(range(k, k + axis)) + tuple(range(k)) + tuple(range(k + axis, k + len(rest)))
+    return rows.permute(perm)
+
+
+def _basic(x: Tensor, items: list[Any]) -> Tensor:
+    """Slices, ints and None (one item per axis of x, Ellipsis already expanded)."""
     starts, stops, steps = [], [], []
     out_shape: list[int] = []   # final shape, with None axes and without int axes
     axis = 0

@@ -6,8 +6,10 @@ never imports a stage below it.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -28,7 +30,9 @@ class Program:
         self._reads: dict[tuple[int, int], Node] = {}
         self.rng = np.random.default_rng(0)
         self._random_seeds = 0
-        self._previous: list[Program] = []
+        # node id -> source line of the backward() that differentiated through it without
+        # retain_graph=True: a second backward() through that node is an error, as in torch
+        self.freed_by_backward: dict[int, str] = {}
 
     # --- blocks -------------------------------------------------------------
     @property
@@ -73,11 +77,13 @@ class Program:
 
     # --- context ------------------------------------------------------------
     def __enter__(self) -> "Program":
-        _program_stack.append(self)
+        _program_stack.set(_program_stack.get() + (self,))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _program_stack.pop()
+        stack = _program_stack.get()
+        assert stack and stack[-1] is self, "Program contexts must be exited in the order they were entered"
+        _program_stack.set(stack[:-1])
 
     def execute(self, device: str | None = None, **options):  # -> compiler.Report
         """Compile and run this program once (see `autodiff.execute`)."""
@@ -88,16 +94,33 @@ class Program:
         return entry.compiler().compile_program(self, device, **options)
 
 
-_program_stack: list[Program] = [Program()]
+# The programs entered with `with Program():`, innermost last. A ContextVar, so that two
+# threads (or asyncio tasks) tracing at once each see their own stack; a tuple, so that a
+# context copied from another never shares a list that one of them mutates.
+_program_stack: contextvars.ContextVar[tuple[Program, ...]] = contextvars.ContextVar(
+    "autodiff_program_stack", default=())
+
+
+class _DefaultProgram(threading.local):
+    """The program traced into outside any `with Program():`, one per thread (made on first use)."""
+    program: Program | None = None
+
+
+_default = _DefaultProgram()
 
 
 def current_program() -> Program:
-    return _program_stack[-1]
+    stack = _program_stack.get()
+    if stack:
+        return stack[-1]
+    if _default.program is None:
+        _default.program = Program()
+    return _default.program
 
 
 def reset() -> None:
-    """Forget the default program (all traced nodes and persistent tensors)."""
-    _program_stack[0] = Program()
+    """Forget this thread's default program (all traced nodes and persistent tensors)."""
+    _default.program = Program()
 
 
 def manual_seed(seed: int) -> None:

@@ -109,7 +109,12 @@ class Tensor:
         return f"Tensor({kind}, shape={self.shape}, dtype={self.dtype})"
 
     def __bool__(self) -> bool:
-        raise TypeError("a traced Tensor has no value while tracing; use ad.where or a Receiver")
+        # `if t:`, `and`/`or`/`not` and `x in list` (through ==) would need the value now,
+        # but a traced tensor only has one when the program runs
+        raise trace_error("bool", f"{self!r} has no value while tracing, so Python control flow "
+                          "(if, while, and, or, not, `in` on a list, which compares with ==) cannot "
+                          "branch on it; use ad.where(cond, a, b) to choose per element, `is` to "
+                          "compare tensors by identity, or a Receiver to look at the value")
 
     # --- values and gradients ----------------------------------------------
     def numpy(self) -> np.ndarray:
@@ -144,10 +149,14 @@ class Tensor:
             raise TraceError("requires_grad can be set only on persistent tensors")
         self._var.requires_grad = bool(value) and self._var.dtype == FLOAT
 
-    def backward(self, grad: TensorLike | None = None) -> None:
-        """Append the gradient of this tensor to the graph; accumulate into `.grad`."""
+    def backward(self, grad: TensorLike | None = None, retain_graph: bool = False) -> None:
+        """Append the gradient of this tensor to the graph; accumulate into `.grad`.
+
+        As in torch: `grad` may be omitted only for a one-element tensor, and a second
+        backward() through the same nodes needs `retain_graph=True` in the first.
+        """
         from .autodiff import backward
-        backward(self, grad)
+        backward(self, grad, retain_graph)
 
     def detach(self) -> "Tensor":
         return _unary(Op.DETACH, self)
@@ -170,35 +179,44 @@ class Tensor:
         return self.assign(value)
 
     def add_(self, other: TensorLike) -> "Tensor":
-        return self.assign(self + other)
+        return self._updated(self + other, "add_")
 
     def sub_(self, other: TensorLike) -> "Tensor":
-        return self.assign(self - other)
+        return self._updated(self - other, "sub_")
 
     def mul_(self, other: TensorLike) -> "Tensor":
-        return self.assign(self * other)
+        return self._updated(self * other, "mul_")
 
     def div_(self, other: TensorLike) -> "Tensor":
-        return self.assign(self / other)
+        return self._updated(self / other, "div_")
 
     def zero_(self) -> "Tensor":
         return self.assign(0)
 
-    def _inplace(self, result: "Tensor") -> "Tensor":
+    def _inplace(self, result: "Tensor", opname: str) -> "Tensor":
         # `p -= x` updates a persistent tensor; on an intermediate it rebinds the name
-        return self.assign(result) if self._var is not None else result
+        return self._updated(result, opname) if self._var is not None else result
+
+    def _updated(self, result: "Tensor", opname: str) -> "Tensor":
+        """`self.assign(result)` for the arithmetic in-place ops (add_, +=, ...)."""
+        if self._var is not None and self.dtype == INT and result.dtype == FLOAT:
+            # torch: "result type Float can't be cast to the desired output type Int"
+            raise trace_error(opname, f"the result is float32 and cannot be stored in the int32 "
+                              f"tensor {self._var.name!r} {self.shape} in place; use "
+                              "t.assign(value) to store it truncated, or a float32 tensor")
+        return self.assign(result)
 
     def __iadd__(self, other: TensorLike) -> "Tensor":
-        return self._inplace(self + other)
+        return self._inplace(self + other, "+=")
 
     def __isub__(self, other: TensorLike) -> "Tensor":
-        return self._inplace(self - other)
+        return self._inplace(self - other, "-=")
 
     def __imul__(self, other: TensorLike) -> "Tensor":
-        return self._inplace(self * other)
+        return self._inplace(self * other, "*=")
 
     def __itruediv__(self, other: TensorLike) -> "Tensor":
-        return self._inplace(self / other)
+        return self._inplace(self / other, "/=")
 
     # --- arithmetic -----------------------------------------------------------
     def __add__(self, other: TensorLike) -> "Tensor":
@@ -236,6 +254,9 @@ class Tensor:
         return self.pow(other)
 
     def __rpow__(self, other: TensorLike) -> "Tensor":
+        if self.dtype == INT and not _is_float_operand(other):
+            raise trace_error("pow", f"{other!r} ** an int32 tensor {self.shape} is not supported "
+                              "(torch gives an integer power); write float(base) ** e for float32")
         return _binary(Op.POW, other, self, float_only=True)
 
     def __neg__(self) -> "Tensor":
@@ -261,10 +282,41 @@ class Tensor:
     def __ge__(self, other: TensorLike) -> "Tensor":
         return self.ge(other)
 
-    __hash__ = object.__hash__  # == stays identity (a list of tensors must stay searchable)
+    def __eq__(self, other: object) -> "Tensor":  # type: ignore[override]
+        # elementwise like torch; anything that is not tensor-like compares by identity
+        return self.eq(other) if _is_tensor_like(other) else NotImplemented
+
+    def __ne__(self, other: object) -> "Tensor":  # type: ignore[override]
+        return self.ne(other) if _is_tensor_like(other) else NotImplemented
+
+    # hashing stays by identity, so tensors can still be dict keys and set members; but
+    # `t in some_list` now compares elementwise (and raises, via bool): search with `is`
+    __hash__ = object.__hash__
 
     def pow(self, exponent: TensorLike) -> "Tensor":
+        if self.dtype == INT and not _is_float_operand(exponent):
+            return self._int_pow(exponent)
         return _binary(Op.POW, self, exponent, float_only=True)
+
+    def _int_pow(self, exponent: TensorLike) -> "Tensor":
+        """int32 ** int: an int32 result, as in torch, by exact repeated squaring."""
+        if isinstance(exponent, Tensor) or not is_scalar(exponent):
+            raise trace_error("pow", f"int32 {self.shape} ** an int32 tensor is not supported (torch "
+                              "gives an integer power, which the devices cannot compute exactly in "
+                              "general); write x.float() ** e for a float32 power")
+        n = int(exponent)
+        if n < 0:
+            raise trace_error("pow", "Integers to negative integer powers are not allowed "
+                              f"(int32 {self.shape} ** {n}); write x.float() ** {n}")
+        result: Tensor | None = None
+        square: Tensor = self
+        while n:   # binary exponentiation: about 2*log2(n) multiplies, each exact (wrapping) int32
+            if n & 1:
+                result = square if result is None else result * square
+            n >>= 1
+            if n:
+                square = square * square
+        return result if result is not None else constant(1, self.shape, INT)
 
     def maximum(self, other: TensorLike) -> "Tensor":
         return _binary(Op.MAXIMUM, self, other)
@@ -282,10 +334,11 @@ class Tensor:
         return _binary(Op.EQ, self, other)
 
     def le(self, other: TensorLike) -> "Tensor":
-        return 1 - self.gt(other)
+        # lt + eq, not 1 - gt: both are 0 when either side is nan, so nan <= x is 0 as in torch
+        return self.lt(other) + self.eq(other)
 
     def ge(self, other: TensorLike) -> "Tensor":
-        return 1 - self.lt(other)
+        return self.gt(other) + self.eq(other)
 
     def ne(self, other: TensorLike) -> "Tensor":
         return 1 - self.eq(other)
@@ -330,9 +383,10 @@ class Tensor:
         return self.minimum(0).exp() / ((self.minimum(-self)).exp() + 1)
 
     def relu(self) -> "Tensor":
-        # where(x > 0, x, 0): gradient 0 at x == 0, as in PyTorch
+        # torch's definition, where(x <= 0, 0, x): nan <= 0 is false, so relu(nan) is nan with
+        # gradient 1 (torch's threshold_backward); the gradient at x == 0 is 0; +-inf are exact
         from .functions import where
-        return where(self.gt(0), self, 0)
+        return where(self.le(0), 0, self)
 
     def sign(self) -> "Tensor":
         return self.gt(0) - self.lt(0)
@@ -364,8 +418,7 @@ class Tensor:
     def mean(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "Tensor":
         axes = self._axes("mean", dim)
         count = int(np.prod([self.shape[a] for a in axes], dtype=np.int64))
-        # the mean of nothing is nan, as torch's
-        return self.float().sum(axes, keepdim) * (1.0 / count if count else float("nan"))
+        return self.float().sum(axes, keepdim) * _reciprocal(count)
 
     def var(self, dim: int | Sequence[int] | None = None, keepdim: bool = False,
             unbiased: bool = True, correction: int | None = None) -> "Tensor":
@@ -373,9 +426,7 @@ class Tensor:
         count = int(np.prod([self.shape[a] for a in axes], dtype=np.int64))
         ddof = correction if correction is not None else (1 if unbiased else 0)
         centered = self - self.mean(axes, keepdim=True)
-        # fewer elements than the correction: nan, as torch's
-        scale = 1.0 / (count - ddof) if count > ddof else float("nan")
-        return (centered * centered).sum(axes, keepdim) * scale
+        return (centered * centered).sum(axes, keepdim) * _reciprocal(count - ddof)
 
     def max(self, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> "Tensor":
         """Values of the maximum (gradient shared evenly among ties, like torch.amax)."""
@@ -388,6 +439,11 @@ class Tensor:
         if dim is None:
             return self.reshape(-1).argmax(0, keepdim=False)
         axis = normalize_axis("argmax", dim, self.ndim)
+        if self.ndim == 0:   # torch: the only index of a 0-d tensor, 0-d even with keepdim
+            return constant(0, (), INT)
+        if self.shape[axis] == 0:
+            raise trace_error("argmax", f"cannot take the argmax over the empty dim {dim} of shape "
+                              f"{self.shape}")
         out = Tensor._wrap(make_node(Op.ARGMAX, [self.node], O.AxisArgs(axis), "argmax"))
         return out if keepdim else out.squeeze(axis)
 
@@ -401,6 +457,11 @@ class Tensor:
         axes = self._axes(opname, dim)
         if self.ndim == 0:
             return self
+        if op is not Op.SUM and any(self.shape[a] == 0 for a in axes):
+            # the maximum of nothing has no value: torch raises (a sum over an empty axis is 0,
+            # which the lowering gives, keeping the gradient's graph connected)
+            raise trace_error(opname, f"cannot reduce over an empty dim: dims {list(axes)} of "
+                              f"shape {self.shape}")
         out = Tensor._wrap(make_node(op, [self.node], O.AxesArgs(axes), opname))
         if keepdim:
             return out
@@ -434,6 +495,9 @@ class Tensor:
         return Tensor._wrap(make_node(Op.PERMUTE, [self.node], O.PermuteArgs(perm), "permute"))
 
     def transpose(self, dim0: int, dim1: int) -> "Tensor":
+        if self.ndim == 0:   # torch accepts dims 0 and -1 of a 0-d tensor: nothing to swap
+            normalize_axis("transpose", dim0, 0), normalize_axis("transpose", dim1, 0)
+            return self
         perm = list(range(self.ndim))
         a, b = normalize_axis("transpose", dim0, self.ndim), normalize_axis("transpose", dim1, self.ndim)
         perm[a], perm[b] = perm[b], perm[a]
@@ -451,13 +515,48 @@ class Tensor:
         axis = normalize_axis("unsqueeze", dim, self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 
-    def squeeze(self, dim: int | None = None) -> "Tensor":
+    def squeeze(self, dim: int | Sequence[int] | None = None) -> "Tensor":
+        """Drop size-1 axes: all of them, or those of `dim` (an int or a tuple, as in torch 2)."""
         if dim is None:
             return self.reshape(tuple(n for n in self.shape if n != 1))
-        axis = normalize_axis("squeeze", dim, self.ndim)
-        if self.ndim == 0 or self.shape[axis] != 1:
+        axes = {normalize_axis("squeeze", d, self.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
+        if self.ndim == 0:
             return self
-        return self.reshape(self.shape[:axis] + self.shape[axis + 1:])
+        # a named axis whose size is not 1 is kept, as in torch
+        return self.reshape(tuple(n for i, n in enumerate(self.shape) if not (i in axes and n == 1)))
+
+    def narrow(self, dim: int, start: "int | Tensor", length: int) -> "Tensor":
+        """Elements start .. start+length-1 along `dim`, like torch.narrow.
+
+        `start` may be a 0-d int32 tensor, known only when the program runs: those rows are
+        gathered, and a start outside [-size, size - length] is clamped into range (torch
+        raises; a running program cannot).
+        """
+        if self.ndim == 0:
+            raise trace_error("narrow", "narrow() cannot be applied to a 0-dim tensor")
+        axis = normalize_axis("narrow", dim, self.ndim)
+        size = self.shape[axis]
+        if not 0 <= length <= size:
+            raise trace_error("narrow", f"length {length} does not fit dim {dim} of size {size} "
+                              f"(shape {self.shape})")
+        if isinstance(start, Tensor) and start.ndim == 0 and start.node.op is Op.CONST:
+            start = start.node.args.value   # a constant is known now: an ordinary slice
+        if not isinstance(start, Tensor):
+            first = int(start) + size if int(start) < 0 else int(start)
+            if not 0 <= first <= size - length:
+                raise trace_error("narrow", f"start {start} with length {length} is out of range for "
+                                  f"dim {dim} of size {size} (shape {self.shape})")
+            index: list[Any] = [slice(None)] * self.ndim
+            index[axis] = slice(first, first + length)
+            return self[tuple(index)]
+        if start.ndim != 0 or start.dtype != INT:
+            raise trace_error("narrow", f"start must be an int or a 0-d int32 tensor, got "
+                              f"{start.dtype} {start.shape}")
+        from .functions import iota, where
+        from .indexing import take_along
+        first = where(start.lt(0), start + size, start).maximum(0).minimum(size - length)
+        rows = first + iota((length,), 0)   # the positions along `dim`, as a gather index
+        return take_along(self, axis, rows)
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
         if self.ndim == 0:
@@ -502,6 +601,11 @@ class Tensor:
         return self
 
 
+def _reciprocal(count: int) -> float:
+    """1/count for a mean over `count` elements; nan for none, as torch's 0/0."""
+    return 1.0 / count if count > 0 else float("nan")
+
+
 def _shape_arg(shape: tuple[Any, ...]) -> tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
@@ -533,9 +637,25 @@ def is_scalar(value: TensorLike) -> bool:
     return isinstance(value, (bool, int, float, np.integer, np.floating))
 
 
-def broadcast_operands(opname: str, values: Sequence[TensorLike]) -> list[Tensor]:
-    """Tensors of one broadcast shape; Python scalars become constants of that shape directly."""
-    like = next((v for v in values if isinstance(v, Tensor)), None)
+def _is_tensor_like(value: object) -> bool:
+    """What `==` compares elementwise: tensors, scalars, arrays and (nested) lists."""
+    return isinstance(value, (Tensor, np.ndarray, list, tuple)) or is_scalar(value)
+
+
+def _is_float_operand(value: TensorLike) -> bool:
+    """Whether an operand makes an int32 operation float32 (torch's promotion)."""
+    if isinstance(value, Tensor):
+        return value.dtype == FLOAT
+    if is_scalar(value):
+        return isinstance(value, (float, np.floating))
+    return np.asarray(value).dtype.kind not in "iub"
+
+
+def broadcast_operands(opname: str, values: Sequence[TensorLike], like: Tensor | None = None) -> list[Tensor]:
+    """Tensors of one broadcast shape; Python scalars become constants of that shape directly,
+    int32 or float32 as `like` (default: the first tensor) and the scalar say."""
+    if like is None:
+        like = next((v for v in values if isinstance(v, Tensor)), None)
     values = [v if is_scalar(v) else as_tensor(v, like) for v in values]
     shape = broadcast_shapes(opname, *[() if is_scalar(v) else v.shape for v in values])
     # nodes are made in operand order, so `x + 1` reads x before making the constant

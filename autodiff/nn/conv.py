@@ -21,16 +21,46 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-def _windows(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+Pads = tuple[tuple[int, int], tuple[int, int]]   # ((top, bottom), (left, right))
+
+
+def _padding(padding: int | tuple[int, int] | str, kernel: tuple[int, int], stride: tuple[int, int],
+             dilation: tuple[int, int], opname: str) -> Pads:
+    """Padding before and after each spatial axis, from an int, a pair, "valid" or "same"."""
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        if stride != (1, 1):
+            raise trace_error(opname, f"padding='same' is not supported for strided convolutions "
+                              f"(stride {stride})")
+        # torch: total d*(k-1) per axis, the odd element after (so the output keeps H and W)
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        (th, tw) = totals
+        return (th // 2, th - th // 2), (tw // 2, tw - tw // 2)
+    if isinstance(padding, str):
+        raise trace_error(opname, f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = _pair(padding)
+    return (ph, ph), (pw, pw)
+
+
+def _batched(x: Tensor, opname: str) -> tuple[Tensor, bool]:
+    """(N, C, H, W) input, and whether it was unbatched (C, H, W), which torch also accepts."""
+    if x.ndim == 3:
+        return x.unsqueeze(0), True
+    if x.ndim != 4:
+        raise trace_error(opname, f"expects (N, C, H, W) or unbatched (C, H, W) input, got {x.shape}")
+    return x, False
+
+
+def _windows(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: Pads,
              dilation: tuple[int, int], opname: str, fill: float = 0.0) -> tuple[Tensor, int, int]:
     """(N, C, KH*KW, OH, OW): every kernel offset's strided view of the padded input."""
-    if x.ndim != 4:
-        raise trace_error(opname, f"expects (N, C, H, W) input, got {x.shape}")
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    if ph or pw:
-        padded = pad(x, (0, 0, ph, pw), (0, 0, ph, pw))
+    (kh, kw), (sh, sw), ((top, bottom), (left, right)), (dh, dw) = kernel, stride, padding, dilation
+    if top or bottom or left or right:
+        low, high = (0, 0, top, left), (0, 0, bottom, right)
+        padded = pad(x, low, high)
         if fill != 0.0:   # pooling pads with -inf: mark the border and fill it
-            inside = pad(ones_like(x), (0, 0, ph, pw), (0, 0, ph, pw))
+            inside = pad(ones_like(x), low, high)
             padded = where(inside, padded, fill)
         x = padded
     height, width = x.shape[2], x.shape[3]
@@ -45,33 +75,49 @@ def _windows(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], paddin
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
            groups: int = 1) -> Tensor:
+    """torch's conv2d: (N, C, H, W) or unbatched (C, H, W) input; padding an int, a pair,
+    "valid" or "same"."""
+    if weight.ndim != 4:
+        raise trace_error("conv2d", f"weight must be (O, C/groups, KH, KW), got {weight.shape}")
+    x, unbatched = _batched(x, "conv2d")
     out_channels, in_per_group, kh, kw = weight.shape
     n, channels = x.shape[0], x.shape[1]
     if channels != in_per_group * groups or out_channels % groups:
         raise trace_error("conv2d", f"input {x.shape} does not match weight {weight.shape} with groups={groups}")
-    cols, out_h, out_w = _windows(x, (kh, kw), _pair(stride), _pair(padding), _pair(dilation), "conv2d")
+    stride2, dilation2 = _pair(stride), _pair(dilation)
+    pads = _padding(padding, (kh, kw), stride2, dilation2, "conv2d")
+    cols, out_h, out_w = _windows(x, (kh, kw), stride2, pads, dilation2, "conv2d")
     # (N, C, K, OH, OW) -> (N, G, C/G * K, OH*OW): channel-major like the weight's layout
     cols = cols.reshape(n, groups, in_per_group * kh * kw, out_h * out_w)
     w = weight.reshape(groups, out_channels // groups, in_per_group * kh * kw)
     out = (w @ cols).reshape(n, out_channels, out_h, out_w)
     if bias is not None:
         out = out + bias.reshape(1, out_channels, 1, 1)
-    return out
+    return out.squeeze(0) if unbatched else out
+
+
+def _pool_padding(padding: int | tuple[int, int]) -> Pads:
+    ph, pw = _pair(padding)
+    return (ph, ph), (pw, pw)
 
 
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Tensor:
+    x, unbatched = _batched(x, "max_pool2d")
     kernel = _pair(kernel_size)
-    cols, _, _ = _windows(x, kernel, _pair(stride if stride is not None else kernel_size), _pair(padding),
-                          _pair(dilation), "max_pool2d", fill=float("-inf"))
-    return cols.max(2)
+    cols, _, _ = _windows(x, kernel, _pair(stride if stride is not None else kernel_size),
+                          _pool_padding(padding), _pair(dilation), "max_pool2d", fill=float("-inf"))
+    out = cols.max(2)
+    return out.squeeze(0) if unbatched else out
 
 
 def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
     """Average over each window, padding counted (PyTorch's count_include_pad=True)."""
+    x, unbatched = _batched(x, "avg_pool2d")
     kernel = _pair(kernel_size)
-    cols, _, _ = _windows(x, kernel, _pair(stride if stride is not None else kernel_size), _pair(padding),
-                          (1, 1), "avg_pool2d")
-    return cols.mean(2)
+    cols, _, _ = _windows(x, kernel, _pair(stride if stride is not None else kernel_size),
+                          _pool_padding(padding), (1, 1), "avg_pool2d")
+    out = cols.mean(2)
+    return out.squeeze(0) if unbatched else out
 
 
 class Conv2d(Module):

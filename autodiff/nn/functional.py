@@ -37,7 +37,13 @@ def silu(x: Tensor) -> Tensor:
     return x * x.sigmoid()
 
 
+def _empty_axis(x: Tensor, dim: int, opname: str) -> bool:
+    return x.ndim > 0 and x.shape[normalize_axis(opname, dim, x.ndim)] == 0
+
+
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    if _empty_axis(x, dim, "softmax"):
+        return x.float()   # no elements: nothing to normalize (and no maximum to shift by)
     # the max is a constant shift: detaching it keeps it out of the gradient, like PyTorch
     shifted = x - x.max(dim, keepdim=True).detach()
     e = shifted.exp()
@@ -45,6 +51,8 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    if _empty_axis(x, dim, "log_softmax"):
+        return x.float()
     shifted = x - x.max(dim, keepdim=True).detach()
     return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
@@ -141,7 +149,16 @@ def embedding(indices: Tensor, weight: Tensor) -> Tensor:
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    if not 0 <= p <= 1:
+        raise trace_error("dropout", f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0:
         return x
+    if p == 1:   # every element dropped: x * 0 as torch computes it (nan and inf give nan)
+        return x * 0.0
     keep = random_uniform(x.shape).ge(p)
     return x * keep * (1.0 / (1.0 - p))
+
+
+# torch.nn.functional has the convolution and pooling forms too; they live in conv.py with
+# their modules (imported last: conv.py imports layers.py, which imports this module)
+from .conv import avg_pool2d, conv2d, max_pool2d  # noqa: E402
