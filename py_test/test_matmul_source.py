@@ -7,9 +7,7 @@ work-group function at its first launch (a few tenths of a second).
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest

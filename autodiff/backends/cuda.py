@@ -46,7 +46,7 @@ from ..codegen.renderer import CUDALanguage, RenderedKernel
 from ..errors import DeviceMemoryError
 from ..ir.dtypes import ITEMSIZE
 from ..proc.index import Var
-from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram
+from ..proc.ir import Buffer, FeedCmd, LoopCmd, ProcProgram
 from .base import DeviceExecutor, Step, feeds_ahead_for, prepare_steps
 from .registry import Backend, register
 

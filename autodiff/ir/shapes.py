@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .dtypes import DTYPES, FLOAT, INT
+from .dtypes import FLOAT, INT
 from .ops import (BINARY_OPS, COMPARISON_OPS, Op, UNARY_OPS, AxesArgs, AxisArgs, CastArgs, PadArgs,
                   PermuteArgs, ShapeArgs, SliceArgs)
 

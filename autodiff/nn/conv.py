@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from ..frontend.functions import ones_like, pad, stack, where
 from ..frontend.tensor import Tensor
 from ..frontend.trace import trace_error
-from .layers import uniform_parameter
+from .init import uniform_parameter
 from .module import Module
 
 

@@ -9,6 +9,9 @@ from ..frontend.functions import gather_rows, iota, random_uniform, where
 from ..ir.dtypes import FLOAT, INT
 from ..frontend.tensor import Tensor, as_tensor
 from ..frontend.trace import normalize_axis, trace_error
+# torch.nn.functional has the convolution and pooling forms too; they live in conv.py with
+# their modules
+from .conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
 
 
 def relu(x: Tensor) -> Tensor:
@@ -158,7 +161,3 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     keep = random_uniform(x.shape).ge(p)
     return x * keep * (1.0 / (1.0 - p))
 
-
-# torch.nn.functional has the convolution and pooling forms too; they live in conv.py with
-# their modules (imported last: conv.py imports layers.py, which imports this module)
-from .conv import avg_pool2d, conv2d, max_pool2d  # noqa: E402

@@ -8,14 +8,9 @@ import numpy as np
 
 from ..frontend.program import current_program
 from ..frontend.tensor import Tensor
+from .init import uniform_parameter
 from . import functional as F
 from .module import Module
-
-
-def uniform_parameter(shape: tuple[int, ...], bound: float, name: str) -> Tensor:
-    """U(-bound, bound) from the program's generator (reproducible with manual_seed)."""
-    values = current_program().rng.uniform(-bound, bound, size=shape).astype(np.float32)
-    return Tensor(values, name=name)
 
 
 class Linear(Module):

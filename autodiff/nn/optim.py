@@ -18,13 +18,10 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from ..ir import ops as O
-from ..ir.ops import Op
 from ..errors import TraceError
 from ..ir.dtypes import FLOAT, INT
 from ..ir.graph import Variable
 from ..frontend.tensor import Tensor, constant
-from ..frontend.trace import make_node
 
 
 class Optimizer:
