@@ -88,6 +88,37 @@ class Failure:
 RECEIVER_ERRORS = (ReceiverError, IndexOutOfRangeError)
 
 
+def receive_now(fn: Callable[..., object], name: str, values: list[np.ndarray], iterations: list[int],
+                failure: Failure) -> None:
+    """A Receiver on an executor that runs in step with the host (the numpy devices)."""
+    try:
+        call_receiver(fn, name, values, iterations)
+    except RECEIVER_ERRORS as err:
+        failure.record(err, iterations)
+        if not iterations:
+            raise   # outside loops a failure stops at once
+
+
+def loop_in_step(count: int, iterations: list[int], failure: Failure, run_iteration: Callable[[int], None]) -> None:
+    """A loop on an executor that runs in step with the host, stopping after a failure where
+    `Failure` says, as the device executors do (base.DeviceExecutor.run_loop)."""
+    outermost = not iterations
+    iterations.append(0)
+    ran = 0
+    try:
+        for i in range(count):
+            if outermost and not failure.runs_outer_iteration(i):
+                break
+            iterations[-1] = i
+            run_iteration(i)
+            ran = i + 1
+    finally:
+        iterations.pop()
+    if outermost and failure.error is not None:
+        failure.outer_loop_done(ran)
+        raise failure.error
+
+
 @dataclass
 class PendingReceive:
     """A Receiver's copies in flight: delivered once `ready()`; `wait()` blocks until they are."""

@@ -14,7 +14,7 @@ import numpy as np
 from ..ir.ops import Op
 from ..ir.graph import Block, Node
 from .registry import Backend, register
-from .host import RECEIVER_ERRORS, Failure, call_feeder, call_receiver, receiver_due
+from .host import Failure, call_feeder, loop_in_step, receive_now, receiver_due
 from ..ir.reference import REFERENCE, random_uniform
 
 
@@ -68,31 +68,12 @@ class NumpyGraphExecutor:
     def _receiver(self, node: Node) -> None:
         if self.failure.error is None and receiver_due(node.args.every, self.iterations):
             values = [np.array(self.env[i.id]) for i in node.inputs]
-            try:
-                call_receiver(node.args.fn, node.args.name, values, self.iterations)
-            except RECEIVER_ERRORS as err:
-                self.failure.record(err, self.iterations)
-                if not self.iterations:
-                    raise   # outside loops a failure stops at once
+            receive_now(node.args.fn, node.args.name, values, self.iterations, self.failure)
 
     def _for(self, node: Node) -> None:
         """Loops stop after a failure where `host.Failure` says, as on every backend."""
         body = node.args.body
-        outermost = not self.iterations
-        self.iterations.append(0)
-        ran = 0
-        try:
-            for i in range(node.args.count):
-                if outermost and not self.failure.runs_outer_iteration(i):
-                    break
-                self.iterations[-1] = i
-                self._run_block(body)
-                ran = i + 1
-        finally:
-            self.iterations.pop()
-        if outermost and self.failure.error is not None:
-            self.failure.outer_loop_done(ran)
-            raise self.failure.error
+        loop_in_step(node.args.count, self.iterations, self.failure, lambda i: self._run_block(body))
 
 
 EFFECTS: dict[Op, Callable[[NumpyGraphExecutor, Node], None]] = {

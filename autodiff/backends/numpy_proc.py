@@ -19,7 +19,7 @@ from ..proc.index import Atom, DynAtom, Var, evaluate_index, flat_index
 from ..proc.ir import (Alu, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load, LoopCmd,
                        ProcProgram, RandomBits, ReceiveCmd, Reduce, walk_expr)
 from .registry import Backend, register
-from .host import RECEIVER_ERRORS, Failure, call_feeder, call_receiver, receiver_due
+from .host import Failure, call_feeder, loop_in_step, receive_now, receiver_due
 from ..ir.reference import REFERENCE, hash_uniform
 
 CHUNK_ELEMENTS = 1 << 22   # iteration points evaluated at once
@@ -74,31 +74,14 @@ class NumpyProcExecutor:
         if self.failure.error is not None or not receiver_due(cmd.every, self.iterations):
             return
         values = [self.views[b.id].reshape(b.shape).copy() for b in cmd.buffers]
-        try:
-            call_receiver(cmd.fn, cmd.name, values, self.iterations)
-        except RECEIVER_ERRORS as err:
-            self.failure.record(err, self.iterations)
-            if not self.iterations:
-                raise   # outside loops a failure stops at once
+        receive_now(cmd.fn, cmd.name, values, self.iterations, self.failure)
 
     def _run_loop(self, cmd: LoopCmd) -> None:
         """Loops stop after a failure where `host.Failure` says, as on every backend."""
-        outermost = not self.iterations
-        self.iterations.append(0)
-        ran = 0
-        try:
-            for i in range(cmd.count):
-                if outermost and not self.failure.runs_outer_iteration(i):
-                    break
-                self.iterations[-1] = i
-                self.loop_values[cmd.variable] = i
-                self._run_commands(cmd.body)
-                ran = i + 1
-        finally:
-            self.iterations.pop()
-        if outermost and self.failure.error is not None:
-            self.failure.outer_loop_done(ran)
-            raise self.failure.error
+        def iteration(i: int) -> None:
+            self.loop_values[cmd.variable] = i
+            self._run_commands(cmd.body)
+        loop_in_step(cmd.count, self.iterations, self.failure, iteration)
 
     # --- kernels --------------------------------------------------------------------
     def _run_kernel(self, kernel: Kernel) -> None:
