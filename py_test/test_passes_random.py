@@ -37,6 +37,8 @@ def _apply(op: int, a: ad.Tensor, b: ad.Tensor, k: int) -> ad.Tensor:
         return [a + b, a * b, a - b, a.maximum(b), ad.where(a.gt(b), a, b)][k % 5]
     if kind == 2 and a.ndim >= 1:
         dim = k % a.ndim
+        if a.shape[dim] == 0:                           # the maximum of nothing is an error
+            return [a.sum(dim), a.mean(dim, keepdim=True), a.sum()][k % 3]
         return [a.sum(dim), a.mean(dim, keepdim=True), a.max(dim), a.sum()][k % 4]
     if kind == 3 and a.ndim == 2:
         return [a.T, a.reshape(-1), a.unsqueeze(0).expand(2, *a.shape), a[::2, 1:]][k % 4]
@@ -57,12 +59,14 @@ def _broadcastable(x: tuple, y: tuple) -> bool:
     return all(p == q or p == 1 or q == 1 for p, q in zip(reversed(x), reversed(y)))
 
 
-def _run(picks: list[tuple[int, int, int]], disable: set[str]) -> list[np.ndarray]:
+def _run(picks: list[tuple[int, int, int]], disable: set[str], device: str = "numpy",
+         rows: int = 3) -> list[np.ndarray]:
+    """The program of `picks` run on `device`; `rows` sizes one parameter (0 and 1 included)."""
     got: list[np.ndarray] = []
     with ad.Program() as program:
         rng = np.random.default_rng(0)
         params = [ad.Tensor(rng.standard_normal(s).astype(np.float32) * 0.5, name=f"p{i}")
-                  for i, s in enumerate([(3, 4), (4,), (4, 3), (2, 3, 4)])]
+                  for i, s in enumerate([(3, 4), (4,), (4, 3), (2, 3, 4), (rows, 4)])]
 
         def body():
             x = ad.Feeder(lambda: np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), (3, 4), name="x")
@@ -81,7 +85,7 @@ def _run(picks: list[tuple[int, int, int]], disable: set[str]) -> list[np.ndarra
             ad.Receiver(lambda *a: got.extend(a), [loss] + outputs + after_update, name="values")
 
         ad.ir_for(2, body)
-        program.execute(device="numpy", disable=disable)
+        program.execute(device=device, disable=disable)
         got.extend(p.numpy() for p in params)
     return got
 

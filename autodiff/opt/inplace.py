@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir.ops import Op
+from ..ir.ops import MOVEMENT_OPS, Op
 from ..ir.graph import Block, Node
 from .rewrite import Graph, GraphBuilder, rebuild
 
@@ -46,14 +46,21 @@ def _late_reads(root: Block) -> list[tuple[Node, Node]]:
     readers: dict[int, list[Node]] = {}        # READ id -> nodes that use it
     reads_of: dict[int, list[Node]] = {}       # variable id -> its READ nodes
     updates: list[Node] = []
+    # a view (reshape, permute, slice, ...) of a read computes nothing where it stands: it
+    # becomes an access expression into the variable's storage, evaluated where the view is
+    # used, so the users of a view are users of the read it views (a Receiver of
+    # `p.reshape(-1)` traced before `p.sub_(...)` must see the old p)
+    viewed: dict[int, list[Node]] = {}         # view node id -> the READs it views
     for node in root.walk():
         if node.op is Op.READ:
             reads_of.setdefault(node.args.var.id, []).append(node)
         elif node.op is Op.ASSIGN:
             updates.append(node)
         for i in node.inputs:
-            if i.op is Op.READ:
-                readers.setdefault(i.id, []).append(node)
+            for read in ([i] if i.op is Op.READ else viewed.get(i.id, [])):
+                readers.setdefault(read.id, []).append(node)
+                if node.op in MOVEMENT_OPS:
+                    viewed.setdefault(node.id, []).append(read)
     pairs = []
     for update in updates:
         at = order[update.id]
