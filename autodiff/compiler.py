@@ -44,7 +44,6 @@ class Compilation:
     proc: ProcProgram | None = None
     plan: MemoryPlan | None = None
     kernels_before_fusion: int | None = None
-    kernels_after_fusion: int | None = None
     executor: Any = None
 
 
@@ -72,7 +71,6 @@ def _fuse(c: Compilation) -> None:
 
 def _schedule(c: Compilation) -> None:
     pack_matmul_operands(c.proc)
-    c.kernels_after_fusion = len(c.proc.kernels())
 
 
 def _plan_memory(c: Compilation) -> None:
@@ -181,18 +179,15 @@ class CompiledProgram:
         self.graph: Block = c.graph.root
         self.proc, self.plan, self.executor = c.proc, c.plan, c.executor
         self.kernels_before_fusion = c.kernels_before_fusion
-        self.kernels_after_fusion = c.kernels_after_fusion
-        if self.proc is not None and self.kernels_after_fusion is None:
-            self.kernels_after_fusion = len(self.proc.kernels())
+        # kernels the device runs: after fusion and the schedule's operand copies
+        self.kernels_after_fusion = None if self.proc is None else len(self.proc.kernels())
         self.compile_seconds = time.perf_counter() - start
 
     @property
     def kernels(self) -> dict[str, str]:
         """Generated source of each distinct kernel, by name (backends that generate code)."""
-        rendered = getattr(self.executor, "rendered", None)
-        if rendered is None:
-            return {}
-        return {r.name: r.source for r in rendered + getattr(self.executor, "mega_rendered", [])}
+        program = getattr(self.executor, "rendered_program", None)
+        return {} if program is None else {r.name: r.source for r in program.rendered}
 
     @property
     def ops_executed(self) -> int:

@@ -22,10 +22,11 @@ import sys
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import autodiff as ad  # noqa: E402
+from autodiff.compiler import STAGES as COMPILE_STAGES  # noqa: E402
 from reference_model import trace_reference_step  # noqa: E402
 
 
-STAGES = ["trace", "passes", "lowering", "fusion", "memory", "device build"]
+STAGES = ["trace"] + [stage.name for stage in COMPILE_STAGES]   # every stage the compiler times
 
 
 def measure(layers: int, device: str) -> dict:
@@ -38,7 +39,7 @@ def measure(layers: int, device: str) -> dict:
     executor = compiled.executor
     row = {"layers": layers, "nodes": compiled.pass_records[0].nodes_before,
            "nodes_optimized": compiled.pass_records[-1].nodes_after,
-           "kernels": compiled.kernels_after_fusion, "built": len({r.body for r in getattr(executor, "rendered", []) + getattr(executor, "mega_rendered", [])}),
+           "kernels": compiled.kernels_after_fusion, "built": len({r.body for r in executor.rendered_program.rendered}),
            "trace_s": trace_seconds}
     for stage in STAGES[1:]:
         row[f"{stage}_s"] = compiled.stage_seconds.get(stage, 0.0)

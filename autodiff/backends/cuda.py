@@ -129,16 +129,15 @@ class CUDAExecutor(DeviceExecutor):
         self.device_name = _device_name(cp, device_id)
         self._check_memory()
         start = time.perf_counter()
-        rendered_program = render_program(program, self.language, self.features - disable)
-        kernels = [k for k, _ in rendered_program.singles]
-        self.rendered = [r for _, r in rendered_program.singles]
-        self.module, self.function_names, self.source = build_module(cp, self.language, self.rendered)
+        self.rendered_program = render_program(program, self.language, self.features - disable)
+        self.module, self.function_names, self.source = build_module(cp, self.language,
+                                                                     self.rendered_program.rendered)
         self.build_seconds = time.perf_counter() - start
         self.stream = cp.cuda.Stream(non_blocking=True)
         self._allocate()
         functions = {name: self.module.get_function(name) for name in dict.fromkeys(self.function_names)}
         self.launch_of: dict[int, _Launch] = {}
-        for kernel, rendered, name in zip(kernels, self.rendered, self.function_names):
+        for (kernel, rendered), name in zip(self.rendered_program.singles, self.function_names):
             self.launch_of[id(kernel)] = self._prepare(kernel, rendered, functions[name])
         self.steps = prepare_steps(program.commands, lambda cmd: self.launch_of[id(cmd.kernel)])
         self.graph_plans: dict[int, _GraphPlan] = {}

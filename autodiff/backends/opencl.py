@@ -169,16 +169,13 @@ class OpenCLExecutor(DeviceExecutor):
         self.feeds_ahead = feeds_ahead_for(program.commands, disable)
         self.rendered_program: RenderedProgram = render_program(program, self.language, features,
                                                                 lambda b: self._place(b)[0])
-        self.rendered = [r for _, r in self.rendered_program.singles]
-        self.mega_rendered = [r for _, r in self.rendered_program.megakernels]
         self.cl_program, names, self.source = build_program(self.context, self.language,
-                                                            self.rendered + self.mega_rendered)
+                                                            self.rendered_program.rendered)
         self._place_tables()
-        singles = [k for k, _ in self.rendered_program.singles]
-        self.launch_of: dict[int, _Launch] = {id(k): self._prepare(r, fn) for k, r, fn in
-                                              zip(singles, self.rendered, names[:len(self.rendered)])}
+        singles = self.rendered_program.singles
+        self.launch_of: dict[int, _Launch] = {id(k): self._prepare(r, fn) for (k, r), fn in zip(singles, names)}
         self.mega_launches = [self._prepare(r, fn, base) for r, fn, base in
-                              zip(self.mega_rendered, names[len(self.rendered):], self.table_bases)]
+                              zip(self.mega_rendered, names[len(singles):], self.table_bases)]
         mega_of = self.rendered_program.megakernel_of()
 
         def launch_for(cmd: KernelCmd) -> _Launch:
@@ -191,6 +188,15 @@ class OpenCLExecutor(DeviceExecutor):
         # host array alive that way): Feeder copies are kept until a marker after them is done
         self.feed_copies: list[Any] = []
         self.held: list[tuple[Any, list[Any]]] = []   # (marker, the Feeder copies before it)
+
+    @property
+    def rendered(self) -> list[RenderedKernel]:
+        """The kernels launched one by one."""
+        return [r for _, r in self.rendered_program.singles]
+
+    @property
+    def mega_rendered(self) -> list[RenderedKernel]:
+        return [r for _, r in self.rendered_program.megakernels]
 
     # --- setup ------------------------------------------------------------------------
     def _check_memory(self) -> None:

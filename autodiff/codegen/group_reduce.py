@@ -17,7 +17,7 @@ from __future__ import annotations
 from ..ir.ops import Op
 from ..proc.index import Index, Var, unflatten
 from ..proc.ir import Alu, Kernel, Load, Reduce, replace_expr, substitute_vars, walk_expr
-from .renderer import (ACCUMULATOR, COMPENSATE_FROM, CStyleLanguage, KernelRenderer, RenderedKernel, _Scope, combine,
+from .renderer import (ACCUMULATOR, CStyleLanguage, KernelRenderer, RenderedKernel, _Scope, combine, compensates,
                        start_value)
 
 GROUP_SIZE = 128            # work-items per output (a power of two: the tree halves it)
@@ -70,7 +70,7 @@ class GroupReduceRenderer(KernelRenderer):
         root = _Scope(None, variables=(gid,))
         loop = _Scope(root, variables=(r,))
         part = self.value(body, loop)
-        compensated = reduce.op is Op.SUM and length // GROUP_SIZE >= COMPENSATE_FROM
+        compensated = compensates(reduce.op, "float32", length // GROUP_SIZE)
         lines = root.lines + [f"float mine = {start_value(reduce.op, 'float32', lang)};"]
         lines += ["float comp = 0.0f;"] if compensated else []
         lines += [f"for (int r = lid; r < {length}; r += {GROUP_SIZE}) {{"]

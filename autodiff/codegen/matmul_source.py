@@ -37,7 +37,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..schedule.tiling import (DOT, OUTER, PACKED, SMALL_PROBLEM_FLOPS, VECTOR_WIDTH, MatmulShape, Tiling,
+from ..schedule.tiling import (DOT, OUTER, PACKED, VECTOR_WIDTH, MatmulShape, Tiling,
                                choose_tiling)
 
 BUILD_OPTIONS = "-cl-mad-enable"

@@ -461,7 +461,7 @@ class KernelRenderer:
 
     def compensation(self, e: Reduce, scope: _Scope, ctype: str, length: int) -> str | None:
         """The running compensation of a long float sum (declared here), else None."""
-        if e.op is not Op.SUM or e.dtype != "float32" or length < COMPENSATE_FROM:
+        if not compensates(e.op, e.dtype, length):
             return None
         name = self.fresh("comp")
         scope.lines.append(f"{ctype} {name} = ({ctype})(0.0f);")
@@ -586,6 +586,11 @@ def reduction_length(e: Reduce) -> int:
     for v in e.variables:
         length *= v.extent
     return length
+
+
+def compensates(op: Op, dtype: str, length: int) -> bool:
+    """Whether an accumulator taking in `length` elements of a reduction is compensated."""
+    return op is Op.SUM and dtype == "float32" and length >= COMPENSATE_FROM
 
 
 def start_value(op: Op, dtype: str, language: CStyleLanguage) -> str:
