@@ -55,6 +55,17 @@ def test_batched_matmul_with_broadcast_batch(device):
     np.testing.assert_allclose(got[1], a @ c.transpose(0, 2, 1), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape, new", [((2, 0, 3), (0, 6)), ((0, 4), (2, 0, 2)), ((3, 0), (0,)), ((0,), (5, 0))])
+def test_reshape_of_empty_tensors_with_a_zero_before_other_axes(device, shape, new):
+    # a stride after a 0-size axis is 0: lowering once divided an index by it (found by
+    # test_devices_random.py)
+    x = np.ones(shape, np.float32)
+    got = _run(device, lambda: [(ad.Tensor(x) * 2).reshape(new).sum(-1)])
+    want = (x * 2).reshape(new).sum(-1)
+    assert got[0].shape == want.shape
+    np.testing.assert_array_equal(got[0], want)
+
+
 def test_zero_d_tensors(device):
     got = _run(device, lambda: [ad.Tensor(np.float32(2.5)) * 3 + ad.Tensor(np.float32(1.0)).exp(),
                                 ad.Tensor(np.float32(-4.0)).abs().sqrt()])

@@ -257,6 +257,9 @@ def flat_index(indices: tuple[Index, ...], shape: tuple[int, ...]) -> Index:
 
 def unflatten(offset: Index, shape: tuple[int, ...]) -> tuple[Index, ...]:
     """The multi-index of a row-major offset (inverse of flat_index)."""
+    if 0 in shape:
+        # an empty tensor: no element is ever read, and a stride after a 0 axis is 0
+        return tuple(Index.of(0) for _ in shape)
     out = []
     stride = 1
     strides = []
