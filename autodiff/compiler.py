@@ -175,6 +175,10 @@ class CompiledProgram:
             at = time.perf_counter()
             stage.run(c)
             self.stage_seconds[stage.name] = time.perf_counter() - at
+        # the device build's parts (render, cache load, build, first launches), where a backend times them
+        parts = getattr(c.executor, "build_seconds", None)
+        if isinstance(parts, dict):
+            self.stage_seconds.update({f"device build: {part}": seconds for part, seconds in parts.items()})
         self.optimized, self.pass_records = c.graph, c.pass_records
         self.graph: Block = c.graph.root
         self.proc, self.plan, self.executor = c.proc, c.plan, c.executor

@@ -108,7 +108,7 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        ad.Receiver(show_loss, [step, loss], name="loss", every=20)
+        ad.Receiver(show_loss, [step, loss], name="loss", every=min(20, args.steps))
 
     ad.ir_for(args.steps, train_step)
     if args.show_graph:

@@ -58,7 +58,7 @@ def main() -> None:
         res.backward()
         opt.step()
         ad.Receiver(lambda i, v: print(f"step {int(i) + 1:5d}  loss {float(v):.4f}"), [step, res],
-                    name="loss", every=20)
+                    name="loss", every=min(20, args.steps))
         # the parameters are read after opt.step(): the values the last iteration leaves
         ad.Receiver(finish, [res] + model.parameters(), name="final", every=args.steps)
 

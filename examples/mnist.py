@@ -65,7 +65,7 @@ def main() -> None:
         loss.backward()
         opt.step()
         ad.Receiver(lambda i, v: print(f"step {int(i) + 1:5d}  loss {float(v):.4f}"), [step, loss],
-                    name="loss", every=20)
+                    name="loss", every=min(20, args.steps))
 
     ad.ir_for(args.steps, train_step)
 

@@ -46,7 +46,7 @@ def main() -> None:
         res.backward()
         opt.step()
         ad.Receiver(lambda i, v: print(f"step {int(i) + 1:5d}  loss {float(v):.6f}"), [step, res],
-                    name="loss", every=20)
+                    name="loss", every=min(20, args.steps))
 
     ad.ir_for(args.steps, train_step)
 

@@ -46,6 +46,8 @@ def run_example(script: str, device: str, *args: str) -> str:
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, (f"{' '.join(command)} exited with {proc.returncode}\n"
                                   f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+    # a successful compile and run writes nothing to stderr (no compiler output, no warnings)
+    assert proc.stderr == "", f"{' '.join(command)} wrote to stderr:\n{proc.stderr[-4000:]}"
     return proc.stdout
 
 

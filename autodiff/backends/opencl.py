@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..alloc.plan import MemoryPlan
-from ..codegen.build import build_kernels
+from ..codegen.build import unique_kernels
 from ..codegen.matmul_source import BUILD_OPTIONS
 from ..codegen.program import FEATURES, RenderedProgram, render_program
 from ..codegen.renderer import OpenCLLanguage, RenderedKernel
@@ -28,6 +28,8 @@ from ..ir.dtypes import ITEMSIZE
 from ..proc.index import Var
 from ..proc.ir import Buffer, FeedCmd, KernelCmd, ProcProgram
 from .base import DeviceExecutor, feeds_ahead_for, prepare_steps
+from . import kernel_cache
+from .opencl_build import BuildProgress, WarmLaunch, build_groups, device_identity, quiet
 from .registry import Backend, register
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
@@ -57,13 +59,21 @@ _build_errors: dict[int, str | None] = {}   # device pointer -> None if it build
 
 def build_error(device) -> str | None:
     """None if `device` builds the probe kernel, else the first line of what went wrong
-    (checked once per process: a platform can list a device its compiler cannot target)."""
+    (checked once per process: a platform can list a device its compiler cannot target).
+    A device that built it once is remembered in the kernel cache: the probe is a cold
+    PoCL build, ~0.5 s of every start otherwise."""
     key = device.int_ptr
     if key not in _build_errors:
         cl = _cl()
-        try:
-            cl.Program(cl.Context([device]), _PROBE_SOURCE).build()
+        remembered = kernel_cache.entry_key("probe", _PROBE_SOURCE, *device_identity(device, ""))
+        if kernel_cache.load(remembered) == b"builds":
             _build_errors[key] = None
+            return None
+        try:
+            with quiet([]):
+                cl.Program(cl.Context([device]), _PROBE_SOURCE).build()
+            _build_errors[key] = None
+            kernel_cache.store(remembered, b"builds")
         except Exception as err:
             lines = [line for line in str(err).splitlines() if "error" in line.lower()]
             _build_errors[key] = (lines[-1] if lines else str(err).splitlines()[0]).strip()
@@ -123,7 +133,7 @@ def _context_and_queue(device):
     return _contexts[key]
 
 
-def build_program(context, language, rendered: list[RenderedKernel]) -> tuple[Any, list[str], str]:
+def _build_from_source(context):
     cl = _cl()
 
     def build(source: str):
@@ -133,8 +143,7 @@ def build_program(context, language, rendered: list[RenderedKernel]) -> tuple[An
             # PoCL's on-disk kernel cache is shared by processes; a build that raced another
             # process writing the same entry fails once with an empty log: build again
             return cl.Program(context, source).build(options=BUILD_OPTIONS)
-
-    return build_kernels(language, rendered, build, cl.RuntimeError, "compiler")
+    return build
 
 
 @dataclass
@@ -146,7 +155,6 @@ class _Launch:
 
 
 class OpenCLExecutor(DeviceExecutor):
-    language = OpenCLLanguage()
 
     def __init__(self, program: ProcProgram, plan: MemoryPlan, disable: frozenset[str] = frozenset(),
                  device_name: str | None = None, group_reductions: bool | None = None) -> None:
@@ -158,6 +166,7 @@ class OpenCLExecutor(DeviceExecutor):
         self.plan = plan
         self.device = choose_device(device_name)
         self.context, self.queue = _context_and_queue(self.device)
+        self.language = OpenCLLanguage(self.device.native_vector_width_float)
         self._check_memory()
         start = time.perf_counter()
         self._place_buffers()
@@ -169,21 +178,33 @@ class OpenCLExecutor(DeviceExecutor):
         self.feeds_ahead = feeds_ahead_for(program.commands, disable)
         self.rendered_program: RenderedProgram = render_program(program, self.language, features,
                                                                 lambda b: self._place(b)[0])
-        self.cl_program, names, self.source = build_program(self.context, self.language,
-                                                            self.rendered_program.rendered)
         self._place_tables()
         singles = self.rendered_program.singles
-        self.launch_of: dict[int, _Launch] = {id(k): self._prepare(r, fn) for (k, r), fn in zip(singles, names)}
-        self.mega_launches = [self._prepare(r, fn, base) for r, fn, base in
-                              zip(self.mega_rendered, names[len(singles):], self.table_bases)]
+        names, sources = unique_kernels(self.rendered_program.rendered)
+        # (rendered kernel, its function, its table bases) of every launch, singles then megakernels
+        kernels = ([(r, fn, (0, 0)) for (_, r), fn in zip(singles, names)]
+                   + list(zip(self.mega_rendered, names[len(singles):], self.table_bases)))
+        self.build_seconds = {"render": time.perf_counter() - start}
+        with BuildProgress() as progress:
+            self.built = build_groups(self.context, self.device, self.language, list(zip(dict.fromkeys(names), sources)),
+                                      {fn: self._warm_launch(r, fn, bases) for r, fn, bases in kernels},
+                                      BUILD_OPTIONS, use_cache="kernel_cache" not in disable,
+                                      parallel="parallel_build" not in disable, build=_build_from_source(self.context),
+                                      failure=cl.RuntimeError, progress=progress)
+        self.source = self.built.source
+        self.build_seconds.update(self.built.seconds)
+        prepared = [self._prepare(r, fn, bases) for r, fn, bases in kernels]
+        self.launch_of: dict[int, _Launch] = {id(k): launch for (k, _), launch in zip(singles, prepared)}
+        self.mega_launches = prepared[len(singles):]
         mega_of = self.rendered_program.megakernel_of()
 
         def launch_for(cmd: KernelCmd) -> _Launch:
             mega = mega_of.get(id(cmd))
             return self.launch_of[id(cmd.kernel)] if mega is None else self.mega_launches[mega]
         self.steps = prepare_steps(program.commands, launch_for)
+        at = time.perf_counter()
         self._warm_up()
-        self.build_seconds = time.perf_counter() - start
+        self.build_seconds["first launches"] = time.perf_counter() - at
         # a non-blocking copy's event waits for the copy when it is dropped (pyopencl keeps the
         # host array alive that way): Feeder copies are kept until a marker after them is done
         self.feed_copies: list[Any] = []
@@ -252,9 +273,8 @@ class OpenCLExecutor(DeviceExecutor):
         self.constant_table = self.cl.Buffer(self.context, flags,
                                              hostbuf=np.array(constants or [0.0], dtype=np.float32))
 
-    def _prepare(self, rendered: RenderedKernel, function: str, table_bases: tuple[int, int] = (0, 0)) -> _Launch:
-        kernel = self.cl.Kernel(self.cl_program, function)
-        var_args = []
+    def _arguments(self, rendered: RenderedKernel, table_bases: tuple[int, int]) -> list[Any]:
+        """Each argument's value; a loop variable (set again at each launch) as its Var."""
         fixed: dict[str, Callable[[Any], Any]] = {
             "table": lambda p: self.table,
             "table_base": lambda p: np.int32(table_bases[0]),
@@ -267,14 +287,27 @@ class OpenCLExecutor(DeviceExecutor):
             "offset": lambda p: np.int32(self._place(p.buffer_id)[1] + p.extra),
             "offset64": lambda p: np.int64(self._place(p.buffer_id)[1] + p.extra),
         }
-        for position, param in enumerate(rendered.params):
-            if param.kind == "var":
-                kernel.set_arg(position, np.int32(0))
-                var_args.append((position, param.var))
-            else:
-                kernel.set_arg(position, fixed[param.kind](param))
-        sizes = [s if isinstance(s, tuple) else (s,) for s in (rendered.global_size, rendered.local_size)]
-        return _Launch(kernel, sizes[0], sizes[1], var_args)
+        return [param.var if param.kind == "var" else fixed[param.kind](param) for param in rendered.params]
+
+    @staticmethod
+    def _sizes(rendered: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return tuple(s if isinstance(s, tuple) else (s,) for s in (rendered.global_size, rendered.local_size))
+
+    def _warm_launch(self, rendered: RenderedKernel, function: str, table_bases: tuple[int, int]) -> WarmLaunch:
+        """The kernel's first launch as a build worker makes it: zeroed buffers of the same sizes."""
+        args = [np.int32(0) if isinstance(value, Var) else ("buffer", value.size)
+                if isinstance(value, self.cl.Buffer) else value for value in self._arguments(rendered, table_bases)]
+        return WarmLaunch(function, *self._sizes(rendered), args)
+
+    def _prepare(self, rendered: RenderedKernel, function: str, table_bases: tuple[int, int]) -> _Launch:
+        kernel = self.cl.Kernel(self.built.programs[function], function)
+        var_args = []
+        for position, value in enumerate(self._arguments(rendered, table_bases)):
+            if isinstance(value, Var):
+                var_args.append((position, value))
+                value = np.int32(0)
+            kernel.set_arg(position, value)
+        return _Launch(kernel, *self._sizes(rendered), var_args)
 
     def _warm_up(self) -> None:
         """Launch each distinct kernel once on zeroed buffers: PoCL generates a kernel's code at
@@ -354,5 +387,5 @@ def _problem() -> str | None:
 
 register(Backend(
     name="opencl", executor=lambda ir, plan, disable: OpenCLExecutor(ir, plan, disable), takes_proc=True,
-    problem=_problem, preference=20, language="opencl", features=FEATURES, switches=("feeder_thread",),
+    problem=_problem, preference=20, language="opencl", features=FEATURES, switches=("feeder_thread", "kernel_cache", "parallel_build"),
     description="OpenCL C kernels on any OpenCL device (PoCL runs them on the CPU)"))

@@ -25,24 +25,35 @@ def unique_kernels(rendered: list[RenderedKernel]) -> tuple[list[str], list[str]
     return names, sources
 
 
+def program_source(language: CStyleLanguage, sources: list[str]) -> str:
+    """One program: the language's preamble, then the kernel functions."""
+    return language.preamble() + "\n" + "\n\n".join(sources) + "\n"
+
+
 def build_kernels(language: CStyleLanguage, rendered: list[RenderedKernel], build: Callable[[str], Built],
                   failure: type[Exception], compiler: str) -> tuple[Built, list[str], str]:
-    """(what `build(source)` made of the whole program, each kernel's function name, the source).
-
-    When the program fails to build, each distinct kernel is built alone, so the error
-    names the one that fails, with its numbered source and `compiler`'s log.
-    """
+    """(what `build(source)` made of the whole program, each kernel's function name, the source)."""
     names, sources = unique_kernels(rendered)
-    source = language.preamble() + "\n" + "\n\n".join(sources) + "\n"
+    source = program_source(language, sources)
+    return build_sources(language, list(zip(dict.fromkeys(names), sources)), build, failure, compiler), names, source
+
+
+def build_sources(language: CStyleLanguage, kernels: list[tuple[str, str]], build: Callable[[str], Built],
+                  failure: type[Exception], compiler: str) -> Built:
+    """What `build` made of one program of these (function name, source) kernels.
+
+    When the program fails to build, each kernel is built alone, so the error names the
+    one that fails, with its numbered source and `compiler`'s log.
+    """
+    source = program_source(language, [body for _, body in kernels])
     try:
-        return build(source), names, source
+        return build(source)
     except failure as err:
-        for body in sources:
-            single = language.preamble() + "\n" + body + "\n"
+        for name, body in kernels:
+            single = program_source(language, [body])
             try:
                 build(single)
             except failure as log:
-                name = body.split("(")[0].split()[-1]
                 raise KernelBuildError(f"kernel {name} failed to build:\n{numbered(single)}\n"
                                        f"--- {compiler} log ---\n{log}") from None
         raise KernelBuildError(f"the program failed to build:\n{numbered(source)}\n--- {compiler} log ---\n"

@@ -16,7 +16,7 @@ from ..ir.ops import Op
 from ..proc.index import Index, Var, flat_index
 from ..proc.ir import Alu, Const, Expr, IndexValue, Load, Reduce, substitute_vars, walk_expr
 
-VECTOR_WIDTHS = (16, 8, 4)
+VECTOR_WIDTHS = (16, 8, 4)   # the float vector types OpenCL C has (a language keeps those its device suits)
 SELECTIONS = (Op.LT, Op.GT, Op.EQ, Op.WHERE, Op.MAXIMUM, Op.MINIMUM)
 
 
@@ -64,9 +64,9 @@ def vectorizes(value: Expr, lane: Var, buffers: dict) -> bool:
     return True
 
 
-def widest(extent: int, fits) -> int:
-    """The widest of VECTOR_WIDTHS dividing `extent` for which `fits(width)`, else 1."""
-    for width in VECTOR_WIDTHS:
+def widest(extent: int, fits, widths: tuple[int, ...] = VECTOR_WIDTHS) -> int:
+    """The widest of `widths` dividing `extent` for which `fits(width)`, else 1."""
+    for width in widths:
         if extent % width == 0 and extent >= width and fits(width):
             return width
     return 1

@@ -23,7 +23,7 @@ from ..ir.ops import Op
 from ..proc.index import Index, Var, flat_index, render_index, unflatten
 from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children,
                        substitute_vars)
-from .lanes import SELECTIONS, lane_step, spread, vectorizes, widest, without_lane
+from .lanes import SELECTIONS, VECTOR_WIDTHS, lane_step, spread, vectorizes, widest, without_lane
 
 LOCAL_SIZE = 64   # one fixed work-group size: PoCL rebuilds a kernel for each new local size
 # float constants written into the source; every other one is a kernel argument
@@ -66,6 +66,7 @@ class CStyleLanguage:
     uint = "uint"
     helper_prefix = "inline"
     vector_loads = False    # vloadN / vstoreN and arithmetic on floatN (vector.py)
+    vector_widths: tuple[int, ...] = ()   # the float vector widths kernels may use, widest first
 
     def preamble(self) -> str:
         return f"""// lowbias32 integer hash: the same bits as autodiff.ir.reference.hash_uniform
@@ -102,8 +103,16 @@ class OpenCLLanguage(CStyleLanguage):
     math = {**CStyleLanguage.math, Op.EXP: "ad_exp"}
     vector_loads = True
 
+    def __init__(self, native_float_width: int = 8) -> None:
+        """`native_float_width`: the device's CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT. Vectors wider
+        than it only split into several registers, and on x86 without AVX-512 clang warns at
+        every build that a float16 argument changes the ABI; float4 is always allowed."""
+        self.vector_widths = tuple(w for w in VECTOR_WIDTHS if w <= max(4, native_float_width))
+
     def preamble(self) -> str:
-        return super().preamble() + _OPENCL_EXP
+        vectors = "".join(f"AD_EXP(float{w}, int{w})\n" for w in reversed(self.vector_widths))
+        horizontal = "".join(f"AD_HORIZONTAL(float{w}, float{w // 2})\n" for w in reversed(self.vector_widths))
+        return super().preamble() + _OPENCL_EXP + vectors + _OPENCL_HORIZONTAL + horizontal
 
 
 # PoCL 3.0 calls its exp out of line, one element at a time (0.55 ms for 131072 elements
@@ -137,10 +146,8 @@ __attribute__((overloadable)) inline T ad_exp(T x) { \\
     return select(y, x, x != x); \\
 }
 AD_EXP(float, int)
-AD_EXP(float4, int4)
-AD_EXP(float8, int8)
-AD_EXP(float16, int16)
-// the lanes of a vectorized sum or maximum folded to one float, halves first
+"""
+_OPENCL_HORIZONTAL = """// the lanes of a vectorized sum or maximum folded to one float, halves first
 __attribute__((overloadable)) inline float ad_hsum(float2 x) { return x.x + x.y; }
 __attribute__((overloadable)) inline float ad_hmax(float2 x) { return (x.x > x.y || x.x != x.x) ? x.x : x.y; }
 #define AD_HORIZONTAL(T, H) \\
@@ -149,9 +156,6 @@ __attribute__((overloadable)) inline float ad_hmax(T x) { \\
     H a = x.lo, b = x.hi; \\
     return ad_hmax(select(b, a, a > b || a != a)); \\
 }
-AD_HORIZONTAL(float4, float2)
-AD_HORIZONTAL(float8, float4)
-AD_HORIZONTAL(float16, float8)
 """
 
 
@@ -433,7 +437,7 @@ class KernelRenderer:
         def fits(width: int) -> bool:
             body, _, lane = spread(e.body, last, width)
             return vectorizes(body, lane, self.buffers)
-        return widest(last.extent, fits)
+        return widest(last.extent, fits, self.lang.vector_widths)
 
     def vector_reduce(self, e: Reduce, scope: _Scope, width: int) -> str:
         """The innermost axis in steps of `width` lanes into a vector accumulator, folded to

@@ -26,7 +26,7 @@ def _vector_value(kernel: Kernel, width: int) -> tuple[Expr, Var, Var]:
     return substitute_vars(kernel.value, dict(zip(kernel.variables, digits))), gid, lane
 
 
-def vector_width(kernel: Kernel, buffers: dict) -> int:
+def vector_width(kernel: Kernel, buffers: dict, widths: tuple[int, ...]) -> int:
     """The widest vector the kernel's outputs can be written with, or 1."""
     if kernel.out.dtype != "float32":
         return 1
@@ -34,7 +34,7 @@ def vector_width(kernel: Kernel, buffers: dict) -> int:
     def fits(width: int) -> bool:
         value, _, lane = _vector_value(kernel, width)
         return vectorizes(value, lane, buffers)
-    return widest(kernel.out.size, fits)
+    return widest(kernel.out.size, fits, widths)
 
 
 class VectorKernelRenderer(KernelRenderer):
@@ -62,7 +62,7 @@ class VectorKernelRenderer(KernelRenderer):
 def renderer_for(kernel: Kernel, language: CStyleLanguage, buffers: dict, vectorize: bool) -> KernelRenderer:
     """The vector renderer where `vector_width` allows it, else the C renderer (which, with
     `vectorize`, still writes sums and maxima along a contiguous axis in vectors)."""
-    width = vector_width(kernel, buffers) if vectorize and language.vector_loads else 1
+    width = vector_width(kernel, buffers, language.vector_widths) if vectorize and language.vector_loads else 1
     if width > 1:
         return VectorKernelRenderer(kernel, language, buffers, width)
     return KernelRenderer(kernel, language, buffers, vectorize)
