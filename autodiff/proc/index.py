@@ -257,6 +257,10 @@ def flat_index(indices: tuple[Index, ...], shape: tuple[int, ...]) -> Index:
 
 def unflatten(offset: Index, shape: tuple[int, ...]) -> tuple[Index, ...]:
     """The multi-index of a row-major offset (inverse of flat_index)."""
+    if 0 in shape:
+        # no elements, so no offset is ever taken apart (and the strides of the axes before
+        # a 0 would be 0, divisors of nothing)
+        return tuple(Index.of(0) for _ in shape)
     out = []
     stride = 1
     strides = []
