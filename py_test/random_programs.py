@@ -4,9 +4,10 @@ them twice: traced with autodiff, and in torch eager mode (the independent refer
 A program is drawn as a list of (op, operand, operand) picks interpreted over a pool of
 tensors: elementwise ops with broadcasting, views, reductions over drawn axes, matmuls,
 repeated subexpressions (CSE bait) and identities (simplify bait). Its loss (the last three
-values of the pool) is differentiated and the parameters take an SGD step, inside an
-ir_for so that the updates carry between iterations. One parameter has a drawn number of
-rows (0, 1, 5).
+values of the pool) is differentiated and the parameters take an SGD step, inside loops of
+drawn counts so that the updates carry between iterations: one loop, or a loop in a loop
+whose outer body also computes the pool before the inner loop runs and receives those
+values, and the parameters, after it. One parameter has a drawn number of rows (0, 1, 5).
 
 The interpreter (`build`) sees only an engine: `AutodiffEngine` traces into the current
 program (run it with `run_autodiff`), `TorchEngine` computes at once (`run_torch`); both
@@ -22,6 +23,8 @@ from hypothesis import strategies as st
 import autodiff as ad
 
 pick = st.tuples(st.integers(0, 9), st.integers(0, 1000), st.integers(0, 1000))
+# the count of each loop, outermost first: one loop, or a loop in a loop
+loop_counts = st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple)
 
 LEARNING_RATE = 0.05
 
@@ -157,9 +160,9 @@ def _broadcastable(x: Sequence[int], y: Sequence[int]) -> bool:
 
 
 def build(e: AutodiffEngine | TorchEngine, picks: Sequence[tuple[int, int, int]], rows: int,
-          count: int) -> list[Any]:
-    """The program of `picks` built by `e`, in a loop of `count` iterations; returns the
-    parameters."""
+          loops: Sequence[int]) -> list[Any]:
+    """The program of `picks` built by `e`, in loops of `loops` iterations (outermost
+    first); returns the parameters."""
     rng = np.random.default_rng(0)
     params = [e.parameter(rng.standard_normal(s).astype(np.float32) * 0.5, f"p{i}")
               for i, s in enumerate([(3, 4), (4,), (4, 3), (2, 3, 4), (rows, 4)])]
@@ -179,26 +182,39 @@ def build(e: AutodiffEngine | TorchEngine, picks: Sequence[tuple[int, int, int]]
         after_update = [p * 2 for p in params]   # reads after the updates: a new version
         e.receive(before + after_update, "values")
 
-    e.loop(count, step)
+    def nest(counts: Sequence[int]) -> None:
+        if len(counts) == 1:
+            e.loop(counts[0], step)
+            return
+
+        def outer() -> None:
+            loss, outputs = forward()
+            before = e.now([loss] + outputs)   # computed before the inner loop updates
+            nest(counts[1:])
+            after_loop = [p * 2 for p in params]   # reads after an inner loop that updates
+            e.receive(before + after_loop, f"outer{len(counts)}")
+        e.loop(counts[0], outer)
+
+    nest(loops)
     return params
 
 
 def run_autodiff(picks: Sequence[tuple[int, int, int]], disable: set[str], device: str = "numpy",
-                 rows: int = 3, count: int = 2) -> list[np.ndarray]:
+                 rows: int = 3, loops: Sequence[int] = (2,)) -> list[np.ndarray]:
     """The received values, then the final parameters, of the program of `picks` run on
     `device` with the passes or switches in `disable` off."""
     engine = AutodiffEngine()
     with ad.Program() as program:
-        params = build(engine, picks, rows, count)
+        params = build(engine, picks, rows, loops)
         program.execute(device=device, disable=disable)
         return engine.got + [p.numpy() for p in params]
 
 
-def run_torch(picks: Sequence[tuple[int, int, int]], rows: int = 3, count: int = 2,
+def run_torch(picks: Sequence[tuple[int, int, int]], rows: int = 3, loops: Sequence[int] = (2,),
               dtype: str = "float32") -> list[np.ndarray]:
     """The same values as `run_autodiff`, computed by torch (in `dtype`)."""
     engine = TorchEngine(dtype)
-    params = build(engine, picks, rows, count)
+    params = build(engine, picks, rows, loops)
     return engine.got + [p.detach().numpy().copy() for p in params]
 
 

@@ -2,34 +2,31 @@
 
 The programs are those of random_programs.py: elementwise ops with broadcasting, views,
 reductions, matmuls, repeated subexpressions (CSE bait) and identities (simplify bait), a
-backward pass and an SGD update, all inside an ir_for so the update carries between
-iterations.
+backward pass and an SGD update, all inside an ir_for, or an ir_for in an ir_for, so the
+update carries between iterations.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import autodiff as ad
 from autodiff.opt import PASS_NAMES
-from random_programs import pick, run_autodiff
+from random_programs import assert_agree, loop_counts, pick, run_autodiff
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(pick, min_size=5, max_size=40))
-def test_random_programs_agree_with_each_pass_off(picks):
-    reference = run_autodiff(picks, set(PASS_NAMES))          # nothing optimized
+@given(st.lists(pick, min_size=5, max_size=40), loop_counts)
+def test_random_programs_agree_with_each_pass_off(picks, loops):
+    reference = run_autodiff(picks, set(PASS_NAMES), loops=loops)          # nothing optimized
     for disabled in [set()] + [{name} for name in PASS_NAMES]:
-        got = run_autodiff(picks, disabled)
-        assert len(got) == len(reference)
-        for a, b in zip(got, reference):
-            np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6, err_msg=f"disable={disabled}")
+        got = run_autodiff(picks, disabled, loops=loops)
+        assert_agree(got, reference, f"disable={disabled}, loops={loops}", rtol=2e-5, atol=1e-6)
 
 
 def test_reference_transformer_step_passes_each_remove_something():
