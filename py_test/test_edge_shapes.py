@@ -73,6 +73,16 @@ def test_zero_d_tensors(device):
     np.testing.assert_allclose(got[1], 2.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 0), (3, 0, 2), (0, 3)])
+def test_reshape_of_a_tensor_with_no_elements(device, shape):
+    # a 0 after the first axis made the strides before it 0: lowering the read through the
+    # reshape divided by them (numpy-proc, OpenCL); found by test_devices_random.py
+    x = np.ones(shape, np.float32)
+    got = _run(device, lambda: [(ad.Tensor(x) * 2).reshape(-1) + 1, ad.Tensor(x).reshape(shape[::-1]).sum()])
+    assert got[0].shape == (0,) and got[1].shape == ()
+    assert got[1] == 0
+
+
 def test_long_reduction(device):
     x = np.random.default_rng(0).random(200_003).astype(np.float32)
     got = _run(device, lambda: [ad.Tensor(x).sum(), ad.Tensor(x).max(), ad.Tensor(x).mean()])
