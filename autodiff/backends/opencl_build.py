@@ -88,7 +88,13 @@ def available_cores() -> int:
 
 
 def group_count(sizes: list[int], cores: int) -> int:
-    return max(1, min(cores, len(sizes), sum(sizes) // GROUP_CHARS))
+    """Groups for kernels of these source sizes: at most one per core, each of GROUP_CHARS or
+    more, and no more than the largest kernel fits into (a group holding it alone is the
+    critical path: splitting the rest further only adds processes)."""
+    if not sizes:
+        return 1
+    total = sum(sizes)
+    return max(1, min(cores, len(sizes), total // GROUP_CHARS, total // max(sizes)))
 
 
 def split(kernels: list[tuple[str, str]], count: int) -> list[list[tuple[str, str]]]:
