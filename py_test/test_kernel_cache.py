@@ -211,3 +211,24 @@ def test_readme_ten_lines_run_quietly_on_every_device():
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stderr == "", f"{device}: {proc.stderr}"
         assert len(proc.stdout.splitlines()) >= 3, proc.stdout   # two losses, then w
+
+
+@needs_opencl
+@pytest.mark.parametrize("broken", ["no interpreter", "worker dies"])
+def test_a_worker_that_cannot_start_or_dies_leaves_the_build_to_this_process(broken, monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTODIFF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(opencl_build, "GROUP_CHARS", 1)
+    monkeypatch.setattr(opencl_build, "available_cores", lambda: 3)
+    if broken == "no interpreter":
+        monkeypatch.setattr(opencl_build.sys, "executable", str(tmp_path / "no-such-python"))
+    else:
+        monkeypatch.setattr(opencl_build, "WORKER", str(tmp_path / "no-such-worker.py"))
+    ad.reset()
+    losses, w2 = _mlp_program(2)
+    ad.compile(device="opencl", disable={"megakernel"}).run()
+    got = (list(losses), w2.numpy())
+    ad.reset()
+    losses, w2 = _mlp_program(2)
+    ad.execute(device="numpy")
+    np.testing.assert_allclose(got[0], losses, rtol=1e-4)
+    np.testing.assert_allclose(got[1], w2.numpy(), rtol=1e-4, atol=1e-6)

@@ -345,7 +345,7 @@ def _mnist_mlp(features: int = 64, batch: int = 512, steps: int = 3) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        ad.Receiver(lambda i, v: None, [step, loss], name="loss", every=20)
+        ad.Receiver(lambda i, v: None, [step, loss], name="loss", every=min(20, steps))
 
     ad.ir_for(steps, train_step)
     test_x = ad.Tensor(np.zeros((360, features), np.float32), name="test_images", requires_grad=False)

@@ -201,11 +201,18 @@ def _worker_job(device: Any, options: str, groups: list[Group], store: bool) -> 
                                                   for w in g.launches]} for g in groups]})
 
 
-def _start_worker(job: bytes) -> subprocess.Popen:
-    worker = subprocess.Popen([sys.executable, WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL)
-    worker.stdin.write(job)
-    worker.stdin.close()
+def _start_worker(job: bytes) -> subprocess.Popen | None:
+    """A worker process with its job, or None where none can start (no usable
+    `sys.executable` in an embedded interpreter, no processes left): then this process
+    builds everything itself, as with `parallel_build` off."""
+    try:
+        worker = subprocess.Popen([sys.executable, WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+        worker.stdin.write(job)
+        worker.stdin.close()
+    except (OSError, ValueError) as err:
+        log.debug("no build worker: %s", err)
+        return None
     return worker
 
 
@@ -232,15 +239,18 @@ def _build_in_workers(device: Any, options: str, groups: list[Group], store: boo
     store = store and not _storing_now()
     workers = [_start_worker(_worker_job(device, options, [g], store)) for g in groups]
     for worker in workers:
-        worker.stdout.readline()
-        _storing.append(worker)
+        if worker is not None:
+            worker.stdout.readline()
+            _storing.append(worker)
 
 
 def _store_later(device: Any, options: str, groups: list[Group]) -> None:
     """Start one worker at the lowest priority that builds `groups` again (PoCL's cache makes
     that quick) and stores their binaries; none if an earlier one is still at it."""
     if not _storing_now():
-        _storing.append(_start_worker(_worker_job(device, options, groups, store=True)))
+        worker = _start_worker(_worker_job(device, options, groups, store=True))
+        if worker is not None:
+            _storing.append(worker)
 
 
 def build_groups(context: Any, device: Any, language: CStyleLanguage, kernels: list[tuple[str, str]],
