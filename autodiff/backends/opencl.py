@@ -29,7 +29,7 @@ from ..proc.index import Var
 from ..proc.ir import Buffer, FeedCmd, KernelCmd, ProcProgram
 from .base import DeviceExecutor, feeds_ahead_for, prepare_steps
 from . import kernel_cache
-from .opencl_build import BuildProgress, WarmLaunch, build_groups, device_identity, quiet
+from .opencl_build import BuildProgress, WarmLaunch, build_groups, device_identity, quiet, store_pending
 from .registry import Backend, register
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
@@ -379,6 +379,12 @@ class OpenCLExecutor(DeviceExecutor):
 
     def finish(self) -> None:
         self.queue.finish()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            store_pending()   # binaries built for this program go to the kernel cache now
 
 
 def _problem() -> str | None:

@@ -10,10 +10,10 @@ pickled on stdin:
 where an argument is a number (int32, int64 or float32 numpy scalar) or ("buffer", bytes).
 For each group the worker builds the source and launches every kernel once on zeroed
 buffers (PoCL generates a kernel's work-group function at its first launch and keeps it in
-its own disk cache, where the parent's build of the same source then finds it). Then it
-writes "built" on stdout. With "store", it lowers its priority and stores each program's
-binary in autodiff's kernel cache: asking PoCL for binaries builds every kernel once more
-(a generic version), which costs as long as the first build, so the parent does not wait.
+its own disk cache, where the parent's build of the same source then finds it). With
+"store", it lowers its priority and stores each program's binary in autodiff's kernel
+cache: asking PoCL for binaries builds every kernel once more (a generic version), which
+costs as long as the first build, so the parent does not wait for it.
 
 It imports pyopencl, numpy and the standard-library-only `kernel_cache`, not autodiff: it
 starts in ~0.3 s.
@@ -53,6 +53,8 @@ def main() -> int:
             return zeroed[size]
         return value
 
+    if job["store"]:
+        os.nice(19)
     built = []
     for group in job["groups"]:
         program = cl.Program(context, group["source"]).build(options=job["options"])
@@ -63,10 +65,7 @@ def main() -> int:
             cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
         queue.finish()
         built.append((group["key"], program))
-    sys.stdout.write("built\n")
-    sys.stdout.flush()
     if job["store"]:
-        os.nice(19)
         for key, program in built:
             kernel_cache.store(key, program.get_info(cl.program_info.BINARIES)[0])
     return 0
