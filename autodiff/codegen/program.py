@@ -9,15 +9,17 @@ the stages of megakernels (which runs, and where they are cut, is the scheduler'
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
 from ..proc.ir import Kernel, KernelCmd, ProcProgram
+from ..proc.structure import Structure, structure
 from ..schedule.matmul import match_matmul
 from ..schedule.megakernel import is_small, plan_megakernels
 from .group_reduce import group_reduction, render_group_reduce
 from .matmul import render_matmul_kernel
-from .megakernel import render_megakernel, render_stage
+from .megakernel import Stage, render_megakernel, render_stage
 from .renderer import CStyleLanguage, RenderedKernel
 from .vector import renderer_for
 
@@ -50,6 +52,31 @@ def render_single(kernel: Kernel, language: CStyleLanguage, buffers: dict, featu
     return renderer_for(kernel, language, buffers, "vectorize" in features).render()
 
 
+def memoized_stages(language: CStyleLanguage, buffers: dict, where: Callable[[int], str],
+                    vectorize: bool) -> Callable[[Kernel], Stage]:
+    """`render_stage` once per kernel structure (proc/structure.py): the stages of repeated
+    layers are rendered once and carried over, their buffers and loop variables mapped
+    position by position (a model of L layers renders ~1/L of its stages).
+    AUTODIFF_RENDER_MEMO=0 renders every stage (the suite agrees either way)."""
+    rendered: dict[tuple, tuple[Structure, Stage]] = {}
+    memo = os.environ.get("AUTODIFF_RENDER_MEMO", "1") != "0"
+
+    def render(kernel: Kernel) -> Stage:
+        if not memo:
+            return render_stage(kernel, language, buffers, where, vectorize=vectorize)
+        shape = structure(kernel, buffers)
+        key = (shape.key, tuple(where(b) for b in shape.buffers))
+        if key not in rendered:
+            rendered[key] = (shape, render_stage(kernel, language, buffers, where, vectorize=vectorize))
+            return rendered[key][1]
+        first, stage = rendered[key]
+        buffer_of = dict(zip(first.buffers, shape.buffers))
+        var_of = dict(zip(first.variables, shape.variables))
+        return Stage(kernel.name, stage.lines, [buffer_of[b] for b in stage.table],
+                     [var_of[v] for v in stage.outer], list(stage.constants))
+    return render
+
+
 def render_program(program: ProcProgram, language: CStyleLanguage, features: frozenset[str],
                    where: Callable[[int], str] = lambda buffer_id: "arena") -> RenderedProgram:
     """`where(buffer id)` names the device buffer a megakernel stage reads a buffer from."""
@@ -60,8 +87,8 @@ def render_program(program: ProcProgram, language: CStyleLanguage, features: fro
     groups: list[list[KernelCmd]] = []
     stages = {}
     if "megakernel" in features:
-        stages = {id(k): render_stage(k, language, buffers, where, vectorize="vectorize" in features)
-                  for k in kernels if is_small(k)}
+        render = memoized_stages(language, buffers, where, "vectorize" in features)
+        stages = {id(k): render(k) for k in kernels if is_small(k)}
         groups = plan_megakernels(program, lambda k: stages[id(k)].signature)
     grouped = {id(cmd.kernel) for group in groups for cmd in group}
     singles = [(k, render_single(k, language, buffers, features)) for k in kernels if id(k) not in grouped]
