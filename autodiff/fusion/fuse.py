@@ -32,6 +32,7 @@ Rules against harmful fusion, and what each protects:
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from ..proc.cost import TILED_DOT_WORK, reduce_work
@@ -128,9 +129,13 @@ class Fusion:
         for use in uses:
             if large_dot and _has_reduce(use.kernel.value):
                 return False
-            # nothing in between may write what the producer reads
-            if any(at < w < use.position for b in read for w in writes.get(b, ())):
-                return False
+            # nothing in between may write what the producer reads (positions are ascending:
+            # the first write after `at` decides)
+            for b in read:
+                positions = writes.get(b, ())
+                after = bisect_right(positions, at)
+                if after < len(positions) and positions[after] < use.position:
+                    return False
             for load, inside in use.loads:
                 kind = self.kind_allowed(producer, inside)
                 if kind is None or kind not in self.enabled:

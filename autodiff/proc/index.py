@@ -58,6 +58,12 @@ class Index:
     terms: tuple[tuple[Atom, int], ...]
     const: int
 
+    def __post_init__(self) -> None:
+        # whether a run-time value (DynAtom) sits anywhere inside: expression walks ask this
+        # of every access expression, and almost none has one
+        object.__setattr__(self, "dynamic", any(
+            isinstance(a, DynAtom) or (isinstance(a, (DivAtom, ModAtom)) and a.form.dynamic) for a, _ in self.terms))
+
     # --- construction -------------------------------------------------------
     @staticmethod
     def of(value: "int | Atom | Index") -> "Index":
@@ -160,17 +166,24 @@ class Index:
         return list(out)
 
     def substitute(self, mapping: Callable[[Atom], "Index | None"]) -> "Index":
-        """Replace atoms: `mapping(atom)` gives the new form of a Var or DynAtom, or None to keep it."""
-        out = Index.of(self.const)
-        for atom, coef in self.terms:
-            if isinstance(atom, DivAtom):
-                new = atom.form.substitute(mapping) // atom.divisor
-            elif isinstance(atom, ModAtom):
-                new = atom.form.substitute(mapping) % atom.divisor
+        """Replace atoms: `mapping(atom)` gives the new form of a Var or DynAtom, or None to keep it.
+        A form in which nothing is replaced is returned as it is (forms are kept simplified,
+        so rebuilding it would give it again; fusion substitutes into many such forms)."""
+        replaced: list["Index | None"] = []
+        for atom, _ in self.terms:
+            if isinstance(atom, (DivAtom, ModAtom)):
+                inner = atom.form.substitute(mapping)
+                if inner is atom.form:
+                    replaced.append(None)
+                else:
+                    replaced.append(inner // atom.divisor if isinstance(atom, DivAtom) else inner % atom.divisor)
             else:
-                new = mapping(atom)
-                new = Index.of(atom) if new is None else new
-            out = out + new * coef
+                replaced.append(mapping(atom))
+        if all(new is None for new in replaced):
+            return self
+        out = Index.of(self.const)
+        for (atom, coef), new in zip(self.terms, replaced):
+            out = out + (Index.of(atom) if new is None else new) * coef
         return out
 
     def __repr__(self) -> str:

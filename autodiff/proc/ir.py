@@ -145,8 +145,10 @@ def children(expr: Expr) -> tuple[Expr, ...]:
 
 def _dyn_values(forms) -> tuple:
     """Run-time values inside access expressions (gather indices), outermost first."""
+    stack = [form for form in forms if form.dynamic]
+    if not stack:
+        return ()
     out: list = []
-    stack = list(forms)
     while stack:
         form = stack.pop()
         for atom, _ in form.terms:
