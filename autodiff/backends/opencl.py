@@ -312,17 +312,21 @@ class OpenCLExecutor(DeviceExecutor):
     def _warm_up(self) -> None:
         """Launch each distinct kernel once on zeroed buffers: PoCL generates a kernel's code at
         its first launch, and that time belongs to compiling, not to the first training steps.
-        (Zeros keep gather indices in range; the run uploads the real values first.)"""
+        (Zeros keep gather indices in range; the run uploads the real values first.)
+        `first_launch_seconds[function]` is each one's time (the queue is in order, so waiting
+        for each costs nothing): where a cold build's time goes, kernel by kernel."""
         for buffer in (self.arena, self.state):
             self.cl.enqueue_fill_buffer(self.queue, buffer, np.uint32(0), 0, buffer.size)
-        done: set[str] = set()
+        self.queue.finish()
+        self.first_launch_seconds: dict[str, float] = {}
         for launch in list(self.launch_of.values()) + self.mega_launches:
             key = launch.kernel.function_name
-            if key in done:
+            if key in self.first_launch_seconds:
                 continue
-            done.add(key)
+            at = time.perf_counter()
             self.cl.enqueue_nd_range_kernel(self.queue, launch.kernel, launch.global_size, launch.local_size)
-        self.queue.finish()
+            self.queue.finish()
+            self.first_launch_seconds[key] = time.perf_counter() - at
 
     # --- device operations (base.DeviceExecutor) ---------------------------------------
     def upload(self, buffer: Buffer, host: np.ndarray) -> None:

@@ -233,7 +233,14 @@ def store_pending() -> None:
             _storing.append(worker)
 
 
-atexit.register(store_pending)
+def _at_exit() -> None:
+    store_pending()
+    # storing workers outlive this process on purpose: no "still running" ResourceWarning
+    # (shown under -X dev and pytest) when their Popen objects are collected at shutdown
+    warnings.filterwarnings("ignore", message=r"subprocess \d+ is still running", category=ResourceWarning)
+
+
+atexit.register(_at_exit)
 
 
 def finish_storing(timeout: float | None = None) -> None:
