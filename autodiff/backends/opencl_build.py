@@ -235,9 +235,11 @@ def store_pending() -> None:
 
 def _at_exit() -> None:
     store_pending()
-    # storing workers outlive this process on purpose: no "still running" ResourceWarning
-    # (shown under -X dev and pytest) when their Popen objects are collected at shutdown
-    warnings.filterwarnings("ignore", message=r"subprocess \d+ is still running", category=ResourceWarning)
+    # storing workers outlive this process on purpose: their Popen objects, collected at
+    # shutdown, would warn "subprocess N is still running" (shown under -X dev and pytest);
+    # marking them as not ours to reap is the one way subprocess offers to say so
+    for worker in _storing:
+        worker._child_created = False
 
 
 atexit.register(_at_exit)
