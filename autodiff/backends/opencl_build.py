@@ -248,15 +248,15 @@ atexit.register(_at_exit)
 def finish_storing(timeout: float | None = None) -> None:
     """Store what was built and wait until it is stored (before timing a warm compile, or
     in tests); otherwise the storing worker runs on after this process exits."""
-    while _to_store:
+    while True:
         store_pending()
         for worker in list(_storing):
-            worker.wait(timeout)
-    for worker in list(_storing):
-        try:
-            worker.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
+            try:
+                worker.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return
+        if not _to_store:
+            break
     _storing_now()
 
 
@@ -305,10 +305,10 @@ def build_groups(context: Any, device: Any, language: CStyleLanguage, kernels: l
             result.workers = len(missing)
             result.seconds["parallel build"] = time.perf_counter() - at
         at = time.perf_counter()
-        for group in missing:
+        for done, group in enumerate(missing, start=len(groups) - len(missing) + 1):
             program = build_sources(language, group.kernels, build, failure, "compiler")
             result.programs.update({name: program for name, _ in group.kernels})
-            progress(len(groups) - len(missing) + missing.index(group) + 1, len(groups))
+            progress(done, len(groups))
         result.seconds["build"] = time.perf_counter() - at
     if missing and use_cache and helpers_allowed:
         # stored by a worker that builds them again (PoCL's cache makes that quick), later
