@@ -211,8 +211,8 @@ def cuda_sources(prefix: str, trace: Trace) -> tuple[list[str], set[Op]]:
     rendered = [render_kernel(k, LANGUAGE, buffers) for k in compiled.proc.kernels()]
     for r in rendered:
         r.name = f"{prefix}_{r.name}"
-    _, sources = unique_kernels(rendered)
-    return sources, {node.op for node in program.root.walk()}
+    _, kernels = unique_kernels(rendered)
+    return [source for _, source in kernels], {node.op for node in program.root.walk()}
 
 
 def nvcc_file(path: str, sources: list[str]) -> str:

@@ -62,7 +62,7 @@ def run_program(cache: Path, disable: str = "") -> dict:
 
 
 @needs_opencl
-def test_a_second_process_loads_every_program_from_the_cache_and_damaged_entries_are_rebuilt(tmp_path):
+def test_a_second_process_loads_every_program_from_the_cache_and_damaged_entries_are_rebuilt(tmp_path, monkeypatch):
     first = run_program(tmp_path)
     assert first["cached"] == 0 and first["groups"] >= 1
     entries = sorted(tmp_path.glob("*.bin"))
@@ -78,22 +78,11 @@ def test_a_second_process_loads_every_program_from_the_cache_and_damaged_entries
     third = run_program(tmp_path)
     assert third["cached"] == 0 and third["losses"] == first["losses"]
     # a well-formed entry whose payload is not a binary of this device: rebuilt, never a crash
+    monkeypatch.setenv("AUTODIFF_CACHE_DIR", str(tmp_path))
     for entry in sorted(tmp_path.glob("*.bin")):
-        kernel_cache_store_at(tmp_path, entry.stem, b"not a program binary")
+        kernel_cache.store(entry.stem, b"not a program binary")
     fourth = run_program(tmp_path)
     assert fourth["cached"] == 0 and fourth["losses"] == first["losses"]
-
-
-def kernel_cache_store_at(folder: Path, key: str, payload: bytes) -> None:
-    saved = os.environ.get("AUTODIFF_CACHE_DIR")
-    os.environ["AUTODIFF_CACHE_DIR"] = str(folder)
-    try:
-        kernel_cache.store(key, payload)
-    finally:
-        if saved is None:
-            del os.environ["AUTODIFF_CACHE_DIR"]
-        else:
-            os.environ["AUTODIFF_CACHE_DIR"] = saved
 
 
 @needs_opencl

@@ -180,13 +180,13 @@ class OpenCLExecutor(DeviceExecutor):
                                                                 lambda b: self._place(b)[0])
         self._place_tables()
         singles = self.rendered_program.singles
-        names, sources = unique_kernels(self.rendered_program.rendered)
+        names, distinct = unique_kernels(self.rendered_program.rendered)
         # (rendered kernel, its function, its table bases) of every launch, singles then megakernels
         kernels = ([(r, fn, (0, 0)) for (_, r), fn in zip(singles, names)]
                    + list(zip(self.mega_rendered, names[len(singles):], self.table_bases)))
         self.build_seconds = {"render": time.perf_counter() - start}
         with BuildProgress() as progress:
-            self.built = build_groups(self.context, self.device, self.language, list(zip(dict.fromkeys(names), sources)),
+            self.built = build_groups(self.context, self.device, self.language, distinct,
                                       {fn: self._warm_launch(r, fn, bases) for r, fn, bases in kernels},
                                       BUILD_OPTIONS, use_cache="kernel_cache" not in disable,
                                       parallel="parallel_build" not in disable, build=_build_from_source(self.context),

@@ -13,16 +13,18 @@ def numbered(source: str) -> str:
     return "\n".join(f"{n:4d}  {line}" for n, line in enumerate(source.splitlines(), 1))
 
 
-def unique_kernels(rendered: list[RenderedKernel]) -> tuple[list[str], list[str]]:
-    """(function name of each kernel, the distinct function sources): equal bodies share a name."""
+def unique_kernels(rendered: list[RenderedKernel]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(function name of each kernel, the distinct (function name, source) pairs): equal
+    bodies share a name."""
     name_of_body: dict[str, str] = {}
-    names, sources = [], []
+    names: list[str] = []
+    distinct: list[tuple[str, str]] = []
     for r in rendered:
         if r.body not in name_of_body:
             name_of_body[r.body] = r.name
-            sources.append(r.body.replace("{name}", r.name))
+            distinct.append((r.name, r.body.replace("{name}", r.name)))
         names.append(name_of_body[r.body])
-    return names, sources
+    return names, distinct
 
 
 def program_source(language: CStyleLanguage, sources: list[str]) -> str:
@@ -33,9 +35,9 @@ def program_source(language: CStyleLanguage, sources: list[str]) -> str:
 def build_kernels(language: CStyleLanguage, rendered: list[RenderedKernel], build: Callable[[str], Built],
                   failure: type[Exception], compiler: str) -> tuple[Built, list[str], str]:
     """(what `build(source)` made of the whole program, each kernel's function name, the source)."""
-    names, sources = unique_kernels(rendered)
-    source = program_source(language, sources)
-    return build_sources(language, list(zip(dict.fromkeys(names), sources)), build, failure, compiler), names, source
+    names, kernels = unique_kernels(rendered)
+    return build_sources(language, kernels, build, failure, compiler), names, program_source(
+        language, [body for _, body in kernels])
 
 
 def build_sources(language: CStyleLanguage, kernels: list[tuple[str, str]], build: Callable[[str], Built],

@@ -172,6 +172,22 @@ def walk_expr(expr: Expr) -> Iterator[Expr]:
         stack.extend(reversed(children(e)))
 
 
+def post_order(expr: Expr) -> Iterator[Expr]:
+    """Every distinct sub-expression once, each after its children (iterative, deterministic)."""
+    emitted: set[int] = set()
+    stack: list[tuple[Expr, bool]] = [(expr, False)]
+    while stack:
+        e, expanded = stack.pop()
+        if id(e) in emitted:
+            continue
+        if not expanded:
+            stack.append((e, True))
+            stack.extend((c, False) for c in reversed(children(e)) if id(c) not in emitted)
+            continue
+        emitted.add(id(e))
+        yield e
+
+
 def loads_of(expr: Expr) -> list[Load]:
     return [e for e in walk_expr(expr) if isinstance(e, Load)]
 
@@ -187,23 +203,15 @@ def map_expr(expr: Expr, replace_load: Callable[[Load], Expr | None] | None = No
     `replace_load` to every (rebuilt) load and `replace` to every (rebuilt) node; None from
     either keeps the node.
 
-    Iterative post-order with memoization, so shared sub-expressions stay shared.
+    Post-order with memoization, so shared sub-expressions stay shared.
     """
     done: dict[int, Expr] = {}
-    stack: list[tuple[Expr, bool]] = [(expr, False)]
-    while stack:
-        e, expanded = stack.pop()
-        if id(e) in done:
-            continue
-        if not expanded:
-            stack.append((e, True))
-            stack.extend((c, False) for c in children(e) if id(c) not in done)
-            continue
 
-        def form(index: Index) -> Index:
-            index = _sub_dyn(index, done)
-            return map_index(index) if map_index is not None else index
+    def form(index: Index) -> Index:
+        index = _sub_dyn(index, done)
+        return map_index(index) if map_index is not None else index
 
+    for e in post_order(expr):
         if isinstance(e, Alu):
             new: Expr = Alu(e.op, tuple(done[id(a)] for a in e.args), e.dtype)
         elif isinstance(e, Reduce):

@@ -7,14 +7,14 @@ kernels, together with the kernel's buffers and variables in the order the key n
 them, so that something computed for one kernel (its rendered text) can be carried over to
 another with an equal key by mapping buffers and variables position by position.
 
-The walk is iterative and visits each shared sub-expression once.
+The walk (`ir.post_order`) is iterative and visits each shared sub-expression once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .index import DivAtom, DynAtom, Index, ModAtom, Var
-from .ir import Alu, Buffer, Const, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children
+from .ir import Alu, Buffer, Const, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, post_order
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,7 @@ def structure(kernel: Kernel, buffers: dict[int, Buffer]) -> Structure:
             parts[id(item)] = (item.const, tuple(terms))
         return parts[id(index)]
 
-    stack: list[tuple[object, bool]] = [(kernel.value, False)]
-    while stack:
-        e, expanded = stack.pop()
-        if id(e) in node_number:
-            continue
-        if not expanded:
-            stack.append((e, True))
-            stack.extend((c, False) for c in reversed(children(e)) if id(c) not in node_number)
-            continue
+    for e in post_order(kernel.value):
         if isinstance(e, Load):
             number = buffer_number.setdefault(e.buffer_id, len(buffer_number))
             node = ("load", number, tuple(form(i) for i in e.indices), e.dtype, e.one_to_one)
