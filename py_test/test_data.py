@@ -103,3 +103,67 @@ def test_bad_arguments() -> None:
         DataLoader(x, y, batch_size=N + 1)
     with pytest.raises(ValueError, match="batch_size"):
         DataLoader(x, y, batch_size=0)
+
+
+def test_int64_feeders_are_int32_on_the_device_with_values_checked(device) -> None:
+    """numpy and torch give labels as int64: accepted where every value fits in int32."""
+    labels = ad.Feeder(lambda: np.arange(4), (4,), np.int64, name="labels")
+    wide = ad.Feeder(lambda: np.array([1, -2, 3], np.int64), (3,), np.int32, name="wide")
+    assert labels.dtype == "int32"
+    got: list[np.ndarray] = []
+    ad.Receiver(lambda a, b: got.extend([a, b]), [labels * 2, wide])
+    ad.execute(device=device)
+    np.testing.assert_array_equal(got[0], [0, 2, 4, 6])
+    np.testing.assert_array_equal(got[1], [1, -2, 3])
+    assert got[0].dtype == np.int32
+
+    ad.reset()
+    too_big = ad.Feeder(lambda: np.array([0, 2**31], np.int64), (2,), np.int64, name="too_big")
+    ad.Receiver(lambda a: None, [too_big])
+    with pytest.raises(ad.FeederError, match=r"too_big.*2147483648.*does not fit in int32"):
+        ad.execute(device=device)
+
+
+def test_iterable_loader_feeds_a_torch_dataloader_and_restarts_each_epoch(device) -> None:
+    torch = pytest.importorskip("torch")
+    from autodiff.nn import IterableLoader
+    x, y = _dataset()
+    torch_loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),   # float64, int64
+        batch_size=BATCH, shuffle=False, drop_last=True)
+    batches = IterableLoader(torch_loader)
+    assert batches.shapes == [(BATCH, FEATURES), (BATCH,)] and batches.dtypes == ["float32", "int32"]
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+
+    def body() -> None:
+        xb, yb = batches.feeders()
+        ad.Receiver(lambda a, b: (xs.append(a), ys.append(b)), [xb, yb])
+
+    steps = N // BATCH + 2          # one epoch and two batches of the next
+    ad.ir_for(steps, body)
+    ad.execute(device=device)
+    order = [i % (N // BATCH) for i in range(steps)]
+    for got_x, got_y, i in zip(xs, ys, order):
+        np.testing.assert_array_equal(got_y, y[i * BATCH:(i + 1) * BATCH])
+        np.testing.assert_allclose(got_x, x[i * BATCH:(i + 1) * BATCH].astype(np.float32))
+    assert len(xs) == steps and batches.batches_drawn == steps
+
+
+def test_iterable_loader_errors_name_the_batch() -> None:
+    from autodiff.nn import IterableLoader
+    # a last incomplete batch: a shape the program was not traced for
+    uneven = IterableLoader([np.zeros((2, 3), np.float32), np.zeros((1, 3), np.float32)])
+    ad.ir_for(2, lambda: ad.Receiver(lambda a: None, [uneven.feeders()]))
+    with pytest.raises(ad.FeederError, match=r"batch 1 has shapes \[\(1, 3\)\].*drop_last"):
+        ad.execute(device="numpy")
+    # a generator cannot be iterated twice
+    ad.reset()
+    once = IterableLoader(np.ones(2, np.float32) for _ in range(2))
+    ad.ir_for(3, lambda: ad.Receiver(lambda a: None, [once.feeders()]))
+    with pytest.raises(ad.FeederError, match="ended after 2 batches"):
+        ad.execute(device="numpy")
+    with pytest.raises(TypeError, match="dict"):
+        IterableLoader([{"x": np.zeros(2)}])
+    with pytest.raises(TypeError, match="no device dtype"):
+        IterableLoader([np.array(["a"])])

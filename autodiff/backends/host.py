@@ -9,7 +9,10 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import FeederError, IndexOutOfRangeError, ReceiverError
+from ..ir.dtypes import INT
 from ..proc.ir import FeedCmd, LoopCmd
+
+INT32_MIN, INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
 
 
 def where_in_loops(iterations: Sequence[int]) -> str:
@@ -25,6 +28,8 @@ def call_feeder(fn: Callable[[], object], name: str, shape: tuple[int, ...], dty
         value = fn()
     except Exception as err:
         raise FeederError(f"Feeder '{name}' raised at {where_in_loops(iterations)}: {err!r}") from err
+    if dtype == INT and isinstance(value, np.ndarray) and value.dtype.kind in "iu" and value.dtype != INT:
+        value = narrow_to_int32(value, f"Feeder '{name}' at {where_in_loops(iterations)}", FeederError)
     if not isinstance(value, np.ndarray) or value.shape != tuple(shape) or str(value.dtype) != dtype:
         got = (f"shape {value.shape} dtype {value.dtype}" if isinstance(value, np.ndarray)
                else f"a {type(value).__name__}")
@@ -32,6 +37,16 @@ def call_feeder(fn: Callable[[], object], name: str, shape: tuple[int, ...], dty
                           f"array of shape {tuple(shape)} dtype {dtype} (convert with "
                           f"np.asarray(x, np.{dtype}).reshape({tuple(shape)}))")
     return value
+
+
+def narrow_to_int32(value: np.ndarray, what: str, error: type[Exception] = ValueError) -> np.ndarray:
+    """An integer array of any width as int32, after checking every value fits (int64 labels
+    and indices are what numpy and torch produce; the device holds int32)."""
+    if value.size and (value.min() < INT32_MIN or value.max() > INT32_MAX):
+        bad = value[(value < INT32_MIN) | (value > INT32_MAX)].flat[0]
+        raise error(f"{what}: value {bad} of a {value.dtype} array does not fit in int32 "
+                    f"[{INT32_MIN}, {INT32_MAX}], the device's integer type")
+    return value.astype(np.int32)
 
 
 def receiver_due(every: int, iterations: Sequence[int]) -> bool:

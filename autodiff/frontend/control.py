@@ -22,11 +22,17 @@ def Feeder(fn: Callable[[], Any], shape: Sequence[int], dtype: Any = np.float32,
 
     Inside `ir_for` that is once per iteration, in program order. The array must
     have exactly `shape` and `dtype` (no silent conversion: a float64 array is
-    an error that says so).
+    an error that says so). Integers are int32 on the device: `dtype=np.int64` (what
+    numpy and torch give labels and indices) is accepted and means int32, and an int32
+    Feeder accepts integer arrays of any width whose values fit in int32 (checked at
+    every call: a value that does not fit is a FeederError).
     """
     dtype = str(np.dtype(dtype))
+    if np.dtype(dtype).kind in "iu":
+        dtype = INT
     if dtype not in (FLOAT, INT):
-        raise trace_error("Feeder", f"dtype must be float32 or int32, not {dtype}")
+        raise trace_error("Feeder", f"dtype must be float32 or an integer type (int32 on the device), "
+                                    f"not {dtype}")
     if not callable(fn):
         raise trace_error("Feeder", f"needs a function returning an array, got {type(fn).__name__}")
     program = current_program()

@@ -4,6 +4,6 @@ from .conv import AvgPool2d, Conv2d, Flatten, MaxPool2d
 from .layers import (GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, RMSNorm, Sequential, Sigmoid, SiLU,
                      Softmax, Tanh)
 from .module import Module
-from .data import DataLoader
+from .data import DataLoader, IterableLoader
 from .optim import SGD, Adam, AdamW, Optimizer
 from .transformer import MultiheadAttention, TransformerEncoder, TransformerEncoderLayer, causal_mask

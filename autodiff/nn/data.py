@@ -14,10 +14,11 @@ a batch count alone (`state_dict` / `load_state_dict`).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..backends.host import narrow_to_int32
 from ..frontend.control import Feeder
 from ..ir.dtypes import FLOAT, INT
 from ..frontend.tensor import Tensor
@@ -25,11 +26,119 @@ from ..frontend.tensor import Tensor
 
 def _device_array(name: str, data: Any) -> np.ndarray:
     """A C-contiguous float32 (floats) or int32 (integers, booleans) copy of `data`."""
-    array = np.asarray(data)
+    array = as_device_array(data, f"DataLoader: {name}")
     if array.ndim == 0:
         raise ValueError(f"DataLoader: {name} must have a leading sample axis, got a scalar")
-    dtype = INT if array.dtype.kind in "iub" else FLOAT
-    return np.ascontiguousarray(array, dtype=dtype)
+    return array
+
+
+def as_device_array(data: Any, what: str) -> np.ndarray:
+    """`data` (a numpy array, a torch tensor, nested lists) as a C-contiguous array of a device
+    dtype: floats as float32, integers and booleans as int32 (values checked to fit)."""
+    if hasattr(data, "detach"):           # a torch tensor: no autograd, on the host
+        data = data.detach().cpu().numpy()
+    array = np.asarray(data)
+    if array.dtype.kind in "iu" and array.dtype != np.int32:
+        array = narrow_to_int32(array, what)
+    elif array.dtype.kind not in "iubf":
+        raise TypeError(f"{what}: a {array.dtype} array has no device dtype (float32 or int32)")
+    return np.ascontiguousarray(array, dtype=INT if array.dtype.kind in "iub" else FLOAT)
+
+
+def stream_feeders(draw: Callable[[], Sequence[np.ndarray]],
+                   specs: Sequence[tuple[tuple[int, ...], str, str]]) -> tuple[Tensor, ...]:
+    """One Feeder per part of a stream of batches, kept in step.
+
+    `draw()` returns the next batch's parts; `specs` gives each part's (shape, dtype, name).
+    Whichever Feeder is called first draws the batch and queues the other parts for their
+    Feeders, so the parts the device sees always come from the same batch, in whatever
+    order (or however far ahead) the runtime calls the host functions."""
+    pending: list[deque[np.ndarray]] = [deque() for _ in specs]
+
+    def part(i: int) -> Callable[[], np.ndarray]:
+        def fn() -> np.ndarray:
+            if not pending[i]:   # this Feeder is ahead of the others: draw, queue every part
+                for queue, value in zip(pending, draw()):
+                    queue.append(value)
+            return pending[i].popleft()
+        return fn
+
+    return tuple(Feeder(part(i), shape, dtype, name=name) for i, (shape, dtype, name) in enumerate(specs))
+
+
+class IterableLoader:
+    """Feeders from any Python iterable of batches: a `torch.utils.data.DataLoader`, a
+    generator, a list of `(x, y)` tuples.
+
+    Usage, inside the traced loop body::
+
+        batches = IterableLoader(torch_loader)      # drop_last=True: every batch one shape
+        def train_step():
+            xb, yb = batches.feeders()
+            ...
+        ad.ir_for(steps, train_step)
+
+    Each batch is an array, or a tuple/list of arrays (numpy arrays or torch tensors). The
+    first batch is read at construction and fixes every part's shape and dtype, as the
+    program is traced for one shape. Floats are fed as float32, integers (int64 labels)
+    and booleans as int32, values checked to fit. A later batch of another shape (a last
+    incomplete batch) stops the run with a FeederError naming the batch. When the iterable
+    ends, it is iterated again from the start if it can be (a DataLoader, a list: a new
+    epoch) and a FeederError otherwise (a generator: no more data).
+    """
+
+    def __init__(self, iterable: Iterable[Any]) -> None:
+        self.iterable = iterable
+        self.batches_drawn = 0
+        self._iterator: Iterator[Any] = iter(iterable)
+        self._restartable = not isinstance(iterable, Iterator)   # a generator is its own iterator
+        raw = self._next_raw()
+        self._tuple = isinstance(raw, (tuple, list))
+        first = self._convert(raw)
+        self.shapes = [a.shape for a in first]
+        self.dtypes = [str(a.dtype) for a in first]
+        self._first: list[np.ndarray] | None = first
+
+    def _next_raw(self) -> Any:
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            if not self._restartable or self.batches_drawn == 0:
+                raise ValueError(f"IterableLoader: the iterable ended after {self.batches_drawn} "
+                                 "batches and cannot be iterated again") from None
+            self._iterator = iter(self.iterable)
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                raise ValueError("IterableLoader: the iterable is empty when iterated again") from None
+
+    def _convert(self, batch: Any) -> list[np.ndarray]:
+        if isinstance(batch, Mapping):
+            raise TypeError("IterableLoader: batches must be arrays or tuples/lists of arrays, got a "
+                            f"dict with keys {list(batch)}; yield a tuple (e.g. batch['x'], batch['y'])")
+        parts = list(batch) if isinstance(batch, (tuple, list)) else [batch]
+        return [as_device_array(p, f"IterableLoader: part {i} of batch {self.batches_drawn}")
+                for i, p in enumerate(parts)]
+
+    def next_batch(self) -> list[np.ndarray]:
+        """The next batch's parts on the host, checked against the first batch's shapes."""
+        if self._first is not None:
+            batch, self._first = self._first, None
+        else:
+            batch = self._convert(self._next_raw())
+        got = [a.shape for a in batch]
+        if got != self.shapes:
+            raise ValueError(f"IterableLoader: batch {self.batches_drawn} has shapes {got}, the program "
+                             f"was traced for {self.shapes} (the first batch); drop a last incomplete "
+                             "batch (DataLoader(..., drop_last=True))")
+        self.batches_drawn += 1
+        return batch
+
+    def feeders(self, name: str = "batch") -> Tensor | tuple[Tensor, ...]:
+        """One Feeder per part of a batch (a single Feeder when batches are plain arrays)."""
+        specs = [(shape, dtype, f"{name}.{i}") for i, (shape, dtype) in enumerate(zip(self.shapes, self.dtypes))]
+        parts = stream_feeders(self.next_batch, specs)
+        return parts if self._tuple else parts[0]
 
 
 class DataLoader:
@@ -97,22 +206,9 @@ class DataLoader:
         Call inside the traced loop body: every iteration then gets the next batch.
         Each call makes a new pair drawing from this loader's one stream.
         """
-        pending_x: deque[np.ndarray] = deque()
-        pending_y: deque[np.ndarray] = deque()
-
-        def half(own: deque[np.ndarray], other: deque[np.ndarray], first: bool) -> Callable[[], np.ndarray]:
-            def fn() -> np.ndarray:
-                if not own:  # this Feeder is ahead of its partner: draw a batch, keep its partner's half
-                    xb, yb = self.next_batch()
-                    own.append(xb if first else yb)
-                    other.append(yb if first else xb)
-                return own.popleft()
-            return fn
-
-        xb = Feeder(half(pending_x, pending_y, True), (self.batch_size,) + self.x.shape[1:],
-                    self.x.dtype, name=f"{name}.x")
-        yb = Feeder(half(pending_y, pending_x, False), (self.batch_size,) + self.y.shape[1:],
-                    self.y.dtype, name=f"{name}.y")
+        xb, yb = stream_feeders(self.next_batch, [
+            ((self.batch_size,) + self.x.shape[1:], self.x.dtype, f"{name}.x"),
+            ((self.batch_size,) + self.y.shape[1:], self.y.dtype, f"{name}.y")])
         return xb, yb
 
     def state_dict(self) -> dict[str, np.ndarray]:
