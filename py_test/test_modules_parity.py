@@ -463,3 +463,15 @@ def test_init_value_reaches_the_device(device):
     ad.Receiver(lambda a: got.append(a), [lin(ad.Tensor(np.ones((1, 3), np.float32)))])
     ad.execute(device=device)
     np.testing.assert_allclose(got[0], [[1.5, 1.5]])
+
+
+def test_tied_weights_state_dict_like_torch():
+    """A shared parameter is one parameter but appears under each name in state_dict (torch)."""
+    ours = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    ours[1].weight = ours[0].weight
+    theirs = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    theirs[1].weight = theirs[0].weight
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    ours.load_state_dict(theirs.state_dict())
+    np.testing.assert_array_equal(ours[1].weight.numpy(), theirs[0].weight.detach().numpy())
