@@ -64,13 +64,13 @@ class Module:
             self._buffers[name] = value
             object.__setattr__(self, name, value)
             return
-        self._parameters.pop(name, None)
-        self._modules.pop(name, None)
-        self._buffers.pop(name, None)
-        if isinstance(value, Tensor) and value.is_persistent:
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+        registry = (self._parameters if isinstance(value, Tensor) and value.is_persistent
+                    else self._modules if isinstance(value, Module) else None)
+        for other in (self._parameters, self._modules, self._buffers):
+            if other is not registry:
+                other.pop(name, None)
+        if registry is not None:
+            registry[name] = value   # a name assigned again keeps its place, as in torch
         object.__setattr__(self, name, value)
 
     def _warn_if_traced(self, name: str, value: Any) -> None:
