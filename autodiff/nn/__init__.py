@@ -1,9 +1,12 @@
 """Modules, functional forms, optimizers."""
-from . import functional
+from . import functional, init
 from .conv import AvgPool2d, Conv2d, Flatten, MaxPool2d
 from .layers import (GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, RMSNorm, Sequential, Sigmoid, SiLU,
                      Softmax, Tanh)
+from .layers import ELU, Hardswish, Hardtanh, LeakyReLU, LogSoftmax, Mish, ReLU6, Softplus
 from .module import Module
+from .module import ModuleDict, ModuleList, Parameter
+from .norm import BatchNorm1d, BatchNorm2d, GroupNorm
 from .data import DataLoader, IterableLoader
 from .optim import SGD, Adam, AdamW, Optimizer
 from .transformer import MultiheadAttention, TransformerEncoder, TransformerEncoderLayer, causal_mask

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 from ..frontend.checks import check_indices
@@ -40,11 +41,77 @@ def silu(x: Tensor) -> Tensor:
     return x * x.sigmoid()
 
 
+def _no_inplace(opname: str, inplace: bool) -> None:
+    """Traced values are not overwritten: torch's inplace=True has no counterpart here."""
+    if inplace:
+        raise trace_error(opname, "inplace=True is not supported (traced values are immutable); "
+                          "use inplace=False and the returned tensor")
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    # where(x > 0, ...): the gradient at 0 is negative_slope, as torch's leaky_relu_backward
+    _no_inplace("leaky_relu", inplace)
+    return where(input.gt(0), input, input * negative_slope)
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    _no_inplace("elu", inplace)
+    positive = input.gt(0)
+    # exp of the non-positive part only: exp(large x) in the unused branch would make
+    # 0 * inf = nan in the gradient; at x == 0 the gradient is alpha, as in torch
+    negative = where(positive, 0.0, input)
+    return where(positive, input, (negative.exp() - 1) * alpha)
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (torch's switch)."""
+    scaled = input * beta
+    linear = scaled.gt(threshold)
+    safe = where(linear, 0.0, scaled)   # keeps exp finite in the branch not taken
+    return where(linear, input, (safe.exp() + 1).log() * (1.0 / beta))
+
+
+def mish(input: Tensor, inplace: bool = False) -> Tensor:
+    _no_inplace("mish", inplace)
+    return input * softplus(input).tanh()
+
+
+def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
+    # <= and >=: the gradient is 0 at the bounds, as torch's hardtanh_backward
+    _no_inplace("hardtanh", inplace)
+    if min_val > max_val:
+        raise trace_error("hardtanh", f"min_val {min_val} must not exceed max_val {max_val}")
+    return where(input.le(min_val), min_val, where(input.ge(max_val), max_val, input))
+
+
+def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    _no_inplace("relu6", inplace)
+    return hardtanh(input, 0.0, 6.0)
+
+
+def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
+    """x * relu6(x + 3) / 6; the gradient is x/3 + 1/2 strictly inside (-3, 3), 0 at -3 and
+    1 at 3 (torch's hardswish_backward)."""
+    _no_inplace("hardswish", inplace)
+    middle = input * (input + 3.0) * (1.0 / 6.0)
+    return where(input.le(-3.0), 0.0, where(input.ge(3.0), input, middle))
+
+
+def _softmax_dim(x: Tensor, dim: int | None, opname: str) -> int:
+    """torch's implicit dim for dim=None (0 for 0-, 1- and 3-d input, else 1), with its warning."""
+    if dim is not None:
+        return dim
+    warnings.warn(f"Implicit dimension choice for {opname} has been deprecated. "
+                  "Change the call to include dim=X as an argument.", stacklevel=3)
+    return 0 if x.ndim in (0, 1, 3) else 1
+
+
 def _empty_axis(x: Tensor, dim: int, opname: str) -> bool:
     return x.ndim > 0 and x.shape[normalize_axis(opname, dim, x.ndim)] == 0
 
 
-def softmax(x: Tensor, dim: int = -1) -> Tensor:
+def softmax(x: Tensor, dim: int | None = None) -> Tensor:
+    dim = _softmax_dim(x, dim, "softmax")
     if _empty_axis(x, dim, "softmax"):
         return x.float()   # no elements: nothing to normalize (and no maximum to shift by)
     # the max is a constant shift: detaching it keeps it out of the gradient, like PyTorch
@@ -53,7 +120,8 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     return e / e.sum(dim, keepdim=True)
 
 
-def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+def log_softmax(x: Tensor, dim: int | None = None) -> Tensor:
+    dim = _softmax_dim(x, dim, "log_softmax")
     if _empty_axis(x, dim, "log_softmax"):
         return x.float()
     shifted = x - x.max(dim, keepdim=True).detach()
@@ -142,6 +210,73 @@ def rms_norm(x: Tensor, normalized_shape: Sequence[int] | int, weight: Tensor | 
     axes = tuple(range(x.ndim - len(shape), x.ndim))
     out = x * ((x * x).mean(axes, keepdim=True) + eps).rsqrt()
     return out * weight if weight is not None else out
+
+
+def _channel_shape(x: Tensor) -> tuple[int, ...]:
+    """(1, C, 1, ...): a per-channel vector broadcast over (N, C, *)."""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _affine(out: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    shape = _channel_shape(out)
+    if weight is not None:
+        out = out * weight.reshape(shape)
+    if bias is not None:
+        out = out + bias.reshape(shape)
+    return out
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+               momentum: "float | Tensor" = 0.1, eps: float = 1e-5) -> Tensor:
+    """torch's batch_norm over (N, C, *): per channel, with the batch's statistics (biased
+    variance) when training, else the running ones. Training also updates the given persistent
+    running_mean / running_var in place on the device (running_var with the unbiased variance),
+    so a loop traced once updates them at every iteration. `momentum` may be a traced 0-d
+    tensor (BatchNorm's cumulative average passes 1 / num_batches_tracked)."""
+    if input.ndim < 2:
+        raise trace_error("batch_norm", f"expects (N, C, *) input, got {input.shape}")
+    channels, shape = input.shape[1], _channel_shape(input)
+    axes = (0,) + tuple(range(2, input.ndim))
+    count = input.numel() // channels if channels else 0
+    if not training:
+        if running_mean is None or running_var is None:
+            raise trace_error("batch_norm", "running_mean and running_var must be given when not training")
+        centered = input - running_mean.reshape(shape)
+        return _affine(centered * (running_var.reshape(shape) + eps).rsqrt(), weight, bias)
+    if count == 1:
+        raise trace_error("batch_norm", f"Expected more than 1 value per channel when training, "
+                          f"got input size {input.shape}")
+    if count == 0:   # torch: an empty batch gives an empty output and leaves the statistics
+        return input * 1.0
+    mean = input.mean(axes, keepdim=True)
+    centered = input - mean
+    var = (centered * centered).mean(axes, keepdim=True)
+    if running_mean is not None:
+        running_mean.assign(running_mean * (1 - momentum) + mean.detach().reshape(channels) * momentum)
+    if running_var is not None:
+        unbiased = var.detach().reshape(channels) * (count / (count - 1))
+        running_var.assign(running_var * (1 - momentum) + unbiased * momentum)
+    return _affine(centered * (var + eps).rsqrt(), weight, bias)
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """torch's group_norm: (N, C, *) normalised over each group of C / num_groups channels
+    (and all of *), biased variance, then a per-channel affine."""
+    if input.ndim < 2:
+        raise trace_error("group_norm", f"expects (N, C, *) input, got {input.shape}")
+    n, channels = input.shape[0], input.shape[1]
+    if num_groups <= 0 or channels % num_groups:
+        raise trace_error("group_norm", f"Expected number of channels in input to be divisible by "
+                          f"num_groups, but got input of shape {input.shape} and num_groups={num_groups}")
+    per_group = channels // num_groups * math.prod(input.shape[2:])
+    grouped = input.reshape(n, num_groups, per_group)
+    mean = grouped.mean(2, keepdim=True)
+    centered = grouped - mean
+    var = (centered * centered).mean(2, keepdim=True)
+    out = (centered * (var + eps).rsqrt()).reshape(input.shape)
+    return _affine(out, weight, bias)
 
 
 def embedding(indices: Tensor, weight: Tensor) -> Tensor:

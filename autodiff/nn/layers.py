@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -10,7 +11,7 @@ from ..frontend.program import current_program
 from ..frontend.tensor import Tensor
 from .init import uniform_parameter
 from . import functional as F
-from .module import Module
+from .module import Module, Parameter
 
 
 class Linear(Module):
@@ -28,16 +29,32 @@ class Linear(Module):
 
 
 class Sequential(Module):
+    """Modules applied in order, named "0", "1", ... or by an OrderedDict's keys."""
+
     def __init__(self, *modules: Module) -> None:
         super().__init__()
-        for i, module in enumerate(modules):
-            setattr(self, str(i), module)
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            for name, module in modules[0].items():
+                self.add_module(name, module)
+        else:
+            for i, module in enumerate(modules):
+                self.add_module(str(i), module)
 
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
+    def __getitem__(self, i: int | slice) -> "Module | Sequential":
+        modules = list(self._modules.items())
+        if isinstance(i, slice):
+            return Sequential(OrderedDict(modules[i]))
+        return modules[i][1]
 
     def __len__(self) -> int:
         return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(list(self._modules.values()))
+
+    def append(self, module: Module) -> "Sequential":
+        self.add_module(str(len(self)), module)
+        return self
 
     def forward(self, x: Any) -> Any:
         for module in self._modules.values():
@@ -70,7 +87,7 @@ class GELU(Module):
 
 
 class Softmax(Module):
-    def __init__(self, dim: int = -1) -> None:
+    def __init__(self, dim: int | None = None) -> None:
         super().__init__()
         self.dim = dim
 
@@ -78,9 +95,83 @@ class Softmax(Module):
         return F.softmax(x, self.dim)
 
 
+class LogSoftmax(Module):
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.log_softmax(x, self.dim)
+
+
 class SiLU(Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.silu(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__()
+        self.negative_slope, self.inplace = negative_slope, inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(x, self.negative_slope, self.inplace)
+
+
+class ELU(Module):
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__()
+        self.alpha, self.inplace = alpha, inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.elu(x, self.alpha, self.inplace)
+
+
+class Softplus(Module):
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        super().__init__()
+        self.beta, self.threshold = beta, threshold
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(x, self.beta, self.threshold)
+
+
+class Mish(Module):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.mish(x, self.inplace)
+
+
+class Hardswish(Module):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.hardswish(x, self.inplace)
+
+
+class Hardtanh(Module):
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False,
+                 min_value: float | None = None, max_value: float | None = None) -> None:
+        super().__init__()
+        # torch's deprecated spellings min_value / max_value override min_val / max_val
+        self.min_val = min_val if min_value is None else min_value
+        self.max_val = max_val if max_value is None else max_value
+        self.inplace = inplace
+        if self.max_val <= self.min_val:
+            raise ValueError(f"Hardtanh: max_val {self.max_val} must exceed min_val {self.min_val}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.hardtanh(x, self.min_val, self.max_val, self.inplace)
+
+
+class ReLU6(Hardtanh):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(0.0, 6.0, inplace)
 
 
 class LayerNorm(Module):
@@ -91,8 +182,8 @@ class LayerNorm(Module):
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.normalized_shape, self.eps = shape, eps
-        self.weight = Tensor(np.ones(shape, np.float32), name="weight") if elementwise_affine else None
-        self.bias = Tensor(np.zeros(shape, np.float32), name="bias") if elementwise_affine and bias else None
+        self.weight = Parameter(np.ones(shape, np.float32), name="weight") if elementwise_affine else None
+        self.bias = Parameter(np.zeros(shape, np.float32), name="bias") if elementwise_affine and bias else None
 
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -107,7 +198,7 @@ class RMSNorm(Module):
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.normalized_shape = shape
         self.eps = float(np.finfo(np.float32).eps) if eps is None else eps
-        self.weight = Tensor(np.ones(shape, np.float32), name="weight") if elementwise_affine else None
+        self.weight = Parameter(np.ones(shape, np.float32), name="weight") if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
@@ -119,7 +210,7 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
         super().__init__()
         values = current_program().rng.standard_normal((num_embeddings, embedding_dim))
-        self.weight = Tensor(values.astype(np.float32), name="weight")
+        self.weight = Parameter(values.astype(np.float32), name="weight")
 
     def forward(self, indices: Tensor) -> Tensor:
         return F.embedding(indices, self.weight)
