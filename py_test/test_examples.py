@@ -148,6 +148,22 @@ def test_mnist_default_steps_reaches_95_percent(device):
     assert number_after("test accuracy", output) >= 0.95
 
 
+# --- cnn_digits.py -----------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+def test_cnn_digits_trains_with_batchnorm(device):
+    """A CNN with BatchNorm2d: the loss falls and the eval forward (running statistics) is
+    far above chance (10%) after 60 steps."""
+    output = run_example("cnn_digits.py", device, "--steps", "60")
+    assert_decreasing(step_losses(output))
+    assert number_after("test accuracy", output) >= 0.6
+
+
+@needs_two_devices
+def test_cnn_digits_same_accuracy_on_devices():
+    numpy_out, opencl_out = (run_example("cnn_digits.py", d, "--steps", "60") for d in ("numpy", "opencl"))
+    assert step_losses(opencl_out) == pytest.approx(step_losses(numpy_out), rel=1e-2, abs=1e-3)
+
+
 # --- --show-graph ------------------------------------------------------------
 @pytest.mark.parametrize("script, args", [("linear.py", ()), ("transformer.py", ("--layers", "1")),
                                           ("char_lm.py", ("--sample", "1")), ("mnist.py", ())])
