@@ -255,3 +255,14 @@ def test_errors_name_the_problem():
     for make, message in cases:
         with pytest.raises(TraceError, match=message):
             make()
+
+
+def test_edge_shapes(device):
+    """0-d tensors, axes of size 1 and 0, int32 inputs of the float-valued ops."""
+    _compare(device, lambda m, s, x, e, n: [
+        m.log1p(n), m.expm1(n), s.logsumexp(0), s.cumsum(0), s.topk(1).values, s.repeat(2, 3),
+        s.gather(0, n[0, 0]), m.flip(s, ()), x.flip(0), x.cumsum(1), x.logsumexp(0), x.topk(1, 0).values,
+        m.tril(e), e.triu(2), e.flip(1), e.cumsum(1), m.einsum("ij,jk->ik", e.T, e), x.repeat(1, 1, 0),
+        m.einsum("ij->", e), m.clamp(e, -1, 1), e.repeat(2, 1), m.einsum("ij,kj->ik", x, x)],
+        [np.array(0.7, np.float32), _x(1, 3), np.zeros((2, 0), np.float32),
+         np.array([[0, 1, -1]], np.int32)])
