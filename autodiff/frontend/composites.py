@@ -2,7 +2,9 @@
 tril/triu, repeat, softmax/log_softmax.
 
 Each is the torch function of the same name (input first, torch's argument names); the
-Tensor methods call these. Being composites they fuse, run on every backend and get their
+Tensor methods call these. softmax and log_softmax live here, below nn (which frontend may
+not import), so that Tensor methods can use them; nn/functional.py still has its own copy of
+the two and should call these instead. Being composites they fuse, run on every backend and get their
 gradients from the primitives' VJP rules.
 """
 from __future__ import annotations
@@ -180,15 +182,27 @@ def repeat(input: Tensor, *repeats: Any) -> Tensor:
 
 
 def softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
-    """torch.softmax / Tensor.softmax: nn.functional.softmax with `dim` required."""
-    from ..nn.functional import softmax as functional_softmax
-    return functional_softmax(_with_dtype(as_tensor(input), dtype, "softmax"), dim)
+    """torch.softmax / Tensor.softmax along `dim` (nn.functional.softmax is the same with a
+    default dim of -1)."""
+    x = _with_dtype(as_tensor(input), dtype, "softmax")
+    if _empty_axis(x, dim, "softmax"):
+        return x.float()   # no elements: nothing to normalize (and no maximum to shift by)
+    # the max is a constant shift: detaching it keeps it out of the gradient, like PyTorch
+    e = (x - x.max(dim, keepdim=True).detach()).exp()
+    return e / e.sum(dim, keepdim=True)
 
 
 def log_softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
-    """torch.log_softmax / Tensor.log_softmax: nn.functional.log_softmax with `dim` required."""
-    from ..nn.functional import log_softmax as functional_log_softmax
-    return functional_log_softmax(_with_dtype(as_tensor(input), dtype, "log_softmax"), dim)
+    """torch.log_softmax / Tensor.log_softmax along `dim`."""
+    x = _with_dtype(as_tensor(input), dtype, "log_softmax")
+    if _empty_axis(x, dim, "log_softmax"):
+        return x.float()
+    shifted = x - x.max(dim, keepdim=True).detach()
+    return shifted - shifted.exp().sum(dim, keepdim=True).log()
+
+
+def _empty_axis(x: Tensor, dim: int, opname: str) -> bool:
+    return x.ndim > 0 and x.shape[normalize_axis(opname, dim, x.ndim)] == 0
 
 
 def _with_dtype(x: Tensor, dtype: Any, opname: str) -> Tensor:
