@@ -152,8 +152,10 @@ def test_flip_repeat_tril_triu(device):
 
 
 def test_softmax_methods(device):
-    _compare(device, lambda m, x: [x.softmax(1), x.log_softmax(0), m.softmax(x, -1),
-                                   m.log_softmax(x, dim=1)], [_x(3, 5)])
+    _compare(device, lambda m, x, n: [x.softmax(1), x.log_softmax(0), m.softmax(x, -1),
+                                      m.log_softmax(x, dim=1), x.cumsum(0, dtype=m.float32),
+                                      n.cumsum(1, dtype=m.float32), x.softmax(0, dtype=m.float32)],
+             [_x(3, 5), _idx(9, 3, 5)])
 
 
 # --- gather / scatter_add / topk -------------------------------------------------------
@@ -226,7 +228,9 @@ def test_einsum(device):
         m.einsum("i,j->ij", v, w), m.einsum("ii->", c), m.einsum("ii->i", c),
         m.einsum("ij,jk", a, b), m.einsum("...ij,...jk->...ik", p, q), m.einsum("ij,ij->i", a, a),
         m.einsum("ij,jk,k->i", a, b, w), m.einsum("bij->", p), m.einsum("bij,jk->bik", p, b),
-        m.einsum("Bij,j", p, v), m.einsum("ij,j->i", [a, v]), m.einsum("i,i", v, v)],
+        m.einsum("Bij,j", p, v), m.einsum("ij,j->i", [a, v]), m.einsum("i,i", v, v),
+        m.einsum("...ij,jk->...ik", p, b), m.einsum("...j,...j->...", p, p[:1]),   # ellipsis broadcast
+        m.einsum("ij,jk->ik", a[:, :1], b[:1]), m.einsum("ij,jk->ik", a[:, :1], b)],  # size 1 broadcasts
         [a, b, c, p, q, v, w])
 
 

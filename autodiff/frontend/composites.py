@@ -93,7 +93,7 @@ def logsumexp(input: Tensor, dim: int | Sequence[int], keepdim: bool = False) ->
     return out if keepdim else out.squeeze(axes)
 
 
-def cumsum(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
+def cumsum(input: Tensor, dim: int, *, dtype: Any = None) -> Tensor:
     """Running sums along `dim` by a log-step (Hillis-Steele) scan: ceil(log2 n) rounds of
     y += y shifted by 1, 2, 4, ... (a slice and a zero pad each), exact for int32.
 
@@ -181,7 +181,7 @@ def repeat(input: Tensor, *repeats: Any) -> Tensor:
     return x.reshape(split).expand_to(tiled, "repeat").reshape(out_shape)
 
 
-def softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
+def softmax(input: Tensor, dim: int, *, dtype: Any = None) -> Tensor:
     """torch.softmax / Tensor.softmax along `dim` (nn.functional.softmax is the same with a
     default dim of -1)."""
     x = _with_dtype(as_tensor(input), dtype, "softmax")
@@ -192,7 +192,7 @@ def softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
     return e / e.sum(dim, keepdim=True)
 
 
-def log_softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
+def log_softmax(input: Tensor, dim: int, *, dtype: Any = None) -> Tensor:
     """torch.log_softmax / Tensor.log_softmax along `dim`."""
     x = _with_dtype(as_tensor(input), dtype, "log_softmax")
     if _empty_axis(x, dim, "log_softmax"):

@@ -425,11 +425,11 @@ class Tensor:
 
     def softmax(self, dim: int, dtype: Any = None) -> "Tensor":
         from .composites import softmax
-        return softmax(self, dim, dtype)
+        return softmax(self, dim, dtype=dtype)
 
     def log_softmax(self, dim: int, dtype: Any = None) -> "Tensor":
         from .composites import log_softmax
-        return log_softmax(self, dim, dtype)
+        return log_softmax(self, dim, dtype=dtype)
 
     def to(self, dtype: Any) -> "Tensor":
         dtype = str(np.dtype(dtype))
@@ -487,7 +487,7 @@ class Tensor:
 
     def cumsum(self, dim: int, dtype: Any = None) -> "Tensor":
         from .composites import cumsum
-        return cumsum(self, dim, dtype)
+        return cumsum(self, dim, dtype=dtype)
 
     def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> Any:  # noqa: A002
         """(values, indices) of the k largest along `dim`; see indexing.topk."""
