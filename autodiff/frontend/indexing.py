@@ -156,7 +156,7 @@ def gather(input: Tensor, dim: int, index: Tensor, *, sparse_grad: bool = False)
     if sparse_grad:
         raise trace_error("gather", "sparse_grad=True is not supported (gradients are dense)")
     x, index = as_tensor(input), as_tensor(index)
-    axis = _check_index_shape("gather", x, dim, index, x.shape)
+    axis = _check_index_shape("gather", x, dim, index)
     if x.ndim == 0:
         return gather(x.reshape(1), 0, index.reshape(-1)).reshape(index.shape)
     if index.numel():   # (check_indices cannot reduce an empty index)
@@ -179,10 +179,10 @@ def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
     """input with src[i][j][k] added at [index[i][j][k]][j][k] for dim 0 (torch.scatter_add);
     repeated indices add up; only src's index-shaped corner is read."""
     x, index, src = as_tensor(input), as_tensor(index), as_tensor(src)
-    axis = _check_index_shape("scatter_add", x, dim, index, x.shape)
+    axis = _check_index_shape("scatter_add", x, dim, index)
     if src.ndim != index.ndim or any(i > s for i, s in zip(index.shape, src.shape)):
         raise trace_error("scatter_add", f"Expected index {index.shape} to be smaller than src "
-                          f"{src.shape} apart from dimension {dim}... in every dimension")
+                          f"{src.shape} in every dimension")
     if src.dtype != x.dtype:
         raise trace_error("scatter_add", f"Expected self.dtype to be equal to src.dtype "
                           f"({x.dtype} and {src.dtype})")
@@ -199,8 +199,9 @@ def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
     return x + pad(added, [0] * x.ndim, high)
 
 
-def _check_index_shape(opname: str, x: Tensor, dim: int, index: Tensor, shape: tuple[int, ...]) -> int:
+def _check_index_shape(opname: str, x: Tensor, dim: int, index: Tensor) -> int:
     """torch's rules for gather/scatter index tensors; returns the normalized axis."""
+    shape = x.shape
     if index.dtype != INT:
         raise trace_error(opname, f"index must be an int32 tensor, got {index.dtype} {index.shape}")
     axis = normalize_axis(opname, dim, x.ndim)
