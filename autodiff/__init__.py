@@ -10,6 +10,10 @@ from .frontend.control import Feeder, Receiver, ir_for
 from .frontend.functions import (abs, arange, cat, concat, cos, exp, full, full_like, iota, log, matmul,
                                  maximum, minimum, ones, ones_like, rand, randn, random_uniform, relu, rsqrt,
                                  sigmoid, sin, sqrt, stack, tanh, where, zeros, zeros_like)
+from .frontend.composites import (clamp, clip, cumsum, expm1, log1p, log_softmax, logsumexp, masked_fill,
+                                  softmax, tril, triu)
+from .frontend.einsum import einsum
+from .frontend.indexing import flip, gather, scatter_add, topk
 from .frontend.program import Program, current_program, manual_seed, reset
 from .frontend.tensor import Tensor
 from .printing import pg, plot_memory, print_graph

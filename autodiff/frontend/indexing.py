@@ -1,4 +1,5 @@
-"""Indexing `t[1:3, :, 0, None, ...]` in terms of SLICE, RESHAPE and PAD, and `t[idx]` by GATHER.
+"""Indexing `t[1:3, :, 0, None, ...]` in terms of SLICE, RESHAPE and PAD, and `t[idx]` by GATHER;
+torch's index ops gather, scatter_add, flip and topk.
 
 Only unit-step SLICE is a primitive. A step s > 1 is a unit-step window padded
 to a multiple of s, reshaped to (count, s) and sliced at column 0; this keeps
@@ -8,14 +9,15 @@ axis as torch does: the index's axes take the place of the indexed axis.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from .functions import gather_rows, pad, where, window
+from .checks import check_indices
+from .functions import concat, gather_rows, iota, pad, where, window
 from ..ir.dtypes import INT
-from .tensor import Tensor
-from .trace import trace_error
+from .tensor import Tensor, as_tensor, constant
+from .trace import normalize_axis, trace_error
 
 _MASK_HINT = ("a boolean mask selects a data-dependent number of elements, which a traced "
               "program cannot; use ad.where(mask, t, 0) or multiply by the mask")
@@ -73,13 +75,14 @@ def _index_tensor(item: Any, size: int, axis: int, shape: tuple[int, ...]) -> Te
                   requires_grad=False)
 
 
-def take_along(x: Tensor, axis: int, indices: Tensor) -> Tensor:
+def take_along(x: Tensor, axis: int, indices: Tensor, check: bool = True) -> Tensor:
     """x[..., indices, ...] with `indices` (int32, in range) on `axis`: the shape
-    x.shape[:axis] + indices.shape + x.shape[axis + 1:], by one row gather."""
+    x.shape[:axis] + indices.shape + x.shape[axis + 1:], by one row gather (`check`: add the
+    run-time index check)."""
     rest = x.shape[:axis] + x.shape[axis + 1:]
     moved = x.permute((axis,) + tuple(i for i in range(x.ndim) if i != axis))
     table = moved.reshape(x.shape[axis], int(np.prod(rest, dtype=np.int64)))
-    rows = gather_rows(table, indices, "index").reshape(indices.shape + rest)
+    rows = gather_rows(table, indices, "index", check).reshape(indices.shape + rest)
     k = indices.ndim   # rows: the index axes, then the other axes of x in order
     perm = tuple(range(k, k + axis)) + tuple(range(k)) + tuple(range(k + axis, k + len(rest)))
     return rows.permute(perm)
@@ -136,3 +139,132 @@ def _every_step(y: Tensor, axis: int, step: int) -> Tensor:
     stops[axis + 1] = 1
     picked = window(split, starts, stops)
     return picked.reshape(y.shape[:axis] + (count,) + y.shape[axis + 1:])
+
+
+# --- torch's index ops ------------------------------------------------------------
+#
+# gather and scatter_add pick a different position along `dim` for every element, which the
+# row GATHER primitive cannot say without flattening the tensor into a (numel, 1) table; its
+# VJP (SCATTER_ADD) then costs numel(input) * numel(index). Comparing the index with an iota
+# along `dim` costs size(dim) * numel(index) both ways and fuses into one reduction.
+
+
+def gather(input: Tensor, dim: int, index: Tensor, *, sparse_grad: bool = False) -> Tensor:
+    """out[i][j][k] = input[i][index[i][j][k]][k] for dim 1 (torch.gather): int32 `index` of
+    input's rank, no larger than input off `dim`; an index outside [0, size) raises at run
+    time (checks.py)."""
+    if sparse_grad:
+        raise trace_error("gather", "sparse_grad=True is not supported (gradients are dense)")
+    x, index = as_tensor(input), as_tensor(index)
+    axis = _check_index_shape("gather", x, dim, index)
+    if x.ndim == 0:
+        return gather(x.reshape(1), 0, index.reshape(-1)).reshape(index.shape)
+    if index.numel():   # (check_indices cannot reduce an empty index)
+        check_indices(index, x.shape[axis], "gather")
+    return _gather_along(x, axis, index)
+
+
+def _gather_along(x: Tensor, axis: int, index: Tensor) -> Tensor:
+    """gather without checks: sum over `axis` of x where the index names the position."""
+    size = x.shape[axis]
+    stops = list(index.shape)
+    stops[axis] = size
+    picked = window(x, [0] * x.ndim, stops).unsqueeze(axis)      # (..., 1, size, ...)
+    positions = index.shape[:axis + 1] + (size,) + index.shape[axis + 1:]
+    hit = index.unsqueeze(axis + 1).eq(iota(positions, axis + 1))  # (..., n, size, ...)
+    return where(hit, picked, 0).sum(axis + 1)
+
+
+def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
+    """input with src[i][j][k] added at [index[i][j][k]][j][k] for dim 0 (torch.scatter_add);
+    repeated indices add up; only src's index-shaped corner is read."""
+    x, index, src = as_tensor(input), as_tensor(index), as_tensor(src)
+    axis = _check_index_shape("scatter_add", x, dim, index)
+    if src.ndim != index.ndim or any(i > s for i, s in zip(index.shape, src.shape)):
+        raise trace_error("scatter_add", f"Expected index {index.shape} to be smaller than src "
+                          f"{src.shape} in every dimension")
+    if src.dtype != x.dtype:
+        raise trace_error("scatter_add", f"Expected self.dtype to be equal to src.dtype "
+                          f"({x.dtype} and {src.dtype})")
+    if x.ndim == 0:
+        return scatter_add(x.reshape(1), 0, index.reshape(1), src.reshape(1)).reshape(())
+    if index.numel():
+        check_indices(index, x.shape[axis], "scatter_add")
+    size = x.shape[axis]
+    values = window(src, [0] * src.ndim, index.shape).unsqueeze(axis)  # (..., 1, n, ...)
+    targets = index.shape[:axis] + (size,) + index.shape[axis:]
+    hit = index.unsqueeze(axis).eq(iota(targets, axis))               # (..., size, n, ...)
+    added = where(hit, values, 0).sum(axis + 1)                       # (..., size, ...)
+    high = [s - n for s, n in zip(x.shape, added.shape)]
+    return x + pad(added, [0] * x.ndim, high)
+
+
+def _check_index_shape(opname: str, x: Tensor, dim: int, index: Tensor) -> int:
+    """torch's rules for gather/scatter index tensors; returns the normalized axis."""
+    shape = x.shape
+    if index.dtype != INT:
+        raise trace_error(opname, f"index must be an int32 tensor, got {index.dtype} {index.shape}")
+    axis = normalize_axis(opname, dim, x.ndim)
+    if index.ndim != max(x.ndim, 1) and not (x.ndim == 0 and index.ndim == 0):
+        raise trace_error(opname, f"Index tensor must have the same number of dimensions as input "
+                          f"tensor ({index.shape} for {shape})")
+    if any(i > s for a, (i, s) in enumerate(zip(index.shape, shape)) if a != axis):
+        raise trace_error(opname, f"Size does not match at a dimension other than {dim}: index "
+                          f"{index.shape}, input {shape}")
+    if x.ndim and shape[axis] == 0 and index.numel():
+        raise trace_error(opname, f"index out of range: dim {dim} of {shape} is empty")
+    return axis
+
+
+def flip(input: Tensor, dims: int | Sequence[int]) -> Tensor:
+    """Reverse the order of elements along each of `dims` (a row gather per axis)."""
+    x = as_tensor(input)
+    axes = x._axes("flip", dims)
+    for axis in axes:
+        n = x.shape[axis]
+        if n > 1:
+            x = take_along(x, axis, (n - 1) - iota((n,), 0), check=False)
+    return x
+
+
+class TopK(NamedTuple):
+    """torch.return_types.topk: the k values and their int32 positions along `dim`."""
+    values: Tensor
+    indices: Tensor
+
+
+def topk(input: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> TopK:  # noqa: A002
+    """The k largest (or smallest) elements along `dim`, in order, with their int32 indices.
+
+    k rounds of argmax with the chosen positions masked out, then one gather: O(k * n) work,
+    meant for small k. Ties go to the lower index. `sorted=False` also returns them sorted
+    (torch leaves that order unspecified). nan is not ordered as torch does (torch puts it
+    first); int32 values above 2**24 are ordered as their float32 roundings.
+    """
+    x = as_tensor(input)
+    if x.ndim == 0:
+        normalize_axis("topk", dim, 0)
+        if k not in (0, 1):
+            raise trace_error("topk", f"selected index k out of range (k={k} for a 0-d tensor)")
+        found = topk(x.reshape(1), k, 0, largest, sorted)
+        return TopK(found.values.reshape(()), found.indices.reshape(())) if k else found
+    axis = normalize_axis("topk", dim, x.ndim)
+    if not 0 <= k <= x.shape[axis]:
+        raise trace_error("topk", f"selected index k out of range (k={k} for dim {dim} of {x.shape})")
+    out_shape = x.shape[:axis] + (k,) + x.shape[axis + 1:]
+    if k == 0:
+        return TopK(_gather_along(x, axis, constant(0, out_shape, INT)), constant(0, out_shape, INT))
+    keys = (x if largest else -x).float().detach()
+    positions = iota(x.shape, axis)
+    taken = constant(0, x.shape, INT)
+    chosen = []
+    for _ in range(k):
+        left = where(taken, -float("inf"), keys)
+        best = left.argmax(axis, keepdim=True)
+        # when only -inf is left, argmax can name a taken -inf: take the first free one then
+        stuck = left.max(axis, keepdim=True).eq(-float("inf"))
+        best = where(stuck, (1 - taken).argmax(axis, keepdim=True), best)
+        taken = taken + positions.eq(best)
+        chosen.append(best)
+    indices = concat(chosen, axis)
+    return TopK(_gather_along(x, axis, indices), indices)

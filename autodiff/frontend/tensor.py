@@ -397,6 +397,40 @@ class Tensor:
     def square(self) -> "Tensor":
         return self * self
 
+    def log1p(self) -> "Tensor":
+        from .composites import log1p
+        return log1p(self)
+
+    def expm1(self) -> "Tensor":
+        from .composites import expm1
+        return expm1(self)
+
+    def clamp(self, min: TensorLike | None = None, max: TensorLike | None = None) -> "Tensor":  # noqa: A002
+        from .composites import clamp
+        return clamp(self, min, max)
+
+    clip = clamp
+
+    def masked_fill(self, mask: "Tensor", value: TensorLike) -> "Tensor":
+        from .composites import masked_fill
+        return masked_fill(self, mask, value)
+
+    def tril(self, diagonal: int = 0) -> "Tensor":
+        from .composites import tril
+        return tril(self, diagonal)
+
+    def triu(self, diagonal: int = 0) -> "Tensor":
+        from .composites import triu
+        return triu(self, diagonal)
+
+    def softmax(self, dim: int, dtype: Any = None) -> "Tensor":
+        from .composites import softmax
+        return softmax(self, dim, dtype=dtype)
+
+    def log_softmax(self, dim: int, dtype: Any = None) -> "Tensor":
+        from .composites import log_softmax
+        return log_softmax(self, dim, dtype=dtype)
+
     def to(self, dtype: Any) -> "Tensor":
         dtype = str(np.dtype(dtype))
         if dtype == self.dtype:
@@ -446,6 +480,19 @@ class Tensor:
                               f"{self.shape}")
         out = Tensor._wrap(make_node(Op.ARGMAX, [self.node], O.AxisArgs(axis), "argmax"))
         return out if keepdim else out.squeeze(axis)
+
+    def logsumexp(self, dim: int | Sequence[int], keepdim: bool = False) -> "Tensor":
+        from .composites import logsumexp
+        return logsumexp(self, dim, keepdim)
+
+    def cumsum(self, dim: int, dtype: Any = None) -> "Tensor":
+        from .composites import cumsum
+        return cumsum(self, dim, dtype=dtype)
+
+    def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> Any:  # noqa: A002
+        """(values, indices) of the k largest along `dim`; see indexing.topk."""
+        from .indexing import topk
+        return topk(self, k, dim, largest, sorted)
 
     def _axes(self, opname: str, dim: int | Sequence[int] | None) -> tuple[int, ...]:
         if dim is None:
@@ -592,6 +639,22 @@ class Tensor:
         if x.shape == shape:
             return x
         return Tensor._wrap(make_node(Op.EXPAND, [x.node], O.ShapeArgs(shape), opname))
+
+    def flip(self, *dims: Any) -> "Tensor":
+        from .indexing import flip
+        return flip(self, _shape_arg(dims))
+
+    def repeat(self, *repeats: Any) -> "Tensor":
+        from .composites import repeat
+        return repeat(self, *repeats)
+
+    def gather(self, dim: int, index: "Tensor") -> "Tensor":
+        from .indexing import gather
+        return gather(self, dim, index)
+
+    def scatter_add(self, dim: int, index: "Tensor", src: "Tensor") -> "Tensor":
+        from .indexing import scatter_add
+        return scatter_add(self, dim, index, src)
 
     def __getitem__(self, index: Any) -> "Tensor":
         from .indexing import getitem
