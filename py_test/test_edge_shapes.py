@@ -171,3 +171,16 @@ def test_exp_over_its_whole_range(device):
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
     finite = np.isfinite(want)
     np.testing.assert_allclose(got[finite], want[finite], rtol=5e-7, atol=np.finfo(np.float32).tiny)
+
+
+def test_embedding_of_no_indices_has_no_rows_and_a_zero_gradient(device):
+    """The index check of an empty index tensor used to fail at trace time (a max over nothing)."""
+    import autodiff.nn.functional as F
+    weight = ad.Tensor(np.ones((4, 3), np.float32), name="weight")
+    rows = F.embedding(ad.Tensor(np.zeros((0,), np.int32), requires_grad=False), weight)
+    rows.sum().backward()
+    got: list[np.ndarray] = []
+    ad.Receiver(lambda r, g: got.extend([r, g]), [rows, weight.grad])
+    ad.execute(device=device)
+    assert got[0].shape == (0, 3)
+    np.testing.assert_array_equal(got[1], np.zeros((4, 3), np.float32))

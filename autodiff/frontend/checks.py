@@ -22,7 +22,7 @@ from .trace import make_node
 
 def check_indices(indices: Tensor, size: int, opname: str) -> None:
     """Raise (at run time, on the device's data) when an index is outside [0, size)."""
-    if indices.size == 0:
+    if indices.numel() == 0:
         return
     where = user_source_line()
     position = indices.float()

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
+from ..frontend import composites
 from ..frontend.checks import check_indices
 from ..frontend.functions import gather_rows, iota, random_uniform, where
 from ..ir.dtypes import FLOAT, INT
@@ -68,7 +69,7 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
     scaled = input * beta
     linear = scaled.gt(threshold)
     safe = where(linear, 0.0, scaled)   # keeps exp finite in the branch not taken
-    return where(linear, input, (safe.exp() + 1).log() * (1.0 / beta))
+    return where(linear, input, composites.log1p(safe.exp()) * (1.0 / beta))
 
 
 def mish(input: Tensor, inplace: bool = False) -> Tensor:
@@ -106,26 +107,13 @@ def _softmax_dim(x: Tensor, dim: int | None, opname: str) -> int:
     return 0 if x.ndim in (0, 1, 3) else 1
 
 
-def _empty_axis(x: Tensor, dim: int, opname: str) -> bool:
-    return x.ndim > 0 and x.shape[normalize_axis(opname, dim, x.ndim)] == 0
+def softmax(x: Tensor, dim: int | None = None, dtype: Any = None) -> Tensor:
+    """torch.nn.functional.softmax: `dim=None` picks torch's implicit axis (with its warning)."""
+    return composites.softmax(x, _softmax_dim(x, dim, "softmax"), dtype=dtype)
 
 
-def softmax(x: Tensor, dim: int | None = None) -> Tensor:
-    dim = _softmax_dim(x, dim, "softmax")
-    if _empty_axis(x, dim, "softmax"):
-        return x.float()   # no elements: nothing to normalize (and no maximum to shift by)
-    # the max is a constant shift: detaching it keeps it out of the gradient, like PyTorch
-    shifted = x - x.max(dim, keepdim=True).detach()
-    e = shifted.exp()
-    return e / e.sum(dim, keepdim=True)
-
-
-def log_softmax(x: Tensor, dim: int | None = None) -> Tensor:
-    dim = _softmax_dim(x, dim, "log_softmax")
-    if _empty_axis(x, dim, "log_softmax"):
-        return x.float()
-    shifted = x - x.max(dim, keepdim=True).detach()
-    return shifted - shifted.exp().sum(dim, keepdim=True).log()
+def log_softmax(x: Tensor, dim: int | None = None, dtype: Any = None) -> Tensor:
+    return composites.log_softmax(x, _softmax_dim(x, dim, "log_softmax"), dtype=dtype)
 
 
 def one_hot(target: Tensor, num_classes: int, opname: str = "one_hot") -> Tensor:
