@@ -7,3 +7,4 @@ from .module import Module
 from .data import DataLoader
 from .optim import SGD, Adam, AdamW, Optimizer
 from .transformer import MultiheadAttention, TransformerEncoder, TransformerEncoderLayer, causal_mask
+from .transformer import Transformer, TransformerDecoder, TransformerDecoderLayer

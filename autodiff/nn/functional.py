@@ -161,3 +161,5 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     keep = random_uniform(x.shape).ge(p)
     return x * keep * (1.0 / (1.0 - p))
 
+# scaled_dot_product_attention lives with MultiheadAttention (attention.py imports this module)
+from .attention import scaled_dot_product_attention  # noqa: E402,F401
