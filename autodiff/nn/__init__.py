@@ -1,6 +1,7 @@
 """Modules, functional forms, optimizers."""
 from . import functional
 from .conv import AvgPool2d, Conv2d, Flatten, MaxPool2d
+from .conv import AdaptiveAvgPool2d, AvgPool1d, Conv1d, ConvTranspose2d, MaxPool1d
 from .layers import (GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, RMSNorm, Sequential, Sigmoid, SiLU,
                      Softmax, Tanh)
 from .module import Module

@@ -163,3 +163,4 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 # scaled_dot_product_attention lives with MultiheadAttention (attention.py imports this module)
 from .attention import scaled_dot_product_attention  # noqa: E402,F401
+from .conv import adaptive_avg_pool2d, avg_pool1d, conv1d, conv_transpose2d, max_pool1d  # noqa: E402,F401
