@@ -1,9 +1,9 @@
 """MultiheadAttention and the transformer encoder and decoder, with PyTorch's names,
 defaults and shapes.
 
-scaled_dot_product_attention and the masks are in attention.py. Every default is PyTorch's: dropout 0.1, batch_first=False (inputs are
-(S, N, E) unless batch_first=True), post-norm; models that train call .eval() or pass
-dropout=0.0 to compare with a deterministic reference.
+Every default is PyTorch's: dropout 0.1, batch_first=False (inputs are (S, N, E) unless
+batch_first=True), post-norm; pass dropout=0.0 or call .eval() for a deterministic result.
+scaled_dot_product_attention and the masks are in attention.py.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .module import Module
 
 __all__ = ["MultiheadAttention", "causal_mask", "TransformerEncoderLayer", "TransformerEncoder",
            "TransformerDecoderLayer", "TransformerDecoder", "Transformer"]
+
 
 def _xavier(shape: tuple[int, int], name: str) -> Tensor:
     fan_out, fan_in = shape
@@ -88,6 +89,9 @@ class MultiheadAttention(Module):
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Mask = None,
                 need_weights: bool = True, attn_mask: Mask = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        """key_padding_mask (N, S) and attn_mask (L, S) or (N*H, L, S): True entries of a bool
+        mask are ignored, a float mask is added. is_causal with no attn_mask masks the later
+        keys (PyTorch asks for the mask as well)."""
         unbatched = query.ndim == 2
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
