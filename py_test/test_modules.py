@@ -110,7 +110,7 @@ def test_multihead_attention_causal_mask_and_weights(device):
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_transformer_encoder_two_layers(device, norm_first):
-    layer = nn.TransformerEncoderLayer(16, 4, 32, norm_first=norm_first)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first)
     ours = nn.TransformerEncoder(layer, num_layers=2)
     t_layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first)
     theirs = torch.nn.TransformerEncoder(t_layer, num_layers=2, enable_nested_tensor=False)

@@ -284,3 +284,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     keep = random_uniform(x.shape).ge(p)
     return x * keep * (1.0 / (1.0 - p))
 
+
+from .attention import scaled_dot_product_attention  # noqa: E402,F401 - torch's F has it too
+from .conv import adaptive_avg_pool2d, avg_pool1d, conv1d, conv_transpose2d, max_pool1d  # noqa: E402,F401
