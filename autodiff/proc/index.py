@@ -33,12 +33,18 @@ class DivAtom:
     form: "Index"
     divisor: int
 
+    def __hash__(self) -> int:   # the form caches its own hash: no recursive rehashing
+        return hash((1, self.form, self.divisor))
+
 
 @dataclass(frozen=True)
 class ModAtom:
     """form mod divisor (floor modulo), divisor > 0."""
     form: "Index"
     divisor: int
+
+    def __hash__(self) -> int:
+        return hash((2, self.form, self.divisor))
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,20 @@ class Index:
         # of every access expression, and almost none has one
         object.__setattr__(self, "dynamic", any(
             isinstance(a, DynAtom) or (isinstance(a, (DivAtom, ModAtom)) and a.form.dynamic) for a, _ in self.terms))
+        # Forms nest (a DivAtom holds a form) and are dict keys all through fusion and
+        # rendering: hashing them recursively every time was most of a CNN's compile time.
+        object.__setattr__(self, "_hash", hash((self.terms, self.const)))
+        object.__setattr__(self, "_text", None)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Index) or self._hash != other._hash:
+            return False
+        return self.const == other.const and self.terms == other.terms
 
     # --- construction -------------------------------------------------------
     @staticmethod
@@ -165,29 +185,42 @@ class Index:
                     stack.append(atom.form)
         return list(out)
 
-    def substitute(self, mapping: Callable[[Atom], "Index | None"]) -> "Index":
+    def substitute(self, mapping: Callable[[Atom], "Index | None"],
+                   memo: "dict[Index, Index] | None" = None) -> "Index":
         """Replace atoms: `mapping(atom)` gives the new form of a Var or DynAtom, or None to keep it.
         A form in which nothing is replaced is returned as it is (forms are kept simplified,
-        so rebuilding it would give it again; fusion substitutes into many such forms)."""
+        so rebuilding it would give it again; fusion substitutes into many such forms).
+        `memo` remembers results across calls with the same mapping: the nested forms of
+        windowed accesses (convolutions) repeat across every load of a kernel."""
+        if memo is not None:
+            known = memo.get(self)
+            if known is not None:
+                return known
         replaced: list["Index | None"] = []
         for atom, _ in self.terms:
             if isinstance(atom, (DivAtom, ModAtom)):
-                inner = atom.form.substitute(mapping)
+                inner = atom.form.substitute(mapping, memo)
                 if inner is atom.form:
                     replaced.append(None)
                 else:
                     replaced.append(inner // atom.divisor if isinstance(atom, DivAtom) else inner % atom.divisor)
             else:
                 replaced.append(mapping(atom))
-        if all(new is None for new in replaced):
-            return self
-        out = Index.of(self.const)
-        for (atom, coef), new in zip(self.terms, replaced):
-            out = out + (Index.of(atom) if new is None else new) * coef
+        out = self
+        if any(new is not None for new in replaced):
+            out = Index.of(self.const)
+            for (atom, coef), new in zip(self.terms, replaced):
+                out = out + (Index.of(atom) if new is None else new) * coef
+        if memo is not None:
+            memo[self] = out
         return out
 
     def __repr__(self) -> str:
-        return render_index(self, lambda v: v.name, str)
+        # cached, and built from the nested forms' cached text: the canonical order of
+        # terms sorts nested forms by their text
+        if self._text is None:
+            object.__setattr__(self, "_text", render_index(self, lambda v: v.name, str, nested=repr))
+        return self._text
 
 
 def atom_bounds(atom: Atom) -> tuple[int, int]:
@@ -284,8 +317,11 @@ def unflatten(offset: Index, shape: tuple[int, ...]) -> tuple[Index, ...]:
     return tuple(out)
 
 
-def render_index(form: Index, name_of: Callable[[Var], str], render_dyn: Callable[[object], str]) -> str:
-    """C-like text: `i0*64 + i1`, `(i0 + 3) / 4`, `(i1 % 8)`; integer math on non-negatives."""
+def render_index(form: Index, name_of: Callable[[Var], str], render_dyn: Callable[[object], str],
+                 nested: Callable[[Index], str] | None = None) -> str:
+    """C-like text: `i0*64 + i1`, `(i0 + 3) / 4`, `(i1 % 8)`; integer math on non-negatives.
+    `nested` renders the forms inside `/` and `%` (default: this function, recursively)."""
+    inner = nested or (lambda f: render_index(f, name_of, render_dyn))
     parts: list[str] = []
     for atom, coef in form.terms:
         if isinstance(atom, Var):
@@ -293,9 +329,9 @@ def render_index(form: Index, name_of: Callable[[Var], str], render_dyn: Callabl
         elif isinstance(atom, DynAtom):
             text = render_dyn(atom.value)
         elif isinstance(atom, DivAtom):
-            text = f"(({render_index(atom.form, name_of, render_dyn)}) / {atom.divisor})"
+            text = f"(({inner(atom.form)}) / {atom.divisor})"
         else:
-            text = f"(({render_index(atom.form, name_of, render_dyn)}) % {atom.divisor})"
+            text = f"(({inner(atom.form)}) % {atom.divisor})"
         parts.append(text if coef == 1 else f"{text}*{coef}" if coef > 0 else f"{text}*({coef})")
     if form.const or not parts:
         parts.append(str(form.const))

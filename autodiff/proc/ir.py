@@ -243,12 +243,13 @@ def replace_expr(value: Expr, target: Expr, with_expr: Expr) -> Expr:
 
 def substitute_vars(expr: Expr, mapping: dict[Var, Index]) -> Expr:
     """`expr` with each variable in `mapping` replaced by its access expression."""
-    return map_expr(expr, map_index=lambda index: index.substitute(lambda atom: mapping.get(atom)))
+    memo: dict[Index, Index] = {}
+    return map_expr(expr, map_index=lambda index: index.substitute(mapping.get, memo))
 
 
 def _sub_dyn(index: Index, done: dict[int, Expr]) -> Index:
     """Point run-time values inside `index` at their rebuilt expressions."""
-    if not any(isinstance(a, DynAtom) or hasattr(a, "form") for a, _ in index.terms):
+    if not index.dynamic:
         return index
 
     def mapping(atom):
