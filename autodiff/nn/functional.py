@@ -88,32 +88,6 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     return _reduce(diff * diff, reduction, "mse_loss")
 
 
-def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean",
-                  label_smoothing: float = 0.0) -> Tensor:
-    """Cross entropy over the last axis of (N, C) or (C,) logits.
-
-    `target` is int32 class indices of shape (N,) (or ()), or float32
-    probabilities / one-hot rows of the logits' shape, as in PyTorch.
-    """
-    if logits.ndim not in (1, 2):
-        raise trace_error("cross_entropy", f"logits must be (N, C) or (C,), got {logits.shape}")
-    classes = logits.shape[-1]
-    if target.dtype == INT:
-        if target.shape != logits.shape[:-1]:
-            raise trace_error("cross_entropy", f"int targets must have shape {logits.shape[:-1]}, "
-                              f"got {target.shape} for logits {logits.shape}")
-        probs = one_hot(target, classes, "cross_entropy")
-    else:
-        if target.shape != logits.shape:
-            raise trace_error("cross_entropy", f"probability targets must have the logits' shape "
-                              f"{logits.shape}, got {target.shape}")
-        probs = target
-    if label_smoothing:
-        probs = probs * (1 - label_smoothing) + label_smoothing / classes
-    loss = -(log_softmax(logits, -1) * probs).sum(-1)
-    return _reduce(loss, reduction, "cross_entropy")
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     out = x @ weight.T
     return out + bias if bias is not None else out
@@ -161,3 +135,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     keep = random_uniform(x.shape).ge(p)
     return x * keep * (1.0 / (1.0 - p))
 
+
+# the losses live in losses.py with their modules (imported last: losses.py uses this module)
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss,  # noqa: E402,F401
+                     kl_div, l1_loss, nll_loss, smooth_l1_loss)
