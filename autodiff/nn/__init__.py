@@ -7,5 +7,5 @@ from .layers import (GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, RMSNorm,
                      Softmax, Tanh)
 from .module import Module
 from .data import DataLoader
-from .optim import SGD, Adam, AdamW, Optimizer
+from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .transformer import MultiheadAttention, TransformerEncoder, TransformerEncoderLayer, causal_mask
