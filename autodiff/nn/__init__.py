@@ -8,4 +8,5 @@ from .layers import (GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, RMSNorm,
 from .module import Module
 from .data import DataLoader
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from . import utils
 from .transformer import MultiheadAttention, TransformerEncoder, TransformerEncoderLayer, causal_mask

@@ -525,3 +525,7 @@ def _one_minus_power(beta: float | Tensor, t: Tensor) -> Tensor:
     else:
         x = t * math.log(beta)
     return -(x * 0.5).tanh() * (x.exp() + 1)
+
+
+# torch.optim.lr_scheduler's place: `from autodiff.nn.optim import lr_scheduler`
+from . import lr_scheduler  # noqa: E402,F401
