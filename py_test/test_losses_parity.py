@@ -116,7 +116,7 @@ def test_nll_loss_options(device):
 
 
 def test_all_ignored_batches_give_nan_means(device):
-    """torch divides by the weight of no targets: nan for 'mean', 0 for 'sum'."""
+    """torch divides by the weight of no targets: nan for 'mean', 0 for 'sum' (an empty batch too)."""
     ignored = _t([-100, -100, -100])
     cases: list[Case] = [
         ("ce_mean", [_x(3, 4), ignored], F.cross_entropy, TF.cross_entropy),
@@ -125,6 +125,9 @@ def test_all_ignored_batches_give_nan_means(device):
         ("ce_sum", [_x(3, 4, seed=2), ignored], lambda x, t: F.cross_entropy(x, t, reduction="sum"),
          lambda x, t: TF.cross_entropy(x, t, reduction="sum")),
         ("nll_mean", [_x(3, 4, seed=3), ignored], F.nll_loss, TF.nll_loss),
+        ("empty_batch_mean", [_x(0, 4, seed=4), _t(np.zeros(0))], F.cross_entropy, TF.cross_entropy),
+        ("empty_batch_sum", [_x(0, 4, seed=5), _t(np.zeros(0))], lambda x, t: F.cross_entropy(x, t, reduction="sum"),
+         lambda x, t: TF.cross_entropy(x, t, reduction="sum")),
     ]
     _run(cases, device)
 

@@ -209,17 +209,17 @@ def test_scheduler_misuse_is_an_error() -> None:
 
 
 def test_changing_a_hyper_parameter_after_tracing_warns() -> None:
-    w = ad.Tensor(W0.copy())
-    opt = Adam([w], lr=1e-2)
-    opt.param_groups[0]["lr"] = 0.5   # before tracing: taken, no warning
+    w, b = ad.Tensor(W0.copy()), ad.Tensor(B0.copy())
+    opt = Adam([{"params": [b]}, {"params": [w]}], lr=1e-2)
+    opt.param_groups[1]["lr"] = 0.5   # before tracing: taken, no warning
     (w * w).sum().backward()
     opt.step()
-    opt.param_groups[0]["lr"] = 0.5   # unchanged: no warning
-    with pytest.warns(UserWarning, match=r"param_groups\[0\]\['lr'\] changed from 0.5 to 0.1.*scheduler"):
-        opt.param_groups[0]["lr"] = 0.1
+    opt.param_groups[1]["lr"] = 0.5   # unchanged: no warning
+    with pytest.warns(UserWarning, match=r"param_groups\[1\]\['lr'\] changed from 0.5 to 0.1.*scheduler"):
+        opt.param_groups[1]["lr"] = 0.1
     with pytest.warns(UserWarning, match="betas"):
         opt.param_groups[0]["betas"] = (0.8, 0.9)
-    assert opt.lr == 0.1 and opt.defaults["lr"] == 1e-2
+    assert opt.param_groups[1]["lr"] == 0.1 and opt.lr == opt.defaults["lr"] == 1e-2
 
 
 def test_param_group_errors() -> None:

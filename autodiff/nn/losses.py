@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..frontend.functions import where
-from ..frontend.tensor import Tensor, as_tensor
+from ..frontend.tensor import Tensor, as_tensor, constant
 from ..frontend.trace import trace_error
 from ..ir.dtypes import INT
 from .functional import log_softmax, mse_loss, one_hot
@@ -66,6 +66,9 @@ def _class_targets(scores: Tensor, target: Tensor, weight: Tensor | None, ignore
     if target.shape != scores.shape[:-1]:
         raise trace_error(opname, f"class-index targets must have shape {scores.shape[:-1]}, got "
                           f"{target.shape} for input {scores.shape}")
+    if target.numel() == 0:   # an empty batch: nothing to pick (and no index to check)
+        picked = constant(0.0, scores.shape)
+        return picked, picked.sum(-1)
     kept = target.ne(ignore_index)
     # an ignored target may lie outside [0, C): send it to class 0, whose row the mask clears
     picked = one_hot(where(kept, target, 0), scores.shape[-1], opname) * kept.float().unsqueeze(-1)

@@ -16,7 +16,6 @@ float32 0-d tensor and must build its factor from traced operations (`0.95 ** ep
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np

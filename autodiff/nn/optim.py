@@ -52,8 +52,9 @@ class ParamGroup(dict):
 
     def __setitem__(self, key: str, value: Any) -> None:
         if key != "params" and key in self and self._optimizer._step_traced and not _same(self[key], value):
+            number = next(i for i, group in enumerate(self._optimizer.param_groups) if group is self)
             warnings.warn(
-                f"{type(self._optimizer).__name__}: param_groups[{self._optimizer.param_groups.index(self)}]"
+                f"{type(self._optimizer).__name__}: param_groups[{number}]"
                 f"[{key!r}] changed from {self[key]!r} to {value!r} after step() was traced; the traced "
                 f"program keeps {self[key]!r}. Change it before tracing, or use a scheduler from "
                 "autodiff.nn.optim.lr_scheduler to vary the learning rate on the device", stacklevel=2)
