@@ -70,24 +70,6 @@ def one_hot(target: Tensor, num_classes: int, opname: str = "one_hot") -> Tensor
     return target.unsqueeze(-1).eq(classes).float()
 
 
-def _reduce(loss: Tensor, reduction: str, opname: str) -> Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "none":
-        return loss
-    raise trace_error(opname, f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-
-
-def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    target = as_tensor(target, input)
-    if input.shape != target.shape:
-        raise trace_error("mse_loss", f"input {input.shape} and target {target.shape} differ")
-    diff = input - target
-    return _reduce(diff * diff, reduction, "mse_loss")
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     out = x @ weight.T
     return out + bias if bias is not None else out
@@ -136,6 +118,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     return x * keep * (1.0 / (1.0 - p))
 
 
-# the losses live in losses.py with their modules (imported last: losses.py uses this module)
+# the losses live in losses.py with their modules
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss,  # noqa: E402,F401
-                     kl_div, l1_loss, nll_loss, smooth_l1_loss)
+                     kl_div, l1_loss, mse_loss, nll_loss, smooth_l1_loss)

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..frontend.functions import where
+from ..frontend.checks import check_indices
+from ..frontend.functions import iota, where
 from ..frontend.tensor import Tensor, as_tensor, constant
 from ..frontend.trace import trace_error
 from ..ir.dtypes import INT
-from .functional import log_softmax, mse_loss, one_hot
 from .module import Module
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -33,6 +33,31 @@ def _reduce(loss: Tensor, reduction: str, opname: str, batchmean: bool = False) 
         return loss.sum() / loss.shape[0] if loss.ndim else loss.sum()
     allowed = REDUCTIONS + (("batchmean",) if batchmean else ())
     raise trace_error(opname, f"reduction must be one of {allowed}, got {reduction!r}")
+
+
+def _log_softmax(x: Tensor) -> Tensor:
+    """functional.log_softmax over the last axis, written here because functional.py imports
+    this module (no import circle inside nn/: test_architecture.py)."""
+    if x.shape[-1] == 0:
+        return x.float()
+    shifted = x - x.max(-1, keepdim=True).detach()   # a constant shift: no gradient, as in torch
+    return shifted - shifted.exp().sum(-1, keepdim=True).log()
+
+
+def _one_hot(target: Tensor, classes: int, opname: str) -> Tensor:
+    """float32 rows with 1 at each int32 class index; an index outside [0, classes) raises at
+    run time, as torch's class-index losses do."""
+    check_indices(target, classes, opname)
+    return target.unsqueeze(-1).eq(iota(target.shape + (classes,), -1)).float()
+
+
+def mse_loss(input: Tensor, target: Tensor, size_average: Any = None, reduce: Any = None,
+             reduction: str = "mean", weight: Tensor | None = None) -> Tensor:
+    _deprecated(size_average, reduce, "mse_loss")
+    if weight is not None:
+        raise trace_error("mse_loss", "the weight argument is not supported")
+    diff = input - _same_shape(input, target, "mse_loss")
+    return _reduce(diff * diff, reduction, "mse_loss")
 
 
 def _same_shape(input: Tensor, target: Tensor, opname: str) -> Tensor:
@@ -71,7 +96,7 @@ def _class_targets(scores: Tensor, target: Tensor, weight: Tensor | None, ignore
         return picked, picked.sum(-1)
     kept = target.ne(ignore_index)
     # an ignored target may lie outside [0, C): send it to class 0, whose row the mask clears
-    picked = one_hot(where(kept, target, 0), scores.shape[-1], opname) * kept.float().unsqueeze(-1)
+    picked = _one_hot(where(kept, target, 0), scores.shape[-1], opname) * kept.float().unsqueeze(-1)
     if weight is not None:
         picked = picked * weight
     return picked, picked.sum(-1)
@@ -121,7 +146,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     _check_input(input, "cross_entropy")
     if not 0.0 <= label_smoothing <= 1.0:
         raise trace_error("cross_entropy", f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
-    logp = log_softmax(_class_last(input), -1)
+    logp = _log_softmax(_class_last(input))
     classes = logp.shape[-1]
     weight = _check_weight(weight, classes, "cross_entropy")
     if target.dtype == INT:
