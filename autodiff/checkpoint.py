@@ -7,7 +7,8 @@ dict of name -> any of those. Keys in the file:
 - `save(path, model)`: the object's own state names (`"0.weight"`, ...);
 - `save(path, {"model": model, "optim": opt, "epoch": np.array(3)})`: the
   name, a dot, then the object's state names (`"model.0.weight"`,
-  `"optim.exp_avg.0"`); an array or Tensor is stored under its name.
+  `"optim.state.0.exp_avg"`: an optimizer's state tensors as `state.<parameter
+  index>.<name>`, its hyper-parameters not); an array or Tensor is stored under its name.
 
 `load(path)` returns these keys and numpy arrays. `restore(path, model)` or
 `restore(path, model=model, optim=opt)` loads the values back into the objects
@@ -52,6 +53,8 @@ def _state_of(obj: Any, what: str) -> dict[str, np.ndarray]:
         return {"": obj.numpy()}
     if isinstance(obj, np.ndarray) or np.isscalar(obj):
         return {"": np.asarray(obj)}
+    if hasattr(obj, "_checkpoint_state"):   # an Optimizer: its nested state_dict, flat
+        return obj._checkpoint_state()
     if hasattr(obj, "state_dict"):
         return {k: np.asarray(v) for k, v in obj.state_dict().items()}
     raise TypeError(f"checkpoint: cannot save {what} of type {type(obj).__name__}; expected a Module, "
@@ -291,5 +294,14 @@ def to_torch(state: Any) -> dict[str, Any]:
         raise ImportError("checkpoint.to_torch needs torch (pip install torch)") from err
     if hasattr(state, "state_dict"):
         state = state.state_dict()
-    # np.array copies: torch.from_numpy shares memory and warns on read-only arrays
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, np.ndarray):
+            # np.array copies: torch.from_numpy shares memory and warns on read-only arrays
+            return torch.from_numpy(np.array(value))
+        return value
+    if "state" in state and "param_groups" in state:   # an optimizer's: hyper-parameters stay Python values
+        return {"state": convert(state["state"]), "param_groups": state["param_groups"]}
     return {key: torch.from_numpy(np.array(value)) for key, value in state.items()}

@@ -73,16 +73,16 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(optimizer: str, tmp_pat
 def test_saved_keys_dtypes_and_values(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(3, 2))
     opt = Adam(model.parameters())
-    opt.load_state_dict({**opt.state_dict(), "step.1": np.array(4, np.int32)})
+    opt.load_state_dict({**checkpoint.flatten(opt), "state.1.step": np.array(4, np.int32)})
     path = tmp_path / "c.safetensors"
     checkpoint.save(path, {"model": model, "optim": opt, "epoch": np.array(2.5)})
 
     flat = checkpoint.load(path)
-    assert sorted(flat) == ["epoch", "model.0.bias", "model.0.weight", "optim.exp_avg.0",
-                            "optim.exp_avg.1", "optim.exp_avg_sq.0", "optim.exp_avg_sq.1",
-                            "optim.step.0", "optim.step.1"]
+    assert sorted(flat) == ["epoch", "model.0.bias", "model.0.weight", "optim.state.0.exp_avg",
+                            "optim.state.0.exp_avg_sq", "optim.state.0.step", "optim.state.1.exp_avg",
+                            "optim.state.1.exp_avg_sq", "optim.state.1.step"]
     assert flat["epoch"].dtype == np.float32 and float(flat["epoch"]) == 2.5
-    assert flat["optim.step.1"].dtype == np.int32 and int(flat["optim.step.1"]) == 4
+    assert flat["optim.state.1.step"].dtype == np.int32 and int(flat["optim.state.1.step"]) == 4
     np.testing.assert_array_equal(flat["model.0.weight"], model.state_dict()["0.weight"])
 
 

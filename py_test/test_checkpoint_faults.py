@@ -28,12 +28,12 @@ def _model_and_optim() -> tuple[nn.Module, Adam]:
     opt = Adam(model.parameters(), lr=1e-2)
     rng = np.random.default_rng(5)
     opt.load_state_dict({k: (rng.standard_normal(v.shape).astype(v.dtype) if v.dtype == np.float32
-                             else np.array(7, v.dtype)) for k, v in opt.state_dict().items()})
+                             else np.array(7, v.dtype)) for k, v in checkpoint.flatten(opt).items()})
     return model, opt
 
 
 def _values(**objects) -> dict[str, np.ndarray]:
-    return {f"{name}.{k}": v for name, obj in objects.items() for k, v in obj.state_dict().items()}
+    return checkpoint.flatten(objects)
 
 
 def _assert_unchanged(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> None:
@@ -109,11 +109,11 @@ def test_files_without_checksums_still_load(tmp_path: Path) -> None:
 def test_restore_with_a_missing_optimizer_key_changes_nothing(tmp_path: Path) -> None:
     path = _saved(tmp_path)
     flat = checkpoint.load(path)
-    del flat["optim.exp_avg_sq.3"]
+    del flat["optim.state.3.exp_avg_sq"]
     save_file(flat, str(path))
     model, opt = _model_and_optim()
     before = _values(model=model, optim=opt)
-    with pytest.raises(KeyError, match="exp_avg_sq.3") as info:
+    with pytest.raises(KeyError, match="state.3.exp_avg_sq") as info:
         checkpoint.restore(path, model=model, optim=opt)
     _assert_unchanged(before, _values(model=model, optim=opt))
     assert str(path) in str(info.value)
@@ -163,12 +163,12 @@ def test_load_state_dict_checks_every_key_before_writing() -> None:
     state["2.bias"] = np.zeros(5, np.float32)   # the last parameter: the others would be written first
     with pytest.raises(TraceError, match="shape"):
         model.load_state_dict({k: v + 1 for k, v in state.items()})
-    optim_state = {k: v + 1 for k, v in opt.state_dict().items()}
-    optim_state["exp_avg_sq.3"] = np.zeros(7, np.float32)
+    optim_state = {k: v + 1 for k, v in checkpoint.flatten(opt).items()}
+    optim_state["state.3.exp_avg_sq"] = np.zeros(7, np.float32)
     with pytest.raises(TraceError, match="shape"):
         opt.load_state_dict(optim_state)
     with pytest.raises(KeyError, match="unexpected"):
-        opt.load_state_dict({**{k: v + 1 for k, v in opt.state_dict().items()}, "nope": np.zeros(1)})
+        opt.load_state_dict({**{k: v + 1 for k, v in checkpoint.flatten(opt).items()}, "nope": np.zeros(1)})
     _assert_unchanged(before, _values(model=model, optim=opt))
 
 

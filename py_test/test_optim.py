@@ -90,7 +90,7 @@ def test_adam_state_matches_torch_state(device: str) -> None:
     weight = np.linspace(-1, 1, 8, dtype=np.float32).reshape(4, 2)
     w = ad.Tensor(weight, name="w")
     opt = Adam([w], lr=1e-2)
-    assert sorted(opt.state_dict()) == ["exp_avg.0", "exp_avg_sq.0", "step.0"]
+    assert sorted(opt.state_dict()["state"][0]) == ["exp_avg", "exp_avg_sq", "step"]
     rows = iter(xs)
 
     def train_step() -> None:
@@ -108,11 +108,11 @@ def test_adam_state_matches_torch_state(device: str) -> None:
         topt.zero_grad()
         ((torch.from_numpy(xs[step]) @ tw - 1.0) ** 2).mean().backward()
         topt.step()
-    state = opt.state_dict()
+    state = opt.state_dict()["state"][0]
     tstate = topt.state[tw]
-    assert state["step.0"].dtype == np.int32 and int(state["step.0"]) == 5 == int(tstate["step"])
-    np.testing.assert_allclose(state["exp_avg.0"], tstate["exp_avg"].numpy(), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(state["exp_avg_sq.0"], tstate["exp_avg_sq"].numpy(), rtol=1e-5, atol=1e-9)
+    assert state["step"].dtype == np.int32 and int(state["step"]) == 5 == int(tstate["step"])
+    np.testing.assert_allclose(state["exp_avg"], tstate["exp_avg"].numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(state["exp_avg_sq"], tstate["exp_avg_sq"].numpy(), rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(w.numpy(), tw.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
@@ -141,7 +141,7 @@ def test_sgd_step_decay_in_ir_for(device: str) -> None:
     np.testing.assert_allclose(seen, expected, rtol=1e-6)
     # gradient is the constant [1, 2, -1], so p moves by -lr_t * grad each step
     np.testing.assert_allclose(p.numpy(), -expected.sum() * np.array([1, 2, -1]), rtol=1e-6)
-    assert opt.state_dict() == {"step": np.array(steps, np.int32)}
+    assert opt.state_dict()["state"] == {0: {"step": np.array(steps, np.int32)}}
 
 
 def test_sgd_decay_with_momentum_continues_across_runs(device: str) -> None:
@@ -166,13 +166,13 @@ def test_sgd_decay_with_momentum_continues_across_runs(device: str) -> None:
         buf = grad if t == 0 else momentum * buf + grad
         value = value - step_lr * buf
     np.testing.assert_allclose(p.numpy(), value, rtol=1e-5)
-    assert int(opt.state_dict()["step"]) == 10
+    assert int(opt.state_dict()["state"][0]["step"]) == 10
 
 
 def test_sgd_without_decay_keeps_no_counter() -> None:
     p = ad.Tensor(np.ones(2, np.float32))
-    assert SGD([p], lr=0.1).state_dict() == {}
-    assert list(SGD([p], lr=0.1, momentum=0.9).state_dict()) == ["momentum_buffer.0"]
+    assert SGD([p], lr=0.1).state_dict()["state"] == {}
+    assert list(SGD([p], lr=0.1, momentum=0.9).state_dict()["state"][0]) == ["momentum_buffer"]
     assert SGD([p], lr=0.1).learning_rate() == 0.1
 
 
@@ -191,10 +191,13 @@ def test_adam_rejects_bad_betas_and_loads_state_strictly() -> None:
     opt = AdamW([p])
     assert opt.weight_decay == 1e-2
     state = opt.state_dict()
-    state["step.0"] = np.array(7.0)     # a float from elsewhere keeps the counter's int32
+    state["state"][0]["step"] = np.array(7.0)     # a float from elsewhere keeps the counter's int32
     opt.load_state_dict(state)
-    assert opt.state_dict()["step.0"].dtype == np.int32 and int(opt.state_dict()["step.0"]) == 7
+    step = opt.state_dict()["state"][0]["step"]
+    assert step.dtype == np.int32 and int(step) == 7
+    exp_avg = state["state"][0]["exp_avg"]
     with pytest.raises(KeyError):
-        opt.load_state_dict({"exp_avg.0": state["exp_avg.0"]})
+        opt.load_state_dict({"state": {0: {"exp_avg": exp_avg}}, "param_groups": state["param_groups"]})
     with pytest.raises(KeyError):
-        opt.load_state_dict({**state, "exp_avg.1": state["exp_avg.0"]})
+        opt.load_state_dict({"state": {**state["state"], 1: {"exp_avg": exp_avg}},
+                             "param_groups": state["param_groups"]})

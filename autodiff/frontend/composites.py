@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..ir.dtypes import FLOAT, INT
+from .checks import check_indices
 from .functions import iota, pad, where, window
 from .tensor import Tensor, TensorLike, _shape_arg, as_tensor, is_scalar
 from .trace import normalize_axis, trace_error
@@ -215,3 +216,13 @@ def _with_dtype(x: Tensor, dtype: Any, opname: str) -> Tensor:
 
 __all__ = ["clamp", "clip", "log1p", "expm1", "logsumexp", "cumsum", "masked_fill", "tril", "triu",
            "repeat", "softmax", "log_softmax"]
+
+
+def one_hot(target: Tensor, num_classes: int, opname: str = "one_hot") -> Tensor:
+    """float32 one-hot rows of int32 class indices: shape target.shape + (num_classes,); a
+    class outside [0, num_classes) raises at run time, as in torch (whose one_hot is int64)."""
+    if target.dtype != INT:
+        raise trace_error(opname, f"needs int32 class indices, got {target.dtype}")
+    check_indices(target, num_classes, opname)
+    classes = iota(target.shape + (num_classes,), -1)
+    return target.unsqueeze(-1).eq(classes).float()

@@ -6,11 +6,10 @@ import warnings
 from typing import Any, Sequence
 
 from ..frontend import composites
-from ..frontend.checks import check_indices
-from ..frontend.functions import gather_rows, iota, random_uniform, where
-from ..ir.dtypes import FLOAT, INT
-from ..frontend.tensor import Tensor, as_tensor
-from ..frontend.trace import normalize_axis, trace_error
+from ..frontend.functions import gather_rows, random_uniform, where
+from ..ir.dtypes import INT
+from ..frontend.tensor import Tensor
+from ..frontend.trace import trace_error
 # torch.nn.functional has the convolution and pooling forms too; they live in conv.py with
 # their modules
 from .conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
@@ -116,58 +115,7 @@ def log_softmax(x: Tensor, dim: int | None = None, dtype: Any = None) -> Tensor:
     return composites.log_softmax(x, _softmax_dim(x, dim, "log_softmax"), dtype=dtype)
 
 
-def one_hot(target: Tensor, num_classes: int, opname: str = "one_hot") -> Tensor:
-    """float32 one-hot rows of int32 class indices: shape target.shape + (num_classes,); a
-    class outside [0, num_classes) raises at run time, as in torch."""
-    if target.dtype != INT:
-        raise trace_error(opname, f"needs int32 class indices, got {target.dtype}")
-    check_indices(target, num_classes, opname)
-    classes = iota(target.shape + (num_classes,), -1)
-    return target.unsqueeze(-1).eq(classes).float()
-
-
-def _reduce(loss: Tensor, reduction: str, opname: str) -> Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "none":
-        return loss
-    raise trace_error(opname, f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-
-
-def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    target = as_tensor(target, input)
-    if input.shape != target.shape:
-        raise trace_error("mse_loss", f"input {input.shape} and target {target.shape} differ")
-    diff = input - target
-    return _reduce(diff * diff, reduction, "mse_loss")
-
-
-def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean",
-                  label_smoothing: float = 0.0) -> Tensor:
-    """Cross entropy over the last axis of (N, C) or (C,) logits.
-
-    `target` is int32 class indices of shape (N,) (or ()), or float32
-    probabilities / one-hot rows of the logits' shape, as in PyTorch.
-    """
-    if logits.ndim not in (1, 2):
-        raise trace_error("cross_entropy", f"logits must be (N, C) or (C,), got {logits.shape}")
-    classes = logits.shape[-1]
-    if target.dtype == INT:
-        if target.shape != logits.shape[:-1]:
-            raise trace_error("cross_entropy", f"int targets must have shape {logits.shape[:-1]}, "
-                              f"got {target.shape} for logits {logits.shape}")
-        probs = one_hot(target, classes, "cross_entropy")
-    else:
-        if target.shape != logits.shape:
-            raise trace_error("cross_entropy", f"probability targets must have the logits' shape "
-                              f"{logits.shape}, got {target.shape}")
-        probs = target
-    if label_smoothing:
-        probs = probs * (1 - label_smoothing) + label_smoothing / classes
-    loss = -(log_softmax(logits, -1) * probs).sum(-1)
-    return _reduce(loss, reduction, "cross_entropy")
+one_hot = composites.one_hot
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -287,3 +235,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 from .attention import scaled_dot_product_attention  # noqa: E402,F401 - torch's F has it too
 from .conv import adaptive_avg_pool2d, avg_pool1d, conv1d, conv_transpose2d, max_pool1d  # noqa: E402,F401
+# the losses live in losses.py with their modules
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss,  # noqa: E402,F401
+                     kl_div, l1_loss, mse_loss, nll_loss, smooth_l1_loss)
