@@ -164,6 +164,27 @@ def test_cnn_digits_same_accuracy_on_devices():
     assert step_losses(opencl_out) == pytest.approx(step_losses(numpy_out), rel=1e-2, abs=1e-3)
 
 
+# --- seq2seq.py --------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+def test_seq2seq_trains_with_padding_masks_and_a_schedule(device):
+    """Encoder-decoder with key padding masks, ignore_index and warmup-cosine on the device:
+    the loss falls, and the printed rate follows the schedule (warmup 6 steps, then cosine
+    to 0 at step 60)."""
+    output = run_example("seq2seq.py", device, "--steps", "60")
+    assert_decreasing(step_losses(output.replace("  lr", "\nlr")))
+    rates = [float(r) for r in re.findall(r"lr (\S+)$", output, re.M)]
+    assert rates[-1] == pytest.approx(0.0, abs=1e-9) and rates[0] == pytest.approx(
+        3e-3 * 0.5 * (1 + math.cos(math.pi * 14 / 54)), rel=5e-3)   # printed to 3 digits
+    assert 0.0 <= number_after("token accuracy", output) <= 1.0
+
+
+@needs_two_devices
+def test_seq2seq_same_losses_on_devices():
+    numpy_out, opencl_out = (run_example("seq2seq.py", d, "--steps", "60") for d in ("numpy", "opencl"))
+    assert step_losses(opencl_out.replace("  lr", "\nlr")) == pytest.approx(
+        step_losses(numpy_out.replace("  lr", "\nlr")), rel=1e-2, abs=1e-3)
+
+
 # --- --show-graph ------------------------------------------------------------
 @pytest.mark.parametrize("script, args", [("linear.py", ()), ("transformer.py", ("--layers", "1")),
                                           ("char_lm.py", ("--sample", "1")), ("mnist.py", ())])
