@@ -104,12 +104,39 @@ def test_softmax_implicit_dim_is_torchs():
 
 def test_activation_argument_errors():
     x = ad.Tensor(_x(2, 3))
-    for fn in (lambda: F.leaky_relu(x, inplace=True), lambda: nn.ELU(inplace=True)(x),
-               lambda: F.hardtanh(x, 1.0, -1.0)):
-        with pytest.raises(ad.TraceError):
-            fn()
+    with pytest.raises(ad.TraceError):
+        F.hardtanh(x, 1.0, -1.0)
     with pytest.raises(ValueError):
         nn.Hardtanh(1.0, 1.0)
+
+
+def test_inplace_activations_update_their_input_as_torch(device):
+    """inplace=True: the input tensor (the same Python object) holds the result afterwards,
+    in a chain like torch's `nn.Sequential(nn.Linear, nn.ReLU(inplace=True), ...)`, with the
+    same values and gradients; a persistent input is assigned."""
+    def build(lib, F_, x):
+        h = x * 1.0
+        returned = F_.leaky_relu(h, 0.1, inplace=True)
+        h2 = lib.ReLU(inplace=True)(h - 0.5)
+        h3 = lib.Dropout(0.0, inplace=True)(lib.SiLU(inplace=True)(h2 * 2.0))
+        return returned is h, h + h3 + F_.hardtanh(h3 * 1.0, -0.5, 0.5, inplace=True)
+
+    data = _x(3, 4)
+    tx = torch.tensor(data, requires_grad=True)
+    t_same, t_out = build(torch.nn, TF, tx)
+    t_out.sum().backward()
+    x = ad.Tensor(data, name="x")
+    same, out = build(nn, F, x)
+    assert same and t_same
+    out.sum().backward()
+    state = ad.Tensor(np.array([-1.0, 2.0], np.float32), name="state", requires_grad=False)
+    assert F.relu(state, inplace=True) is state
+    got: list[np.ndarray] = []
+    ad.Receiver(lambda a, g, s: got.extend([a, g, s]), [out, x.grad, state])
+    ad.execute(device=device)
+    np.testing.assert_allclose(got[0], t_out.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[2], [0.0, 2.0])
 
 
 # --- BatchNorm in a training loop --------------------------------------------------------

@@ -269,3 +269,19 @@ def test_clip_grad_norm_error_if_nonfinite(device: str) -> None:
     nn.utils.clip_grad_norm_([w], 1.0, error_if_nonfinite=True)
     with pytest.raises(ad.ReceiverError, match="non-finite"):
         ad.execute(device=device)
+
+
+def test_state_of_a_never_stepped_torch_optimizer_resets_ours() -> None:
+    """torch makes a parameter's state at its first step, so a fresh torch optimizer's
+    state_dict has no entries: loading it starts ours again from the initial state."""
+    weight = ad.Tensor(np.ones((2, 3), np.float32), name="w")
+    opt = Adagrad([weight], lr=0.1, initial_accumulator_value=0.5)
+    (weight * weight).sum().backward()
+    opt.step()
+    ad.execute(device="numpy")
+    assert float(opt.state_dict()["state"][0]["sum"].sum()) != 3.0
+    fresh = torch.optim.Adagrad([torch.nn.Parameter(torch.ones(2, 3))], lr=0.1, initial_accumulator_value=0.5)
+    opt.load_state_dict(fresh.state_dict())
+    state = opt.state_dict()["state"][0]
+    np.testing.assert_array_equal(state["sum"], np.full((2, 3), 0.5, np.float32))
+    assert int(state["step"]) == 0

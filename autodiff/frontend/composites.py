@@ -2,9 +2,9 @@
 tril/triu, repeat, softmax/log_softmax.
 
 Each is the torch function of the same name (input first, torch's argument names); the
-Tensor methods call these. softmax and log_softmax live here, below nn (which frontend may
-not import), so that Tensor methods can use them; nn/functional.py still has its own copy of
-the two and should call these instead. Being composites they fuse, run on every backend and get their
+Tensor methods call these. softmax, log_softmax and one_hot live here, below nn (which the
+frontend may not import), so that Tensor methods can use them; nn/functional.py and
+nn/losses.py call these. Being composites they fuse, run on every backend and get their
 gradients from the primitives' VJP rules.
 """
 from __future__ import annotations

@@ -15,8 +15,8 @@ from ..frontend.trace import trace_error
 from .conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
 
 
-def relu(x: Tensor) -> Tensor:
-    return x.relu()
+def relu(x: Tensor, inplace: bool = False) -> Tensor:
+    return in_place(x, x.relu(), inplace)
 
 
 def sigmoid(x: Tensor) -> Tensor:
@@ -37,30 +37,34 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     return x * 0.5 * ((x * (1 / math.sqrt(2.0))).erf() + 1)
 
 
-def silu(x: Tensor) -> Tensor:
-    return x * x.sigmoid()
+def silu(x: Tensor, inplace: bool = False) -> Tensor:
+    return in_place(x, x * x.sigmoid(), inplace)
 
 
-def _no_inplace(opname: str, inplace: bool) -> None:
-    """Traced values are not overwritten: torch's inplace=True has no counterpart here."""
-    if inplace:
-        raise trace_error(opname, "inplace=True is not supported (traced values are immutable); "
-                          "use inplace=False and the returned tensor")
+def in_place(input: Tensor, result: Tensor, inplace: bool) -> Tensor:
+    """torch's `inplace=True`: `input` itself now holds `result` (a persistent tensor is
+    assigned; an intermediate's Tensor object is pointed at the result, so every Python
+    reference to it sees the new value). Views taken of `input` before keep the old value,
+    where torch's would change too."""
+    if not inplace:
+        return result
+    if input.is_persistent:
+        return input.assign(result)
+    input._node = result.node
+    return input
 
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     # where(x > 0, ...): the gradient at 0 is negative_slope, as torch's leaky_relu_backward
-    _no_inplace("leaky_relu", inplace)
-    return where(input.gt(0), input, input * negative_slope)
+    return in_place(input, where(input.gt(0), input, input * negative_slope), inplace)
 
 
 def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
-    _no_inplace("elu", inplace)
     positive = input.gt(0)
     # exp of the non-positive part only: exp(large x) in the unused branch would make
     # 0 * inf = nan in the gradient; at x == 0 the gradient is alpha, as in torch
     negative = where(positive, 0.0, input)
-    return where(positive, input, (negative.exp() - 1) * alpha)
+    return in_place(input, where(positive, input, (negative.exp() - 1) * alpha), inplace)
 
 
 def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
@@ -72,29 +76,26 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
 
 
 def mish(input: Tensor, inplace: bool = False) -> Tensor:
-    _no_inplace("mish", inplace)
-    return input * softplus(input).tanh()
+    return in_place(input, input * softplus(input).tanh(), inplace)
 
 
 def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
     # <= and >=: the gradient is 0 at the bounds, as torch's hardtanh_backward
-    _no_inplace("hardtanh", inplace)
     if min_val > max_val:
         raise trace_error("hardtanh", f"min_val {min_val} must not exceed max_val {max_val}")
-    return where(input.le(min_val), min_val, where(input.ge(max_val), max_val, input))
+    clipped = where(input.le(min_val), min_val, where(input.ge(max_val), max_val, input))
+    return in_place(input, clipped, inplace)
 
 
 def relu6(input: Tensor, inplace: bool = False) -> Tensor:
-    _no_inplace("relu6", inplace)
-    return hardtanh(input, 0.0, 6.0)
+    return in_place(input, hardtanh(input, 0.0, 6.0), inplace)
 
 
 def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
     """x * relu6(x + 3) / 6; the gradient is x/3 + 1/2 strictly inside (-3, 3), 0 at -3 and
     1 at 3 (torch's hardswish_backward)."""
-    _no_inplace("hardswish", inplace)
     middle = input * (input + 3.0) * (1.0 / 6.0)
-    return where(input.le(-3.0), 0.0, where(input.ge(3.0), input, middle))
+    return in_place(input, where(input.le(-3.0), 0.0, where(input.ge(3.0), input, middle)), inplace)
 
 
 def _softmax_dim(x: Tensor, dim: int | None, opname: str) -> int:
@@ -222,15 +223,15 @@ def embedding(indices: Tensor, weight: Tensor) -> Tensor:
     return gather_rows(weight, indices, "embedding")
 
 
-def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
     if not 0 <= p <= 1:
         raise trace_error("dropout", f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0:
         return x
     if p == 1:   # every element dropped: x * 0 as torch computes it (nan and inf give nan)
-        return x * 0.0
+        return in_place(x, x * 0.0, inplace)
     keep = random_uniform(x.shape).ge(p)
-    return x * keep * (1.0 / (1.0 - p))
+    return in_place(x, x * keep * (1.0 / (1.0 - p)), inplace)
 
 
 from .attention import scaled_dot_product_attention  # noqa: E402,F401 - torch's F has it too

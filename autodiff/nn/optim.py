@@ -80,6 +80,7 @@ class Optimizer:
         self.param_groups: list[ParamGroup] = []
         self.params: list[Tensor] = []
         self.state: dict[int, dict[str, Tensor]] = {}
+        self._initial: dict[int, float] = {}   # id(state tensor) -> its fill (load of a never-stepped state)
         self._step_traced = False
         self._scheduler: Any = None   # an lr_scheduler.LRScheduler computing hyper-parameters on the device
         groups = list(params)
@@ -172,12 +173,14 @@ class Optimizer:
         """A persistent float32 tensor shaped like `like`, filled with `fill` (in state_dict())."""
         tensor = Tensor(np.full(like.shape, fill, np.float32), name=f"{key}.{index}", requires_grad=False)
         self.state[index][key] = tensor
+        self._initial[id(tensor)] = fill
         return tensor
 
     def _counter(self, index: int, key: str = "step") -> Tensor:
         """A persistent 0-d int32 counter starting at 0 (in state_dict())."""
         tensor = Tensor(np.zeros((), np.int32), name=f"{key}.{index}", dtype=INT, requires_grad=False)
         self.state[index][key] = tensor
+        self._initial[id(tensor)] = 0
         return tensor
 
     # --- state dicts -----------------------------------------------------------------------
@@ -212,6 +215,11 @@ class Optimizer:
         if "state" in state_dict and "param_groups" in state_dict:
             values = {(int(i), k): v for i, s in state_dict["state"].items() for k, v in s.items()
                       if v is not None}   # torch's SGD keeps momentum_buffer None without momentum
+            # torch makes a parameter's state at its first step: a parameter with no entry
+            # (an optimizer that never stepped) starts again from the initial state
+            fresh = {int(i) for i in state_dict["state"]}
+            values.update({(i, k): np.full(t.shape, self._initial[id(t)], t.dtype)
+                           for i, s in self.state.items() if i not in fresh for k, t in s.items()})
             groups = self._check_groups(state_dict["param_groups"])
         else:
             values, groups = self._flat_values(state_dict), []
