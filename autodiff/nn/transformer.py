@@ -142,6 +142,14 @@ def _activation(activation: Activation) -> Callable[[Tensor], Tensor]:
     return _ACTIVATIONS[activation]
 
 
+def _attend(attention: MultiheadAttention, dropout: Dropout, x: Tensor, memory: Tensor, mask: Mask,
+            padding: Mask, is_causal: bool) -> Tensor:
+    """One attention block of a Transformer layer (x attends to memory), before its residual."""
+    out, _ = attention(x, memory, memory, attn_mask=mask, key_padding_mask=padding, need_weights=False,
+                       is_causal=is_causal)
+    return dropout(out)
+
+
 def _feed_forward(layer: "TransformerEncoderLayer | TransformerDecoderLayer", x: Tensor,
                   last_dropout: Dropout) -> Tensor:
     """linear2(dropout(activation(linear1(x)))) then dropout: the block both layers share."""
@@ -168,9 +176,7 @@ class TransformerEncoderLayer(Module):
         self.activation = _activation(activation)
 
     def _self_attention(self, x: Tensor, mask: Mask, padding: Mask, is_causal: bool) -> Tensor:
-        out, _ = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding, need_weights=False,
-                                is_causal=is_causal)
-        return self.dropout1(out)
+        return _attend(self.self_attn, self.dropout1, x, x, mask, padding, is_causal)
 
     def forward(self, src: Tensor, src_mask: Mask = None, src_key_padding_mask: Mask = None,
                 is_causal: bool = False) -> Tensor:
@@ -206,14 +212,10 @@ class TransformerDecoderLayer(Module):
         self.activation = _activation(activation)
 
     def _self_attention(self, x: Tensor, mask: Mask, padding: Mask, is_causal: bool) -> Tensor:
-        out, _ = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding, need_weights=False,
-                                is_causal=is_causal)
-        return self.dropout1(out)
+        return _attend(self.self_attn, self.dropout1, x, x, mask, padding, is_causal)
 
     def _memory_attention(self, x: Tensor, memory: Tensor, mask: Mask, padding: Mask, is_causal: bool) -> Tensor:
-        out, _ = self.multihead_attn(x, memory, memory, attn_mask=mask, key_padding_mask=padding,
-                                     need_weights=False, is_causal=is_causal)
-        return self.dropout2(out)
+        return _attend(self.multihead_attn, self.dropout2, x, memory, mask, padding, is_causal)
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Mask = None, memory_mask: Mask = None,
                 tgt_key_padding_mask: Mask = None, memory_key_padding_mask: Mask = None,
