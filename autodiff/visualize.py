@@ -4,7 +4,8 @@ the memory plan as a matplotlib Figure.
 The graph stages are `print_graph`'s: "graph" (as traced), "opt" (after the graph passes),
 "proc" (lowered, one kernel per compute node) and "fused" (after fusion). One picture node
 per graph node, edges from inputs to users, loop bodies (`ir_for`) as dashed clusters;
-after lowering, each kernel is a box around the graph nodes it computes (`Kernel.sources`).
+after lowering, each kernel is a box around the graph nodes it computes (`Kernel.sources`),
+and a node no kernel computes (a view, read through an access expression) is dashed.
 Fusion may recompute a cheap producer inside several consumers; a node is drawn once, in
 the box of the kernel that writes it, else of the first kernel computing it, and
 `to_networkx` lists every kernel that computes it.
@@ -22,7 +23,7 @@ from typing import Any, Iterable
 
 from .frontend.program import Program, current_program
 from .ir.graph import Block, Node, Variable
-from .ir.ops import Op
+from .ir.ops import LEAF_OPS, Op
 from .ir.text import describe_args, type_string
 from .proc.ir import Kernel, KernelCmd, LoopCmd, ProcProgram
 
@@ -104,7 +105,9 @@ def _loop_title(node: Node) -> str:
     return f"for {index} in range({a.start}, {a.start + a.count * a.step}, {a.step}): {a.count} iterations"
 
 
-def _node_line(node: Node) -> str:
+def _node_line(node: Node, viewed: bool = False) -> str:
+    """One node's DOT line; `viewed`: after lowering, no kernel computes it (a view, read
+    through its consumer's access expression), drawn dashed."""
     if node.op is Op.FOR:
         label = f"%{node.id} for ({node.args.count}x)"
     else:
@@ -118,6 +121,8 @@ def _node_line(node: Node) -> str:
     attributes = [f"label={_quote(label)}", f"shape={shape}"]
     if fill != "white":
         attributes.append(f'style=filled, fillcolor="{fill}"')
+    elif viewed:
+        attributes.append('style=dashed, color="#999999"')
     if node.where:
         attributes.append(f"tooltip={_quote(node.where)}")
     return f"n{node.id} [{', '.join(attributes)}];"
@@ -170,7 +175,8 @@ def dot_text(drawn: StageGraph) -> str:
                 todo.append(("block", node.args.body, depth + 1))
                 todo.append(("line", "}", depth))
             elif node.id not in drawn.owner:
-                todo.append(("line", _node_line(node), depth))
+                viewed = bool(drawn.kernels) and node.op not in LEAF_OPS and node.op not in NODE_STYLE
+                todo.append(("line", _node_line(node, viewed), depth))
         for k in boxes_in.get(id(block), []):
             kernel = drawn.kernels[k]
             todo.append(("line", f"subgraph cluster_kernel{k} {{", depth))

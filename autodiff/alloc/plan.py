@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..log import get_logger
+from ..loggers import get_logger
 from ..proc.index import Index
 from ..proc.ir import (Buffer, Command, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, ReceiveCmd, Reduce,
                        loads_of, walk_expr)

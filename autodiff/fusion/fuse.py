@@ -35,7 +35,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from ..log import get_logger
+from ..loggers import get_logger
 from ..proc.cost import TILED_DOT_WORK, reduce_work
 from ..proc.index import Index, Var
 from ..proc.ir import (Buffer, Command, Expr, FeedCmd, Kernel, KernelCmd, Load, LoopCmd, ProcProgram,

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ..log import pass_dumps
+from ..loggers import pass_dumps
 from .checks import drop_index_checks
 from .cse import cse
 from .inplace import mark_in_place

@@ -1,5 +1,7 @@
 """autodiff's loggers: one hierarchy under "autodiff", silent unless asked.
 
+(Not `log.py`: a submodule of that name would shadow the function `autodiff.log`.)
+
     autodiff.passes   the graph after each pass (debug), pass timings (info)
     autodiff.fusion   kernels before and after fusion
     autodiff.alloc    the memory plan: arena, lower bound, strategy
