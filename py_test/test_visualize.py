@@ -178,14 +178,13 @@ def test_plot_memory_labels_nodes_and_leaves_the_backend_alone(tmp_path):
     before = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
-        for axis in ("step", "kernel"):
-            path = ad.plot_memory(str(tmp_path / f"plan_{axis}.png"), time_axis=axis)
-            assert Path(path).read_bytes()[:4] == b"\x89PNG"
-            assert matplotlib.get_backend() == "svg"
+        path = ad.plot_memory(str(tmp_path / "plan.png"), time_axis="kernel")
+        assert Path(path).read_bytes()[:4] == b"\x89PNG"
+        assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
     compiled = compile_program(None, "numpy-proc")
-    figure = memory_figure(compiled.proc, compiled.plan, compiled.graph, time_axis="kernel")
+    figure = memory_figure(compiled.proc, compiled.plan, compiled.graph, time_axis="step")
     axes = figure.axes[0]
     ops = {n.op.value for n in compiled.graph.walk()}
     labels = [t.get_text() for t in axes.texts]
