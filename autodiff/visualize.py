@@ -37,6 +37,7 @@ NODE_STYLE: dict[Op, tuple[str, str]] = {
     Op.FEEDER: ("invhouse", "#d9ead3"),     # data from the host
     Op.RECEIVER: ("house", "#fce5cd"),      # data to the host
     Op.FOR: ("plaintext", "white"),
+    Op.CONST: ("plaintext", "white"),       # folded into its users' code: drawn light
 }
 KERNEL_STYLE = 'style="rounded,filled"; fillcolor="#fff2cc"; color="#bf9000"'
 LOOP_STYLE = 'style=dashed; color="#3d85c6"'
@@ -123,6 +124,8 @@ def _node_line(node: Node, viewed: bool = False) -> str:
         attributes.append(f'style=filled, fillcolor="{fill}"')
     elif viewed:
         attributes.append('style=dashed, color="#999999"')
+    if node.op is Op.CONST:
+        attributes.append('fontcolor="#777777"')
     if node.where:
         attributes.append(f"tooltip={_quote(node.where)}")
     return f"n{node.id} [{', '.join(attributes)}];"
@@ -156,7 +159,8 @@ def dot_text(drawn: StageGraph) -> str:
 
     title = f"{drawn.stage}: {len(nodes)} nodes" + (f", {len(drawn.kernels)} kernels" if drawn.stage in ("proc", "fused") else "")
     lines = ["digraph autodiff {", f"  label={_quote(title)}; labelloc=t; compound=true;",
-             '  node [shape=box, fontsize=10, fontname="Helvetica"]; edge [arrowsize=0.6];']
+             '  graph [fontname="Helvetica", fontsize=11]; node [shape=box, fontsize=10, fontname="Helvetica"];',
+             '  edge [arrowsize=0.6];']
     # an explicit stack of lines still to write and blocks still to open (loop nesting)
     work: list[tuple[str, Any, int]] = [("block", drawn.root, 1)]
     while work:
