@@ -17,6 +17,7 @@ from .frontend.indexing import flip, gather, scatter_add, topk
 from .frontend.program import Program, current_program, manual_seed, reset
 from .frontend.tensor import Tensor
 from .printing import pg, plot_memory, print_graph
+from .visualize import draw_graph, to_networkx
 from .compiler import CompiledProgram, Report, compile, default_device, execute
 from . import checkpoint, nn
 from .checkpoint import load, restore, save

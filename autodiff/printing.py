@@ -72,10 +72,17 @@ def format_procedural(program: Program, stage: str, options: dict[str, Any]) -> 
     return format_program(compiled.proc, node_ops, show_sources=(stage == "fused"))
 
 
-def plot_memory(path: str, program: Program | None = None, **options: Any) -> str:
-    """Draw the current program's memory plan (offset x time rectangles) to a PNG at `path`."""
-    from .alloc.plan import plot_plan
+def plot_memory(path: str, program: Program | None = None, time_axis: str = "step", **options: Any) -> str:
+    """Draw the current program's memory plan to an image at `path` (PNG, SVG, PDF, ...).
+
+    One rectangle (time x arena offset) per temporary, labelled with the graph node it
+    holds (op and source line) and coloured by its op; the bytes live at each time and the
+    liveness lower bound as lines. time_axis="kernel" draws the plan over the program's
+    kernels in order. Builds its own matplotlib Figure: the user's backend is left alone.
+    """
     from .compiler import compile_program
+    from .visualize import memory_figure
     compiled = compile_program(program or current_program(), "numpy-proc", disable=set(options.get("disable", ())))
-    plot_plan(compiled.proc, compiled.plan, path)
+    figure = memory_figure(compiled.proc, compiled.plan, compiled.graph, time_axis)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     return path

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..loggers import get_logger
 from ..proc.index import Index
 from ..proc.ir import (Buffer, Command, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, ReceiveCmd, Reduce,
                        loads_of, walk_expr)
@@ -173,6 +174,8 @@ def plan_memory(program: ProcProgram, reuse: bool = True, time_budget_s: float =
                   for g, members in groups.items()]
     placed = placement.place_buffers(rectangles, alignment=ALIGNMENT, time_budget_s=time_budget_s)
     offsets = {i: placed.offsets[g] for g, members in groups.items() for i in members}
+    get_logger("alloc").info("arena %d B (liveness lower bound %d B, no reuse %d B) for %d temporaries: %s, %.3f s",
+                             placed.height, placed.lower_bound, no_reuse, len(temps), placed.strategy, placed.seconds)
     return MemoryPlan(offsets, placed.height, placed.lower_bound, no_reuse, persistent, feeds, lives, pairs,
                       placed.strategy, placed.seconds)
 
@@ -217,33 +220,3 @@ def format_plan(program: ProcProgram, plan: MemoryPlan) -> str:
                  f"no reuse {plan.no_reuse_bytes}; persistent {plan.persistent_bytes}; feed staging "
                  f"{plan.feed_bytes}; placement '{plan.strategy}' in {plan.seconds:.3f} s")
     return "\n".join(lines)
-
-
-def plot_plan(program: ProcProgram, plan: MemoryPlan, path: str) -> None:
-    """Draw the plan: one labelled rectangle (time x bytes) per temporary, to a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    figure, axes = plt.subplots(figsize=(12, 6))
-    colors = plt.get_cmap("tab20")
-    for n, life in enumerate(plan.lifetimes.values()):
-        b = life.buffer
-        box = Rectangle((life.start, plan.offsets[b.id]), life.end - life.start + 1, b.nbytes,
-                        facecolor=colors(n % 20), edgecolor="black", linewidth=0.4)
-        axes.add_patch(box)
-        if b.nbytes > plan.arena_bytes * 0.03:
-            axes.text(life.start + 0.1, plan.offsets[b.id] + b.nbytes / 2, b.name, fontsize=6, va="center")
-    steps = max((l.end for l in plan.lifetimes.values()), default=0) + 1
-    axes.set_xlim(0, max(steps, 1))
-    axes.set_ylim(0, max(plan.arena_bytes, 1))
-    axes.axhline(plan.lower_bound_bytes, color="red", linestyle="--", linewidth=0.8, label="liveness lower bound")
-    axes.set_xlabel("step (command in program order)")
-    axes.set_ylabel("arena offset (bytes)")
-    axes.set_title(f"memory plan: arena {plan.arena_bytes} B, lower bound {plan.lower_bound_bytes} B, "
-                   f"no reuse {plan.no_reuse_bytes} B")
-    axes.legend(loc="upper right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)

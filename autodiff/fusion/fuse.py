@@ -35,6 +35,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 
+from ..loggers import get_logger
 from ..proc.cost import TILED_DOT_WORK, reduce_work
 from ..proc.index import Index, Var
 from ..proc.ir import (Buffer, Command, Expr, FeedCmd, Kernel, KernelCmd, Load, LoopCmd, ProcProgram,
@@ -248,6 +249,7 @@ def _reads_elsewhere(kernel: Kernel) -> bool:
 def fuse(program: ProcProgram, disable: frozenset[str] = frozenset()) -> ProcProgram:
     """Merge kernels of the procedural program (in place); returns it."""
     fusion = Fusion(program, disable)
+    before = len(program.kernels())
     if fusion.enabled:
         program.commands = fusion.fuse_block(program.commands)
     separate_self_reads(program)
@@ -256,6 +258,7 @@ def fuse(program: ProcProgram, disable: frozenset[str] = frozenset()) -> ProcPro
     program.buffers = [b for b in program.buffers if b.kind != "temp" or b.id in used]
     for kernel in program.kernels():
         kernel.name = kernel_name(kernel)
+    get_logger("fusion").info("%d kernels -> %d", before, len(program.kernels()))
     return program
 
 

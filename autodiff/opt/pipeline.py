@@ -1,17 +1,19 @@
 """The graph pass pipeline: an explicit, ordered list of named passes.
 
 `optimize(graph, disable={...})` runs them in order, skipping the disabled names,
-timing each and counting nodes before and after. With `dump=True` (or the
-environment variable AUTODIFF_DUMP_PASSES=1) it prints the graph after each pass.
+timing each and counting nodes before and after. The graph after each pass goes to the
+"autodiff.passes" logger at debug level (AUTODIFF_LOG=debug shows it); `dump=True` or the
+environment variable AUTODIFF_DUMP_PASSES=1 shows it on stderr without AUTODIFF_LOG.
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from ..loggers import pass_dumps
 from .checks import drop_index_checks
 from .cse import cse
 from .inplace import mark_in_place
@@ -55,18 +57,21 @@ def optimize(graph: Graph, disable: Iterable[str] = (), dump: bool | None = None
     disable = frozenset(disable)
     if dump is None:
         dump = os.environ.get("AUTODIFF_DUMP_PASSES", "") not in ("", "0")
-    records: list[PassRecord] = []
-    graph = copy_graph(graph)   # passes never see (or change) the traced program itself
-    for graph_pass in PIPELINE:
-        if graph_pass.name in disable or (graph_pass.only_when_disabled
-                                          and graph_pass.only_when_disabled not in disable):
-            continue
-        before = graph.count()
-        start = time.perf_counter()
-        graph = graph_pass.run(graph)
-        records.append(PassRecord(graph_pass.name, before, graph.count(), time.perf_counter() - start))
-        if dump:
-            from ..ir.text import format_block
-            print(f"--- after {graph_pass.name}: {graph.count()} nodes", file=sys.stderr)
-            print("\n".join(format_block(graph.root, show_source=False)), file=sys.stderr)
+    with pass_dumps(dump) as log:
+        dump = log.isEnabledFor(logging.DEBUG)   # formatting a large graph costs: only when shown
+        records: list[PassRecord] = []
+        graph = copy_graph(graph)   # passes never see (or change) the traced program itself
+        for graph_pass in PIPELINE:
+            if graph_pass.name in disable or (graph_pass.only_when_disabled
+                                              and graph_pass.only_when_disabled not in disable):
+                continue
+            before = graph.count()
+            start = time.perf_counter()
+            graph = graph_pass.run(graph)
+            records.append(PassRecord(graph_pass.name, before, graph.count(), time.perf_counter() - start))
+            log.info("%s: %d -> %d nodes in %.4f s", graph_pass.name, before, graph.count(), records[-1].seconds)
+            if dump:
+                from ..ir.text import format_block
+                log.debug("--- after %s: %d nodes\n%s", graph_pass.name, graph.count(),
+                          "\n".join(format_block(graph.root, show_source=False)))
     return graph, records
