@@ -323,7 +323,8 @@ class CompiledProgram:
 
     def _compile_spans(self) -> list[Span]:
         """The compile stages as host spans; the device build's parts end to end inside it."""
-        spans = [Span(name, "compile", HOST_TRACK, at, self.stage_seconds[name]) for name, at in self.stage_starts.items()]
+        spans = [Span(name, "compile", HOST_TRACK, at, self.stage_seconds[name])
+                 for name, at in self.stage_starts.items()]
         at = self.stage_starts.get("device build")
         for name, seconds in self.stage_seconds.items():
             if at is not None and name.startswith("device build: "):

@@ -136,7 +136,6 @@ class Recorder:
         self.buffers = buffers or {}
         self.spans: list[Span] = []
         self._infos: dict[tuple, KernelInfo] = {}
-        self._lock = threading.Lock()
 
     def span(self, name: str, category: str, track: str, start: float, end: float,
              info: KernelInfo | None = None, args: dict[str, Any] | None = None) -> None:
@@ -253,7 +252,8 @@ class Profile:
             lines.append(f"{r.total_seconds * 1e3:10.3f} {r.share:6.1%} {r.calls:7d} {r.mean_seconds * 1e6:9.1f} "
                          f"{rate(r.gflops_per_second):>8} {rate(r.gbytes_per_second):>8}  {r.name}")
         if top is not None and len(rows) > top:
-            lines.append(f"... {len(rows) - top} more kernels ({sum(r.total_seconds for r in rows[top:]) * 1e3:.3f} ms)")
+            rest = sum(r.total_seconds for r in rows[top:])
+            lines.append(f"... {len(rows) - top} more kernels ({rest * 1e3:.3f} ms)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -269,7 +269,8 @@ class Profile:
             tracks.setdefault(s.track, len(tracks))
         origin = min((s.start for s in self.spans), default=0.0)
         events: list[dict[str, Any]] = [
-            {"name": "process_name", "ph": "M", "ts": 0, "pid": pid, "tid": 0, "args": {"name": f"autodiff ({self.device})"}}]
+            {"name": "process_name", "ph": "M", "ts": 0, "pid": pid, "tid": 0,
+             "args": {"name": f"autodiff ({self.device})"}}]
         for track, tid in tracks.items():
             events.append({"name": "thread_name", "ph": "M", "ts": 0, "pid": pid, "tid": tid, "args": {"name": track}})
             events.append({"name": "thread_sort_index", "ph": "M", "ts": 0, "pid": pid, "tid": tid,

@@ -115,6 +115,20 @@ def test_profiled_run_equals_plain_run_and_traces_every_launch(device: str, tmp_
     assert as_dict["iterations"] == STEPS and len(as_dict["profile"]["kernels"]) == len(rows)
 
 
+def test_kernels_launched_one_by_one_are_profiled(device: str) -> None:
+    """Without megakernels every kernel is its own launch (OpenCL and CUDA map each launch
+    back to its kernel): one row per compiled kernel function, STEPS calls each."""
+    if device not in ("opencl", "cuda"):
+        pytest.skip("the device backends' single-kernel launches")
+    trace_training()
+    compiled = ad.compile(device=device, disable={"megakernel"})
+    report = compiled.run(profile=True)
+    rows = report.profile.rows()
+    assert {r.calls for r in rows} == {STEPS} and sum(r.calls for r in rows) == report.kernels_launched
+    assert {r.name for r in rows} <= set(compiled.kernels)
+    assert all(r.nodes for r in rows)
+
+
 def test_feeder_calls_are_host_spans(tmp_path: Path) -> None:
     """Each Feeder call is one span: STEPS of them, on the host or the feeder thread's track."""
     _, _, fed = trace_training()
