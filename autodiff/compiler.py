@@ -164,7 +164,7 @@ class Report:
         else:
             lines.append(f"persistent {_size(self.persistent_bytes)}")
         if self.profile is not None:
-            lines.append(f"profiled: {len(self.profile.launches())} launches, kernel time "
+            lines.append(f"profiled: {len(self.profile.launches())} launches, device time "
                          f"{self.profile.kernel_seconds() * 1e3:.3f} ms (report.profile_table())")
         return "\n".join(lines)
 

@@ -233,18 +233,21 @@ class Profile:
         return out
 
     def table(self, top: int | None = 25) -> str:
-        """The per-kernel table as text, the `top` longest kernels (None: all)."""
+        """The per-kernel table as text, the `top` longest kernels (None: all). On the numpy
+        device a row is a graph op (it runs the graph node by node, no kernels)."""
         rows = self.rows()
         kernel_s = self.kernel_seconds()
         launches = sum(r.calls for r in rows)
-        lines = [f"profile on {self.device}: run {self.run_seconds * 1e3:.3f} ms, kernels {kernel_s * 1e3:.3f} ms "
-                 f"in {launches} launches of {len(rows)} kernels"]
+        unit = "op" if any(s.category == "op" for s in self.launches()) else "kernel"
+        calls = "evaluations" if unit == "op" else "launches"
+        lines = [f"profile on {self.device}: run {self.run_seconds * 1e3:.3f} ms, {unit}s {kernel_s * 1e3:.3f} ms "
+                 f"in {launches} {calls} of {len(rows)} {unit}s"]
         if self.iterations:
             lines[0] += f", {self.run_seconds * 1e3 / self.iterations:.3f} ms per iteration"
         host = self.host_seconds()
         if host:
             lines.append("host: " + ", ".join(f"{k} calls {v * 1e3:.3f} ms" for k, v in host.items()))
-        lines.append(f"{'total ms':>10} {'share':>6} {'calls':>7} {'mean us':>9} {'GFLOP/s':>8} {'GB/s':>8}  kernel")
+        lines.append(f"{'total ms':>10} {'share':>6} {'calls':>7} {'mean us':>9} {'GFLOP/s':>8} {'GB/s':>8}  {unit}")
 
         def rate(value: float | None) -> str:
             return "-" if value is None else f"{value:.2f}"
@@ -253,7 +256,7 @@ class Profile:
                          f"{rate(r.gflops_per_second):>8} {rate(r.gbytes_per_second):>8}  {r.name}")
         if top is not None and len(rows) > top:
             rest = sum(r.total_seconds for r in rows[top:])
-            lines.append(f"... {len(rows) - top} more kernels ({rest * 1e3:.3f} ms)")
+            lines.append(f"... {len(rows) - top} more {unit}s ({rest * 1e3:.3f} ms)")
         return "\n".join(lines)
 
     def __str__(self) -> str:
