@@ -4,7 +4,8 @@
 program with a `Recorder`; the run's `Report.profile` is the `Profile` it made:
 
 - device spans, one per kernel launch: OpenCL profiling events (the run uses a queue made
-  with PROFILING_ENABLE), CUDA events around each launch (loop bodies then launch kernel by
+  with PROFILING_ENABLE; its copies, uploads, Feeder values and downloads, are spans of
+  that queue too), CUDA events around each launch (loop bodies then launch kernel by
   kernel instead of as CUDA Graphs, so that each launch has its own events), host clock
   spans per kernel on numpy-proc and per graph node on numpy;
 - host spans: each Feeder call (on the feeder thread's track where a thread calls them),

@@ -399,7 +399,8 @@ class OpenCLExecutor(DeviceExecutor):
 
     # --- profiling (autodiff/profiler.py): on the instance, for one run only ----------------
     def start_profile(self, recorder: Any) -> None:
-        """The run goes to a profiling queue; each launch and Feeder copy keeps its event."""
+        """The run goes to a profiling queue; each launch and copy (uploads, Feeders, downloads)
+        keeps its event."""
         self.finish()
         self.plain_queue, self.queue = self.queue, _profiling_queue(self.context, self.device)
         self.profiled: list[tuple[str, tuple, Any, float]] = []   # (name, kernels, event, host time at enqueue)
@@ -421,15 +422,29 @@ class OpenCLExecutor(DeviceExecutor):
             at = time.perf_counter()
             OpenCLExecutor.feed(self, cmd, value)
             self.profiled.append((f"copy Feeder {cmd.name}", (), self.feed_copies[-1], at))
-        self.launch, self.feed = launch, feed
+
+        def upload(buffer: Buffer, host: np.ndarray) -> None:
+            at = time.perf_counter()
+            event = self.cl.enqueue_copy(self.queue, self.state, host, dst_offset=self.state_offset[buffer.id],
+                                         is_blocking=False)
+            self.profiled.append((f"upload {buffer.name}", (), event, at))
+
+        def download(buffer: Buffer) -> np.ndarray:
+            host = np.empty(buffer.shape, buffer.dtype)
+            at = time.perf_counter()
+            event = self.cl.enqueue_copy(self.queue, host, self.state, src_offset=self.state_offset[buffer.id],
+                                         is_blocking=True)
+            self.profiled.append((f"download {buffer.name}", (), event, at))
+            return host
+        self.launch, self.feed, self.upload, self.download = launch, feed, upload, download
 
     def stop_profile(self, recorder: Any) -> None:
         """Every event's device times, moved onto the host clock: a command is queued after the
         host's enqueue call began, so the largest (host time - queued time) is the offset."""
         self.finish()
         self.queue = self.plain_queue
-        self.__dict__.pop("launch", None)
-        self.__dict__.pop("feed", None)
+        for name in ("launch", "feed", "upload", "download"):
+            self.__dict__.pop(name, None)
         times = [(name, kernels, e.profile.queued, e.profile.start, e.profile.end, at)
                  for name, kernels, e, at in self.profiled]
         self.profiled = []
