@@ -7,6 +7,9 @@ switch that turns it off (where it is an optimization) and its time in `stage_se
 A backend that runs the graph itself (numpy) stops after the graph passes; the others
 take the scheduled procedural program and its memory plan. The driver names no device:
 `backends.registry` says what each one needs.
+
+A run with `profile=True` (or AUTODIFF_PROFILE=1) records its launches and host callbacks
+(autodiff/profiler.py); the `Report` then carries the `Profile`.
 """
 from __future__ import annotations
 
@@ -18,17 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .alloc.plan import MemoryPlan, plan_memory, validate_plan
+from .backends import host
 from .backends.registry import Backend, backend, backend_switches, backends
 from .frontend import entry
 from .frontend.program import Program, current_program
 from .fusion import FUSION_KINDS, fuse
 from .ir.graph import Block
+from .ir.ops import Op
 from .opt import CHECK_SWITCHES, PASS_NAMES, Graph, PassRecord, optimize
 from .proc import lower
 from .proc.ir import ProcProgram
+from .profiler import HOST_TRACK, Profile, Recorder, Span
 from .schedule.packing import pack_matmul_operands
 
-KNOWN_OPTIONS = ("disable", "dump_passes", "debug")
+KNOWN_OPTIONS = ("disable", "dump_passes", "debug", "profile")
 
 
 @dataclass
@@ -104,9 +110,20 @@ def known_switches() -> tuple[str, ...]:
     return tuple(dict.fromkeys(names + list(backend_switches())))
 
 
+def _size(nbytes: int | None) -> str:
+    if nbytes is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes} B"
+
+
 @dataclass
 class Report:
-    """What a compile and a run cost."""
+    """What a compile and a run cost; `print(report)` is a short summary, `to_dict()` all of it.
+    A profiled run (`profile=True`) has `profile`: `print(report.profile)` or
+    `report.profile_table()` is the per-kernel table, `report.save_trace(path)` the timeline."""
     device: str
     compile_seconds: float = 0.0
     run_seconds: float = 0.0
@@ -121,13 +138,58 @@ class Report:
     no_reuse_bytes: int | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    iterations: int | None = None          # of the program's outermost loops, if it has any
+    profile: Profile | None = None
+
+    @property
+    def ms_per_iteration(self) -> float | None:
+        return self.run_seconds * 1e3 / self.iterations if self.iterations else None
 
     def __str__(self) -> str:
-        rows = [(k, v) for k, v in self.__dict__.items() if k not in ("passes", "stage_seconds")]
-        width = max(len(k) for k, _ in rows)
-        lines = [f"{k.ljust(width)}  {v:.4f}" if isinstance(v, float) else f"{k.ljust(width)}  {v}"
-                 for k, v in rows]
+        stages = ", ".join(f"{name} {seconds:.3f}" for name, seconds in self.stage_seconds.items()
+                           if ": " not in name)   # the device build's parts are in to_dict()
+        run = f"run {self.run_seconds:.3f} s"
+        if self.iterations:
+            run += f", {self.ms_per_iteration:.3f} ms per iteration ({self.iterations} iterations)"
+        lines = [f"device {self.device}", f"compile {self.compile_seconds:.3f} s ({stages})", run]
+        if self.kernels_after_fusion is not None:
+            lines.append(f"kernels {self.kernels_after_fusion} (before fusion {self.kernels_before_fusion}), "
+                         f"{self.kernels_launched} launches; graph {self.graph_nodes} nodes")
+        else:
+            lines.append(f"graph {self.graph_nodes} nodes, {self.ops_executed} ops executed")
+        if self.arena_bytes is not None:
+            bound = f" ({self.arena_bytes / self.lower_bound_bytes:.2f}x)" if self.lower_bound_bytes else ""
+            lines.append(f"arena {_size(self.arena_bytes)}, lower bound {_size(self.lower_bound_bytes)}{bound}, "
+                         f"without reuse {_size(self.no_reuse_bytes)}; persistent {_size(self.persistent_bytes)}")
+        else:
+            lines.append(f"persistent {_size(self.persistent_bytes)}")
+        if self.profile is not None:
+            lines.append(f"profiled: {len(self.profile.launches())} launches, device time "
+                         f"{self.profile.kernel_seconds() * 1e3:.3f} ms (report.profile_table())")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain Python values (the profile as `Profile.to_dict()`), for tools."""
+        out = {k: v for k, v in self.__dict__.items() if k != "profile"}
+        out["passes"] = [dict(p) for p in self.passes]
+        out["stage_seconds"] = dict(self.stage_seconds)
+        out["ms_per_iteration"] = self.ms_per_iteration
+        out["profile"] = None if self.profile is None else self.profile.to_dict()
+        return out
+
+    def _profiled(self) -> Profile:
+        if self.profile is None:
+            raise ValueError("this run was not profiled: run with profile=True (ad.execute(profile=True), "
+                             "compiled.run(profile=True)) or AUTODIFF_PROFILE=1")
+        return self.profile
+
+    def profile_table(self, top: int | None = 25) -> str:
+        """The per-kernel table of a profiled run (calls, time, share, GFLOP/s, GB/s)."""
+        return self._profiled().table(top)
+
+    def save_trace(self, path: Any) -> Any:
+        """Write the profiled run as Chrome trace-event JSON (Perfetto, chrome://tracing)."""
+        return self._profiled().save_trace(path)
 
 
 def default_device() -> str:
@@ -160,8 +222,13 @@ class CompiledProgram:
     """A program compiled for one backend; `run()` executes it (again) and reports."""
 
     def __init__(self, program: Program, device: str, disable: frozenset[str],
-                 dump_passes: bool | None = None, debug: bool | None = None) -> None:
+                 dump_passes: bool | None = None, debug: bool | None = None, profile: bool | None = None) -> None:
         start = time.perf_counter()
+        # every run() profiles when asked at compile time or by AUTODIFF_PROFILE (1, or a path
+        # of .json to write each profiled run's trace to)
+        setting = os.environ.get("AUTODIFF_PROFILE", "")
+        self.profile = profile if profile is not None else setting not in ("", "0")
+        self.trace_path = setting if setting.endswith(".json") else None
         self.program = program
         self.device = device
         self.disable = disable
@@ -169,11 +236,13 @@ class CompiledProgram:
         self.backend = backend(device)
         c = Compilation(program, self.backend, disable, dump_passes, self.debug)
         self.stage_seconds: dict[str, float] = {}
+        self.stage_starts: dict[str, float] = {}   # perf_counter at each stage's start (the profile's spans)
         for stage in STAGES:
             if (stage.procedural and not self.backend.takes_proc) or stage.switch in disable:
                 continue
             at = time.perf_counter()
             stage.run(c)
+            self.stage_starts[stage.name] = at
             self.stage_seconds[stage.name] = time.perf_counter() - at
         # the device build's parts (render, cache load, build, first launches), where a backend times them
         parts = getattr(c.executor, "build_seconds", None)
@@ -181,6 +250,9 @@ class CompiledProgram:
             self.stage_seconds.update({f"device build: {part}": seconds for part, seconds in parts.items()})
         self.optimized, self.pass_records = c.graph, c.pass_records
         self.graph: Block = c.graph.root
+        # iterations of the outermost loops (None without a loop): the report's ms per iteration
+        counts = [node.args.count for node in self.graph.nodes if node.op is Op.FOR]
+        self.iterations: int | None = sum(counts) if counts else None
         self.proc, self.plan, self.executor = c.proc, c.plan, c.executor
         self.kernels_before_fusion = c.kernels_before_fusion
         # kernels the device runs: after fusion and the schedule's operand copies
@@ -197,11 +269,18 @@ class CompiledProgram:
     def ops_executed(self) -> int:
         return getattr(self.executor, "ops_executed", 0)
 
-    def run(self) -> Report:
+    def run(self, profile: bool | None = None) -> Report:
+        """Execute the program once; `profile=True` records where the time goes (the report's
+        `profile`); None: as compiled (`profile=` option, else AUTODIFF_PROFILE)."""
+        recorder = self._start_profile() if (self.profile if profile is None else profile) else None
         start = time.perf_counter()
         ops_before = self.ops_executed
         launched_before = getattr(self.executor, "kernels_launched", 0)
-        self.executor.run()
+        try:
+            self.executor.run()
+        finally:
+            if recorder is not None:
+                self._stop_profile(recorder, start)
         report = Report(
             device=self.device,
             compile_seconds=self.compile_seconds,
@@ -214,12 +293,44 @@ class CompiledProgram:
             persistent_bytes=sum(v.nbytes for v in self.program.variables),
             passes=[dict(r.__dict__) for r in self.pass_records],
             stage_seconds=dict(self.stage_seconds),
+            iterations=self.iterations,
         )
         if self.plan is not None:
             report.arena_bytes = self.plan.arena_bytes
             report.lower_bound_bytes = self.plan.lower_bound_bytes
             report.no_reuse_bytes = self.plan.no_reuse_bytes
+        if recorder is not None:
+            report.profile = Profile(self.device, report.run_seconds, self._compile_spans() + recorder.spans,
+                                     report.iterations)
+            if self.trace_path:
+                report.profile.save_trace(self.trace_path)
         return report
+
+    # --- profiling ---------------------------------------------------------------------
+    def _start_profile(self) -> Recorder:
+        start = getattr(self.executor, "start_profile", None)
+        if start is None:
+            raise ValueError(f"the {self.device} device cannot profile a run")
+        recorder = Recorder({b.id: b for b in self.proc.buffers} if self.proc is not None else None)
+        start(recorder)
+        host.set_recorder(recorder)
+        return recorder
+
+    def _stop_profile(self, recorder: Recorder, start: float) -> None:
+        host.set_recorder(None)
+        self.executor.stop_profile(recorder)
+        recorder.span("run", "run", HOST_TRACK, start, time.perf_counter())
+
+    def _compile_spans(self) -> list[Span]:
+        """The compile stages as host spans; the device build's parts end to end inside it."""
+        spans = [Span(name, "compile", HOST_TRACK, at, self.stage_seconds[name])
+                 for name, at in self.stage_starts.items()]
+        at = self.stage_starts.get("device build")
+        for name, seconds in self.stage_seconds.items():
+            if at is not None and name.startswith("device build: "):
+                spans.append(Span(name[len("device build: "):], "compile", HOST_TRACK, at, seconds))
+                at += seconds
+        return spans
 
 
 def compile_program(program: Program | None = None, device: str | None = None, **options: Any) -> CompiledProgram:
@@ -235,7 +346,8 @@ def compile_program(program: Program | None = None, device: str | None = None, *
     unknown_switches = sorted(disable - set(known_switches()))
     if unknown_switches:
         raise ValueError(f"disable: unknown names {unknown_switches}; known: {list(known_switches())}")
-    return CompiledProgram(program, device, disable, options.get("dump_passes"), options.get("debug"))
+    return CompiledProgram(program, device, disable, options.get("dump_passes"), options.get("debug"),
+                           options.get("profile"))
 
 
 def execute_program(program: Program | None = None, device: str | None = None, **options: Any) -> Report:
@@ -243,12 +355,15 @@ def execute_program(program: Program | None = None, device: str | None = None, *
 
 
 def compile(device: str | None = None, **options: Any) -> CompiledProgram:  # noqa: A001 - public API
-    """Compile the current program without running it (see `CompiledProgram.run`)."""
+    """Compile the current program without running it (see `CompiledProgram.run`).
+    `profile=True` makes every run record a profile (`Report.profile`)."""
     return compile_program(None, device, **options)
 
 
 def execute(device: str | None = None, **options: Any) -> Report:
-    """Compile and run the current program once; persistent tensors get their new values."""
+    """Compile and run the current program once; persistent tensors get their new values.
+    `profile=True` records each kernel launch and host callback: `report.profile`,
+    `report.profile_table()`, `report.save_trace("trace.json")`."""
     return execute_program(None, device, **options)
 
 

@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=200, help="characters to generate after training")
     parser.add_argument("--temperature", type=float, default=0.5, help="0 = greedy")
     parser.add_argument("--device", default=None, help="numpy, numpy-proc, opencl or cuda (default: best available)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the run: print the per-kernel table and save a Chrome trace (Perfetto)")
+    parser.add_argument("--trace", default="trace.json", help="where --profile saves the trace (default: trace.json)")
     parser.add_argument("--show-graph", action="store_true", help="print the traced training graph")
     args = parser.parse_args()
 
@@ -114,7 +117,7 @@ def main() -> None:
     if args.show_graph:
         ad.print_graph()
     start = time.perf_counter()
-    report = ad.execute(device=args.device)
+    report = ad.execute(device=args.device, profile=args.profile or None)
     print(f"device {report.device}: {args.steps} steps in {time.perf_counter() - start:.2f} s "
           f"(compile {report.compile_seconds:.2f} s, run {report.run_seconds:.2f} s)")
     trained = model.state_dict()
@@ -149,6 +152,10 @@ def main() -> None:
     print("---")
     first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
     print(f"final loss {last:.4f} (first reported {first:.4f})")
+    if args.profile:
+        print(report.profile_table())
+        report.save_trace(args.trace)
+        print(f"trace saved to {args.trace}")
 
 
 if __name__ == "__main__":

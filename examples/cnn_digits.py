@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--device", default=None, help="numpy, numpy-proc, opencl or cuda (default: best available)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the run: print the per-kernel table and save a Chrome trace (Perfetto)")
+    parser.add_argument("--trace", default="trace.json", help="where --profile saves the trace (default: trace.json)")
     args = parser.parse_args()
 
     ad.manual_seed(0)
@@ -71,10 +74,14 @@ def main() -> None:
     ad.Receiver(lambda p: accuracy.append(float((p == y_test).mean())), [predictions], name="accuracy")
 
     start = time.perf_counter()
-    report = ad.execute(device=args.device)
+    report = ad.execute(device=args.device, profile=args.profile or None)
     print(f"device {report.device}: {args.steps} steps in {time.perf_counter() - start:.2f} s "
           f"(compile {report.compile_seconds:.2f} s)")
     print(f"test accuracy {accuracy[0]:.4f}")
+    if args.profile:
+        print(report.profile_table())
+        report.save_trace(args.trace)
+        print(f"trace saved to {args.trace}")
 
 
 if __name__ == "__main__":

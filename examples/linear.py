@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--device", default=None, help="numpy, numpy-proc, opencl or cuda (default: best available)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the run: print the per-kernel table and save a Chrome trace (Perfetto)")
+    parser.add_argument("--trace", default="trace.json", help="where --profile saves the trace (default: trace.json)")
     parser.add_argument("--out", default="linear.safetensors",
                         help="where to save the trained parameters (default: linear.safetensors in the "
                              "working directory)")
@@ -67,7 +70,7 @@ def main() -> None:
     if args.show_graph:
         ad.print_graph()
     start = time.perf_counter()
-    report = ad.execute(device=args.device)
+    report = ad.execute(device=args.device, profile=args.profile or None)
     seconds = time.perf_counter() - start
     checksum = sum(float(v.astype(np.float64).sum()) for v in saved.values())
     print(f"device {report.device}: {args.steps} steps in {seconds:.2f} s "
@@ -75,6 +78,10 @@ def main() -> None:
     print(f"saved {len(saved)} parameters to {args.out}")
     # the final loss is the last step's (computed before that step's update)
     print(f"final loss {final[0]:.6f}  checksum {checksum:.6f}")
+    if args.profile:
+        print(report.profile_table())
+        report.save_trace(args.trace)
+        print(f"trace saved to {args.trace}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--device", default=None, help="numpy, numpy-proc, opencl or cuda (default: best available)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the run: print the per-kernel table and save a Chrome trace (Perfetto)")
+    parser.add_argument("--trace", default="trace.json", help="where --profile saves the trace (default: trace.json)")
     parser.add_argument("--show-graph", action="store_true", help="print the traced graph")
     args = parser.parse_args()
 
@@ -53,7 +56,7 @@ def main() -> None:
     if args.show_graph:
         ad.print_graph()
     start = time.perf_counter()
-    report = ad.execute(device=args.device)
+    report = ad.execute(device=args.device, profile=args.profile or None)
     seconds = time.perf_counter() - start
     checksum = sum(float(p.numpy().astype(np.float64).sum()) for p in model.parameters())
     compiled = "" if report.kernels_after_fusion is None else \
@@ -62,6 +65,10 @@ def main() -> None:
     print(f"compile {report.compile_seconds:.2f} s  run {report.run_seconds:.2f} s  "
           f"{1000 * report.run_seconds / max(args.steps, 1):.3f} ms/step")
     print(f"parameters {model.num_parameters()}  checksum {checksum:.6f}")
+    if args.profile:
+        print(report.profile_table())
+        report.save_trace(args.trace)
+        print(f"trace saved to {args.trace}")
     if not math.isfinite(checksum):
         raise SystemExit("the parameters are not finite after training")
 

@@ -286,6 +286,40 @@ class CUDAExecutor(DeviceExecutor):
         else:
             self.run_steps(body)
 
+    # --- profiling (autodiff/profiler.py): on the instance, for one run only ----------------
+    def start_profile(self, recorder: Any) -> None:
+        """Events before and after each launch; loop bodies launch kernel by kernel (a replayed
+        CUDA Graph would be one span for the whole body)."""
+        self.stream.synchronize()
+        self.profile_origin = self.stream.record()
+        self.profile_origin.synchronize()
+        self.profile_host_origin = time.perf_counter()
+        self.profiled: list[tuple[str, tuple, Any, Any]] = []   # (name, kernels, start event, end event)
+        kernels = {id(self.launch_of[id(k)]): (name, (k,))
+                   for (k, _), name in zip(self.rendered_program.singles, self.function_names)}
+
+        def launch(prepared: _Launch, values: dict[Var, int]) -> None:
+            if prepared.empty:
+                return
+            start = self.stream.record()
+            CUDAExecutor.launch(self, prepared, values)
+            self.profiled.append(kernels[id(prepared)] + (start, self.stream.record()))
+
+        def run_iteration(loop: LoopCmd, body: list[Step]) -> None:
+            self.run_steps(body)
+        self.launch, self.run_iteration = launch, run_iteration
+
+    def stop_profile(self, recorder: Any) -> None:
+        self.stream.synchronize()
+        self.__dict__.pop("launch", None)
+        self.__dict__.pop("run_iteration", None)
+        elapsed = self.cp.cuda.get_elapsed_time   # milliseconds between two completed events
+        track = f"CUDA stream ({self.device_name})"
+        for name, kernels, start, end in self.profiled:
+            at = self.profile_host_origin + elapsed(self.profile_origin, start) * 1e-3
+            recorder.kernel(name, kernels, at, at + elapsed(start, end) * 1e-3, track)
+        self.profiled = []
+
     # --- CUDA Graphs ----------------------------------------------------------------------
     def _graph_plan(self, loop: LoopCmd, body: list[Step]) -> _GraphPlan:
         plan = self.graph_plans.get(id(loop))

@@ -14,6 +14,15 @@ from ..proc.ir import FeedCmd, LoopCmd
 
 INT32_MIN, INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
 
+# the Recorder of the profiled run in progress (autodiff/profiler.py), None otherwise: Feeder
+# and Receiver calls are timed through it; with profiling off this is one test per callback
+recorder = None
+
+
+def set_recorder(new: object) -> None:
+    global recorder
+    recorder = new
+
 
 def where_in_loops(iterations: Sequence[int]) -> str:
     if not iterations:
@@ -25,7 +34,7 @@ def call_feeder(fn: Callable[[], object], name: str, shape: tuple[int, ...], dty
                 iterations: Sequence[int]) -> np.ndarray:
     """fn() checked against the Feeder's shape and dtype (no silent conversion)."""
     try:
-        value = fn()
+        value = fn() if recorder is None else recorder.host_call(fn, (), f"Feeder {name}", "feeder")
     except Exception as err:
         raise FeederError(f"Feeder '{name}' raised at {where_in_loops(iterations)}: {err!r}") from err
     if dtype == INT and isinstance(value, np.ndarray) and value.dtype.kind in "iu" and value.dtype != INT:
@@ -57,7 +66,10 @@ def receiver_due(every: int, iterations: Sequence[int]) -> bool:
 def call_receiver(fn: Callable[..., object], name: str, values: list[np.ndarray],
                   iterations: Sequence[int]) -> None:
     try:
-        fn(*values)
+        if recorder is None:
+            fn(*values)
+        else:
+            recorder.host_call(fn, values, f"Receiver {name}", "receiver")
     except IndexOutOfRangeError as err:   # an index check: its own class, the iteration added
         raise IndexOutOfRangeError(f"{err}, {where_in_loops(iterations)}") from None
     except Exception as err:

@@ -7,7 +7,8 @@ so a READ taken before an update keeps the old value, as the graph says).
 """
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,6 +45,29 @@ class NumpyGraphExecutor:
             else:
                 env[node.id] = REFERENCE[node.op]([env[i.id] for i in node.inputs], node)
             self.ops_executed += 1
+
+    # --- profiling (autodiff/profiler.py): a timed block loop, on the instance only --------
+    def start_profile(self, recorder: Any) -> None:
+        """Time every node the run evaluates (a loop as one span on the host track)."""
+        def run_block(block: Block) -> None:
+            env = self.env
+            for node in block.nodes:
+                at = time.perf_counter()
+                handler = EFFECTS.get(node.op)
+                if handler is not None:
+                    handler(self, node)
+                else:
+                    env[node.id] = REFERENCE[node.op]([env[i.id] for i in node.inputs], node)
+                self.ops_executed += 1
+                if node.op is Op.FOR:
+                    recorder.span(f"for %{node.id} ({node.args.count} iterations)", "loop", "host", at,
+                                  time.perf_counter())
+                elif node.op not in (Op.FEEDER, Op.RECEIVER):   # those are timed as host calls
+                    recorder.op(node, at, time.perf_counter(), "numpy")
+        self._run_block = run_block
+
+    def stop_profile(self, recorder: Any) -> None:
+        self.__dict__.pop("_run_block", None)
 
     # --- effects and leaves that need the runtime --------------------------
     def _read(self, node: Node) -> None:

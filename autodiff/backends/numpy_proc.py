@@ -9,7 +9,9 @@ OpenCL. It is a checker, not a fast device.
 """
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +84,19 @@ class NumpyProcExecutor:
             self.loop_values[cmd.variable] = i
             self._run_commands(cmd.body)
         loop_in_step(cmd.count, self.iterations, self.failure, iteration)
+
+    # --- profiling (autodiff/profiler.py): a timed kernel call, on the instance only -------
+    def start_profile(self, recorder: Any) -> None:
+        plain = self._run_kernel
+
+        def run_kernel(kernel: Kernel) -> None:
+            at = time.perf_counter()
+            plain(kernel)
+            recorder.kernel(kernel.name, (kernel,), at, time.perf_counter(), "numpy-proc")
+        self._run_kernel = run_kernel
+
+    def stop_profile(self, recorder: Any) -> None:
+        self.__dict__.pop("_run_kernel", None)
 
     # --- kernels --------------------------------------------------------------------
     def _run_kernel(self, kernel: Kernel) -> None:

@@ -133,6 +133,19 @@ def _context_and_queue(device):
     return _contexts[key]
 
 
+_profiling_queues: dict[int, Any] = {}
+
+
+def _profiling_queue(context, device):
+    """A second in-order queue of the device's context, with profiling events: only profiled
+    runs use it, so the default queue stays as it was (PoCL times each command on it)."""
+    cl = _cl()
+    key = device.int_ptr
+    if key not in _profiling_queues:
+        _profiling_queues[key] = cl.CommandQueue(context, properties=cl.command_queue_properties.PROFILING_ENABLE)
+    return _profiling_queues[key]
+
+
 def _build_from_source(context):
     cl = _cl()
 
@@ -383,6 +396,67 @@ class OpenCLExecutor(DeviceExecutor):
 
     def finish(self) -> None:
         self.queue.finish()
+
+    # --- profiling (autodiff/profiler.py): on the instance, for one run only ----------------
+    def start_profile(self, recorder: Any) -> None:
+        """The run goes to a profiling queue; each launch and copy (uploads, Feeders, downloads)
+        keeps its event."""
+        self.finish()
+        self.plain_queue, self.queue = self.queue, _profiling_queue(self.context, self.device)
+        self.profiled: list[tuple[str, tuple, Any, float]] = []   # (name, kernels, event, host time at enqueue)
+        kernels = {id(launch): (launch.kernel.function_name, (kernel,))
+                   for kernel, launch in ((k, self.launch_of[id(k)]) for k, _ in self.rendered_program.singles)}
+        for launch, (group, _) in zip(self.mega_launches, self.rendered_program.megakernels):
+            kernels[id(launch)] = (launch.kernel.function_name, tuple(cmd.kernel for cmd in group))
+
+        def launch(prepared: _Launch, values: dict[Var, int]) -> None:
+            for position, var in prepared.var_args:
+                prepared.kernel.set_arg(position, np.int32(values[var]))
+            at = time.perf_counter()
+            event = self.cl.enqueue_nd_range_kernel(self.queue, prepared.kernel, prepared.global_size,
+                                                    prepared.local_size)
+            self.kernels_launched += 1
+            self.profiled.append(kernels[id(prepared)] + (event, at))
+
+        def feed(cmd: FeedCmd, value: np.ndarray) -> None:
+            at = time.perf_counter()
+            OpenCLExecutor.feed(self, cmd, value)
+            self.profiled.append((f"copy Feeder {cmd.name}", (), self.feed_copies[-1], at))
+
+        def upload(buffer: Buffer, host: np.ndarray) -> None:
+            at = time.perf_counter()
+            event = self.cl.enqueue_copy(self.queue, self.state, host, dst_offset=self.state_offset[buffer.id],
+                                         is_blocking=False)
+            self.profiled.append((f"upload {buffer.name}", (), event, at))
+
+        def download(buffer: Buffer) -> np.ndarray:
+            host = np.empty(buffer.shape, buffer.dtype)
+            at = time.perf_counter()
+            event = self.cl.enqueue_copy(self.queue, host, self.state, src_offset=self.state_offset[buffer.id],
+                                         is_blocking=True)
+            self.profiled.append((f"download {buffer.name}", (), event, at))
+            return host
+        self.launch, self.feed, self.upload, self.download = launch, feed, upload, download
+
+    def stop_profile(self, recorder: Any) -> None:
+        """Every event's device times, moved onto the host clock: a command is queued after the
+        host's enqueue call began, so the largest (host time - queued time) is the offset."""
+        self.finish()
+        self.queue = self.plain_queue
+        for name in ("launch", "feed", "upload", "download"):
+            self.__dict__.pop(name, None)
+        times = [(name, kernels, e.profile.queued, e.profile.start, e.profile.end, at)
+                 for name, kernels, e, at in self.profiled]
+        self.profiled = []
+        if not times:
+            return
+        offset = max(at - queued * 1e-9 for _, _, queued, _, _, at in times)
+        track = f"OpenCL queue ({self.device.name.strip()})"
+        for name, kernels, _, start, end, _ in times:
+            if kernels:
+                recorder.kernel(name, kernels, start * 1e-9 + offset, end * 1e-9 + offset, track)
+            else:
+                recorder.span(name, "copy", track, start * 1e-9 + offset, end * 1e-9 + offset)
 
     def run(self) -> None:
         try:
