@@ -187,3 +187,22 @@ def test_example_with_profile_writes_a_trace(tmp_path: Path) -> None:
     spans = check_trace(trace)
     assert sum(1 for e in spans if e["name"] == "dot") >= 2 * 2   # two steps, two layers
     assert sum(1 for e in spans if e["cat"] == "receiver") >= 1
+
+
+@pytest.mark.parametrize("script, args", [("mnist.py", ("--batch", "64")), ("transformer.py", ("--layers", "1")),
+                                          ("char_lm.py", ("--sample", "1")), ("cnn_digits.py", ()),
+                                          ("seq2seq.py", ())])
+def test_every_example_profiles_on_numpy(script: str, args: tuple[str, ...], tmp_path: Path) -> None:
+    """Each example with --profile: exit 0, nothing on stderr, the table, a valid trace."""
+    trace = tmp_path / "trace.json"
+    env = dict(os.environ)
+    env.pop("AUTODIFF_DEVICE", None)
+    env.pop("AUTODIFF_PROFILE", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    command = [sys.executable, str(ROOT / "examples" / script), "--device", "numpy", "--steps", "2",
+               "--profile", "--trace", str(trace), *args]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-4000:]
+    assert "GFLOP/s" in proc.stdout and f"trace saved to {trace}" in proc.stdout
+    spans = check_trace(trace)
+    assert any(e.get("cat") == "receiver" for e in spans)
