@@ -28,6 +28,7 @@ from .frontend.program import Program, current_program
 from .fusion import FUSION_KINDS, fuse
 from .ir.graph import Block
 from .ir.ops import Op
+from .loggers import get_logger
 from .opt import CHECK_SWITCHES, PASS_NAMES, Graph, PassRecord, optimize
 from .proc import lower
 from .proc.ir import ProcProgram
@@ -304,6 +305,8 @@ class CompiledProgram:
                                      report.iterations)
             if self.trace_path:
                 report.profile.save_trace(self.trace_path)
+        get_logger("run").info("run on %s: %.4f s, %d launches, %s iterations", self.device,
+                               report.run_seconds, report.kernels_launched, report.iterations)
         return report
 
     # --- profiling ---------------------------------------------------------------------
