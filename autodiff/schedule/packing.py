@@ -7,20 +7,53 @@ O(m*k) against the product's O(m*n*k) in the naive per-output kernel it replaces
 """
 from __future__ import annotations
 
+from ..ir.ops import Op
 from ..proc.cost import TILED_DOT_WORK as MIN_WORK
 from ..proc.index import Index, Var
-from ..proc.ir import Buffer, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, map_expr, substitute_vars
-from .matmul import match_matmul, single_product
+from ..proc.ir import (Alu, Buffer, Const, Expr, Guard, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, Reduce,
+                       map_expr, substitute_vars, walk_expr)
+from .matmul import match_matmul
 
 
-def _packed_operand(load: Load, axes: tuple[Var, ...], buffer_id: int) -> tuple[Buffer, Kernel, Load]:
-    """A temp buffer over `axes`, the copy kernel filling it from `load`, and the load of it."""
-    buffer = Buffer(buffer_id, f"packed{buffer_id}", tuple(v.extent for v in axes), load.dtype, "temp")
+def _is_view(expr: Expr) -> bool:
+    """Only loads, guards and constants: a (padded, concatenated) view of buffers, as a
+    convolution's windows are, which a copy can write out plainly."""
+    return all(isinstance(e, (Load, Guard, Const)) for e in walk_expr(expr))
+
+
+def _view_product(kernel: Kernel) -> Reduce | None:
+    """The kernel's one product sum_k a * b of two views (loads, or guarded loads)."""
+    products = list(dict.fromkeys(e for e in walk_expr(kernel.value) if isinstance(e, Reduce)))
+    if len(products) != 1 or len(kernel.variables) < 2 or kernel.out.dtype != "float32":
+        return None
+    product = products[0]
+    if (product.op is Op.SUM and len(product.variables) == 1 and isinstance(product.body, Alu)
+            and product.body.op is Op.MUL and all(_is_view(x) for x in product.body.args)):
+        return product
+    return None
+
+
+def _variables(expr: Expr) -> set[Var]:
+    """The iteration variables an operand's access expressions use."""
+    out: set[Var] = set()
+    for e in walk_expr(expr):
+        if isinstance(e, Load):
+            out.update(v for index in e.indices for v in index.variables())
+        elif isinstance(e, Guard):
+            out.update(v for form, _, _ in e.valid.ranges for v in form.variables())
+    return out
+
+
+def _packed_operand(operand: Expr, axes: tuple[Var, ...], buffer_id: int) -> tuple[Buffer, Kernel, Load]:
+    """A temp buffer over `axes`, the copy kernel filling it from `operand`, and the load of it."""
+    dtype = "float32"
+    buffer = Buffer(buffer_id, f"packed{buffer_id}", tuple(v.extent for v in axes), dtype, "temp")
     own = tuple(Var(f"{v.name}_p{buffer_id}", v.extent) for v in axes)
     mapping = {old: Index.of(new) for old, new in zip(axes, own)}
-    value = substitute_vars(Load(load.buffer_id, load.indices, load.dtype, False), mapping)
-    copy = Kernel(f"pack{buffer_id}", buffer, own, value, "copy", ops=["pack"])
-    return buffer, copy, Load(buffer_id, tuple(Index.of(v) for v in axes), load.dtype, False)
+    # read many times by the product: no load in the copy is one-to-one any more
+    many = map_expr(operand, replace_load=lambda ld: Load(ld.buffer_id, ld.indices, ld.dtype, False))
+    copy = Kernel(f"pack{buffer_id}", buffer, own, substitute_vars(many, mapping), "copy", ops=["pack"])
+    return buffer, copy, Load(buffer_id, tuple(Index.of(v) for v in axes), dtype, False)
 
 
 def pack_matmul_operands(program: ProcProgram) -> int:
@@ -43,7 +76,7 @@ def pack_matmul_operands(program: ProcProgram) -> int:
             if not isinstance(cmd, KernelCmd):
                 continue
             kernel = cmd.kernel
-            product = single_product(kernel)
+            product = _view_product(kernel)
             if product is None or match_matmul(kernel, buffers) is not None:
                 continue
             (k,) = product.variables
@@ -52,7 +85,7 @@ def pack_matmul_operands(program: ProcProgram) -> int:
                 continue
             operands, roles = [], set()
             for load in product.body.args:
-                used = {v for index in load.indices for v in index.variables()}
+                used = _variables(load)
                 role = m if m in used else n
                 if k not in used or used - set(batch) - {role, k}:
                     break
@@ -72,7 +105,7 @@ def pack_matmul_operands(program: ProcProgram) -> int:
                     copies.append((buffer, copy))
                     replace[load] = packed
                 trial = Kernel(kernel.name, kernel.out, kernel.variables,
-                               map_expr(kernel.value, replace_load=lambda ld: replace.get(ld)), kernel.kind,
+                               map_expr(kernel.value, replace=lambda e: replace.get(e)), kernel.kind,
                                kernel.sources, kernel.ops)
                 trial_buffers = {**buffers, **{b.id: b for b, _ in copies}}
                 if match_matmul(trial, trial_buffers) is None:
