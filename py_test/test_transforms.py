@@ -185,3 +185,30 @@ def test_errors_and_old_form() -> None:
     got = _receive([g, g2], "numpy")
     np.testing.assert_allclose(got[0], 2 * np.ones(3))
     np.testing.assert_allclose(got[1], 2 * np.ones(3))
+
+
+def test_tuples_scalars_and_empty(device: str) -> None:
+    """hessian with a tuple argnums (nested tuples, as torch.func), jacobian of a tuple output,
+    vjp with has_aux, Python scalar primals, and tensors with no elements."""
+    x0 = np.array([0.3, -0.7], np.float32)
+    y0 = np.array([1.2, 0.4, 0.5], np.float32)
+
+    def f(m: Any) -> Callable[..., Any]:
+        return lambda x, y: (m.sin(x).sum() * m.tanh(y)).sum() + (x * x).sum() * y.sum()
+
+    hess = ad.hessian(f(ad), (0, 1))(x0, y0)
+    hess_t = tf.hessian(f(torch), (0, 1))(*_t(x0, y0))
+    jac = ad.jacobian(lambda x: (ad.exp(x) * 2, x.sum()))(x0)
+    jac_t = tf.jacrev(lambda x: (torch.exp(x) * 2, x.sum()))(torch.tensor(x0))
+    grad_scalar = ad.grad(lambda a, b: a * a * b)(2.0, 3.0)
+    out, vjp_fn, aux = ad.vjp(lambda x: (ad.exp(x), x.sum()), x0, has_aux=True)
+    (pulled,) = vjp_fn(ad.Tensor(y0[:2]))
+    empty = np.zeros((0, 3), np.float32)
+    _, tangent_empty = ad.jvp(ad.exp, (empty,), (empty,))
+    jac_empty = ad.jacobian(ad.exp)(empty)
+    got = _receive([*hess[0], *hess[1], *jac, grad_scalar, out, aux, pulled, tangent_empty, jac_empty], device)
+    x = torch.tensor(x0)
+    want = [*hess_t[0], *hess_t[1], *jac_t, torch.tensor(12.0), x.exp(), x.sum(),
+            x.exp() * torch.tensor(y0[:2])]
+    _check(got[:len(want)], want, [str(k) for k in range(len(want))])
+    assert got[-2].shape == (0, 3) and got[-1].shape == (0, 3, 0, 3)
