@@ -212,3 +212,58 @@ def test_tuples_scalars_and_empty(device: str) -> None:
             x.exp() * torch.tensor(y0[:2])]
     _check(got[:len(want)], want, [str(k) for k in range(len(want))])
     assert got[-2].shape == (0, 3) and got[-1].shape == (0, 3, 0, 3)
+
+
+def _table_rows() -> list[tuple[Any, list[np.ndarray], list[np.ndarray], list[np.ndarray]]]:
+    """Rows of op_cases.py with float inputs and float outputs that torch differentiates:
+    (case, primals, tangents, cotangents), deterministic per row."""
+    import zlib
+    from op_cases import CASES
+    rows = []
+    for case in CASES:
+        if case.xfail or any(spec.dtype != "float32" for spec in case.inputs):
+            continue
+        rng = np.random.default_rng(zlib.crc32(case.name.encode()))
+        primals = [spec.make(rng) for spec in case.inputs]
+        outs = case.torch_fn(*_t(*primals))
+        outs = tuple(outs) if isinstance(outs, (tuple, list)) else (outs,)
+        if not all(isinstance(o, torch.Tensor) and o.is_floating_point() for o in outs):
+            continue
+        tangents = [rng.standard_normal(p.shape).astype(np.float32) for p in primals]
+        cotangents = [rng.standard_normal(tuple(o.shape)).astype(np.float32) for o in outs]
+        rows.append((case, primals, tangents, cotangents))
+    return rows
+
+
+def test_vjp_jvp_on_the_op_table(device: str) -> None:
+    """vjp and jvp of every float row of the op table (one program), against torch's vjp and
+    its jvp by double backward (torch's reverse-mode conventions at ties and kinks, as ours)."""
+    ours: list[ad.Tensor] = []
+    theirs: list[torch.Tensor] = []
+    names: list[str] = []
+    tols: list[dict[str, float]] = []
+    for case, primals, tangents, cotangents in _table_rows():
+        wrap = lambda out: out if isinstance(out, ad.Tensor) else tuple(out)
+        out, vjp_fn = ad.vjp(lambda *a, case=case: wrap(case.ad_fn(*a)), *primals)
+        cts = [ad.Tensor(c, requires_grad=False) for c in cotangents]
+        pulled = vjp_fn(cts[0] if isinstance(out, ad.Tensor) else tuple(cts))
+        _, tangent_out = ad.jvp(lambda *a, case=case: wrap(case.ad_fn(*a)), primals, tangents)
+        tangent_out = [tangent_out] if isinstance(tangent_out, ad.Tensor) else list(tangent_out)
+
+        def f_t(*a: torch.Tensor, case: Any = case) -> Any:
+            result = case.torch_fn(*a)
+            return tuple(result) if isinstance(result, (tuple, list)) else result
+        cts_t = _t(*cotangents)
+        _, vjp_t = tf.vjp(f_t, *_t(*primals))
+        pulled_t = vjp_t(cts_t[0] if len(cts_t) == 1 else tuple(cts_t))
+        _, tangent_t = torch.autograd.functional.jvp(f_t, tuple(_t(*primals)), tuple(_t(*tangents)))
+        tangent_t = [tangent_t] if isinstance(tangent_t, torch.Tensor) else list(tangent_t)
+        for kind, mine, want in (("vjp", pulled, pulled_t), ("jvp", tangent_out, tangent_t)):
+            ours.extend(mine)
+            theirs.extend(want)
+            names.extend(f"{case.name} {kind} {k}" for k in range(len(mine)))
+            tols.extend([dict(atol=case.grad_atol, rtol=case.grad_rtol)] * len(mine))
+    assert len(names) > 100, "the op table lost its float rows"
+    got = _receive(ours, device)
+    for g, w, name, tol in zip(got, theirs, names, tols):
+        np.testing.assert_allclose(g, w.detach().numpy(), err_msg=name, **tol)
