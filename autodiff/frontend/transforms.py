@@ -18,8 +18,6 @@ from .functions import arange, stack
 from .tensor import Tensor, TensorLike, as_tensor, constant
 from .trace import trace_error
 
-Outputs = Tensor | Sequence[Tensor]
-
 
 def _primal(value: TensorLike) -> Tensor:
     """A fresh traced node of `value`, so that gradients with respect to it exist and belong
