@@ -26,3 +26,4 @@ float32 = "float32"
 int32 = "int32"
 
 __version__ = "0.1.0"
+from .frontend.transforms import hessian, jacobian, jvp, value_and_grad, vjp

@@ -6,7 +6,7 @@ the result is deterministic. Gradient nodes are appended to the current block.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from ..ir.ops import Op
 from ..ir.graph import Node
@@ -131,15 +131,25 @@ def backward(output: Tensor, grad: TensorLike | None = None, retain_graph: bool 
         var.grad = g if var.grad is None else var.grad + g
 
 
-def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
-         grad_outputs: TensorLike | Sequence[TensorLike] | None = None) -> list[Tensor]:
+def grad(outputs: Tensor | Sequence[Tensor] | Callable[..., Any],
+         inputs: Tensor | Sequence[Tensor] | int | Sequence[int] | None = None,
+         grad_outputs: TensorLike | Sequence[TensorLike] | None = None, *,
+         argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Any:
     """Gradients of `outputs` with respect to `inputs` as graph nodes (like torch.autograd.grad).
+
+    `grad(fn, argnums=0, has_aux=False)` with a function instead is JAX's grad: it returns
+    the gradient function (see transforms.py).
 
     `.grad` is left alone. An input the outputs do not depend on gets zeros.
     Differentiating a returned gradient gives second and higher derivatives, so the graph
     is always kept (torch's create_graph=True); without `grad_outputs` every output must
     have one element, as in torch.
     """
+    if callable(outputs) and not isinstance(outputs, Tensor):
+        from .transforms import grad_of   # transforms builds on this module
+        return grad_of(outputs, argnums if inputs is None else inputs, has_aux)
+    if inputs is None:
+        raise TraceError("grad: pass the inputs to differentiate with respect to")
     outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
     if grad_outputs is None:
