@@ -130,3 +130,22 @@ def test_attention_training_agrees_with_packing_off(switch, device):
     on, off = train(set()), train({switch})
     for name in on:
         np.testing.assert_allclose(on[name], off[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("m, k, n, a_transposed", [(144, 32, 64, False), (144, 32, 1024, True), (102, 32, 64, False)])
+def test_tiled_products_whose_grid_overhangs_the_rows_store_nothing_past_them(m, k, n, a_transposed, device):
+    """Blocks of 6 rows dividing m, but not into whole work-groups of 16 (144 rows: 24 blocks
+    launched as 32): the work-items past the edge stay for the barriers and must not store.
+    They wrote 48 rows past the output and corrupted the heap (a crash, or a wrong CNN
+    gradient) before their stores were guarded."""
+    rng = np.random.default_rng(m)
+    a = rng.standard_normal((k, m) if a_transposed else (m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    below = rng.standard_normal((m, n)).astype(np.float32)   # an output living next to the product's
+    A, B, C = ad.Tensor(a, name="a"), ad.Tensor(b, name="b"), ad.Tensor(below, name="c")
+    product = (A.T if a_transposed else A) @ B
+    got: list[np.ndarray] = []
+    ad.Receiver(lambda p, c: got.extend([p, c]), [product, C * 1.0])
+    ad.execute(device=device)
+    np.testing.assert_allclose(got[0], (a.T if a_transposed else a) @ b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got[1], below)

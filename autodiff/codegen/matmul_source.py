@@ -385,7 +385,13 @@ def _render_packed_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> 
         lines.append(f"    const int kc = {full_chunks * chunk};")
         lines += _indent(_packed_chunk(shape, tiling, shape.k % chunk))
         lines.append("  }")
-    edge = shape.m % rows != 0 or shape.n % tiling.cols != 0
+    # Work-items past the edge (a grid rounded up to whole work-groups) stay to the end here,
+    # for the barriers: their stores must be guarded even when the blocks divide m and n
+    # (m = 144 in blocks of 6: 24 blocks, launched as 32 in groups of 16, wrote 48 rows
+    # past the output and corrupted the heap).
+    blocks_m, blocks_n = math.ceil(shape.m / rows), math.ceil(shape.n / tiling.cols)
+    overhang = blocks_m % group_m != 0 or blocks_n % group_n != 0
+    edge = shape.m % rows != 0 or shape.n % tiling.cols != 0 or overhang
     if edge:
         lines.append(f"  if (m0 + {rows} <= {shape.m} && n0 + {tiling.cols} <= {shape.n}) {{")
         lines += _indent(_outer_store(shape, tiling, output, edge=False))
