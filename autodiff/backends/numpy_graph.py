@@ -37,28 +37,24 @@ class NumpyGraphExecutor:
         self.env = {}
 
     def _run_block(self, block: Block) -> None:
-        env = self.env
         for node in block.nodes:
-            handler = EFFECTS.get(node.op)
-            if handler is not None:
-                handler(self, node)
-            else:
-                env[node.id] = REFERENCE[node.op]([env[i.id] for i in node.inputs], node)
-            self.ops_executed += 1
+            self._run_node(node)
+
+    def _run_node(self, node: Node) -> None:
+        handler = EFFECTS.get(node.op)
+        if handler is not None:
+            handler(self, node)
+        else:
+            self.env[node.id] = REFERENCE[node.op]([self.env[i.id] for i in node.inputs], node)
+        self.ops_executed += 1
 
     # --- profiling (autodiff/profiler.py): a timed block loop, on the instance only --------
     def start_profile(self, recorder: Any) -> None:
         """Time every node the run evaluates (a loop as one span on the host track)."""
         def run_block(block: Block) -> None:
-            env = self.env
             for node in block.nodes:
                 at = time.perf_counter()
-                handler = EFFECTS.get(node.op)
-                if handler is not None:
-                    handler(self, node)
-                else:
-                    env[node.id] = REFERENCE[node.op]([env[i.id] for i in node.inputs], node)
-                self.ops_executed += 1
+                self._run_node(node)
                 if node.op is Op.FOR:
                     recorder.span(f"for %{node.id} ({node.args.count} iterations)", "loop", "host", at,
                                   time.perf_counter())

@@ -10,13 +10,14 @@ activation, `p - lr * grad`) becomes the epilogue, which `codegen/matmul.py` ren
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from ..ir.ops import Op
 from ..proc.cost import TILED_DOT_WORK as MIN_WORK  # smaller products gain nothing from tiling
 from ..proc.index import Index, Var, flat_index
-from ..proc.ir import Alu, Kernel, Load, Reduce, walk_expr
+from ..proc.ir import Alu, Expr, Kernel, Load, Reduce, walk_expr
 from .tiling import DOT, MatmulShape, choose_tiling
 
 
@@ -127,15 +128,16 @@ def _batch_split(ca: dict[Var, int], cb: dict[Var, int], batch: tuple[Var, ...])
     return None
 
 
-def single_product(kernel: Kernel) -> Reduce | None:
-    """The kernel's one product sum_k a * b of two loads, if any. Equal copies of it are one
-    product: fusion inlines a producer once per use (relu(x) = where(x > 0, x, 0) reads it
-    twice), and the epilogue reads the accumulator for each copy."""
+def single_product(kernel: Kernel, operand: Callable[[Expr], bool] = lambda x: isinstance(x, Load)) -> Reduce | None:
+    """The kernel's one product sum_k a * b of two operands that pass `operand` (default:
+    plain loads), if any. Equal copies of it are one product: fusion inlines a producer once
+    per use (relu(x) = where(x > 0, x, 0) reads it twice), and the epilogue reads the
+    accumulator for each copy."""
     products = list(dict.fromkeys(e for e in walk_expr(kernel.value) if isinstance(e, Reduce)))
     if len(products) != 1 or len(kernel.variables) < 2 or kernel.out.dtype != "float32":
         return None
     product = products[0]
     if (product.op is Op.SUM and len(product.variables) == 1 and isinstance(product.body, Alu)
-            and product.body.op is Op.MUL and all(isinstance(x, Load) for x in product.body.args)):
+            and product.body.op is Op.MUL and all(operand(x) for x in product.body.args)):
         return product
     return None

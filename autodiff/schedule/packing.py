@@ -7,30 +7,17 @@ O(m*k) against the product's O(m*n*k) in the naive per-output kernel it replaces
 """
 from __future__ import annotations
 
-from ..ir.ops import Op
 from ..proc.cost import TILED_DOT_WORK as MIN_WORK
 from ..proc.index import Index, Var
-from ..proc.ir import (Alu, Buffer, Const, Expr, Guard, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, Reduce,
-                       map_expr, substitute_vars, walk_expr)
-from .matmul import match_matmul
+from ..proc.ir import (Buffer, Const, Expr, Guard, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, map_expr,
+                       substitute_vars, walk_expr)
+from .matmul import match_matmul, single_product
 
 
 def _is_view(expr: Expr) -> bool:
     """Only loads, guards and constants: a (padded, concatenated) view of buffers, as a
     convolution's windows are, which a copy can write out plainly."""
     return all(isinstance(e, (Load, Guard, Const)) for e in walk_expr(expr))
-
-
-def _view_product(kernel: Kernel) -> Reduce | None:
-    """The kernel's one product sum_k a * b of two views (loads, or guarded loads)."""
-    products = list(dict.fromkeys(e for e in walk_expr(kernel.value) if isinstance(e, Reduce)))
-    if len(products) != 1 or len(kernel.variables) < 2 or kernel.out.dtype != "float32":
-        return None
-    product = products[0]
-    if (product.op is Op.SUM and len(product.variables) == 1 and isinstance(product.body, Alu)
-            and product.body.op is Op.MUL and all(_is_view(x) for x in product.body.args)):
-        return product
-    return None
 
 
 def _variables(expr: Expr) -> set[Var]:
@@ -76,7 +63,7 @@ def pack_matmul_operands(program: ProcProgram) -> int:
             if not isinstance(cmd, KernelCmd):
                 continue
             kernel = cmd.kernel
-            product = _view_product(kernel)
+            product = single_product(kernel, _is_view)
             if product is None or match_matmul(kernel, buffers) is not None:
                 continue
             (k,) = product.variables
