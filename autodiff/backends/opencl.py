@@ -342,21 +342,26 @@ class OpenCLExecutor(DeviceExecutor):
             self.first_launch_seconds[key] = time.perf_counter() - at
 
     # --- device operations (base.DeviceExecutor) ---------------------------------------
-    def upload(self, buffer: Buffer, host: np.ndarray) -> None:
-        self.cl.enqueue_copy(self.queue, self.state, host, dst_offset=self.state_offset[buffer.id],
-                             is_blocking=False)
+    # upload, launch and _copy_out return their OpenCL event: a profiled run keeps it
+    def upload(self, buffer: Buffer, host: np.ndarray) -> Any:
+        return self.cl.enqueue_copy(self.queue, self.state, host, dst_offset=self.state_offset[buffer.id],
+                                    is_blocking=False)
 
     def download(self, buffer: Buffer) -> np.ndarray:
-        host = np.empty(buffer.shape, buffer.dtype)
-        self.cl.enqueue_copy(self.queue, host, self.state, src_offset=self.state_offset[buffer.id],
-                             is_blocking=True)
-        return host
+        return self._copy_out(buffer)[0]
 
-    def launch(self, launch: _Launch, values: dict[Var, int]) -> None:
+    def _copy_out(self, buffer: Buffer) -> tuple[np.ndarray, Any]:
+        host = np.empty(buffer.shape, buffer.dtype)
+        event = self.cl.enqueue_copy(self.queue, host, self.state, src_offset=self.state_offset[buffer.id],
+                                     is_blocking=True)
+        return host, event
+
+    def launch(self, launch: _Launch, values: dict[Var, int]) -> Any:
         for position, var in launch.var_args:
             launch.kernel.set_arg(position, np.int32(values[var]))
-        self.cl.enqueue_nd_range_kernel(self.queue, launch.kernel, launch.global_size, launch.local_size)
+        event = self.cl.enqueue_nd_range_kernel(self.queue, launch.kernel, launch.global_size, launch.local_size)
         self.kernels_launched += 1
+        return event
 
     def feed(self, cmd: FeedCmd, value: np.ndarray) -> None:
         self.feed_copies.append(self.cl.enqueue_copy(self.queue, self.state, np.ascontiguousarray(value),
@@ -410,13 +415,8 @@ class OpenCLExecutor(DeviceExecutor):
             kernels[id(launch)] = (launch.kernel.function_name, tuple(cmd.kernel for cmd in group))
 
         def launch(prepared: _Launch, values: dict[Var, int]) -> None:
-            for position, var in prepared.var_args:
-                prepared.kernel.set_arg(position, np.int32(values[var]))
             at = time.perf_counter()
-            event = self.cl.enqueue_nd_range_kernel(self.queue, prepared.kernel, prepared.global_size,
-                                                    prepared.local_size)
-            self.kernels_launched += 1
-            self.profiled.append(kernels[id(prepared)] + (event, at))
+            self.profiled.append(kernels[id(prepared)] + (OpenCLExecutor.launch(self, prepared, values), at))
 
         def feed(cmd: FeedCmd, value: np.ndarray) -> None:
             at = time.perf_counter()
@@ -425,15 +425,11 @@ class OpenCLExecutor(DeviceExecutor):
 
         def upload(buffer: Buffer, host: np.ndarray) -> None:
             at = time.perf_counter()
-            event = self.cl.enqueue_copy(self.queue, self.state, host, dst_offset=self.state_offset[buffer.id],
-                                         is_blocking=False)
-            self.profiled.append((f"upload {buffer.name}", (), event, at))
+            self.profiled.append((f"upload {buffer.name}", (), OpenCLExecutor.upload(self, buffer, host), at))
 
         def download(buffer: Buffer) -> np.ndarray:
-            host = np.empty(buffer.shape, buffer.dtype)
             at = time.perf_counter()
-            event = self.cl.enqueue_copy(self.queue, host, self.state, src_offset=self.state_offset[buffer.id],
-                                         is_blocking=True)
+            host, event = self._copy_out(buffer)
             self.profiled.append((f"download {buffer.name}", (), event, at))
             return host
         self.launch, self.feed, self.upload, self.download = launch, feed, upload, download
