@@ -37,6 +37,8 @@ def _t(*shape: int) -> ad.Tensor:
     (lambda: _t(64, 48).sum(1), 1),                               # lanes would step by rows of 48
     (lambda: _t(8, 64, 128).sum((0, 1)), 16),                     # a bias gradient: vector accumulator
     (lambda: _t(64, 40)[:, 8:] * 2.0, 16),                        # a slice: each row is contiguous
+    (lambda: ad.cat([_t(64, 32), _t(32, 32)]) * 2.0, 16),        # rows of a concatenation: one test per vector
+    (lambda: ad.cat([_t(64, 24), _t(64, 8)], 1) * 2.0, 1),        # columns: the test would change in a vector
 ])
 def test_which_kernels_vectorize(build, width):
     assert _only_kernel_width(build) == width
@@ -134,3 +136,32 @@ def test_vectorized_reductions_match_numpy(disable, megakernel, rng):
         }
     for name, want in expected.items():
         np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=1e-5, equal_nan=True, err_msg=name)
+
+
+@needs_opencl
+@pytest.mark.parametrize("megakernel", [True, False], ids=["stages", "single"])
+@pytest.mark.parametrize("disable", [frozenset(), frozenset({"vectorize"})], ids=["vectors", "scalar"])
+def test_vectorized_guards_match_numpy(disable, megakernel, rng):
+    """Concatenations (guarded loads) in vectors: the rows of a weight gradient built from
+    three products, as attention's q, k, v projections give it, and a column concatenation."""
+    a, b, c = (rng.standard_normal((2, 32)).astype(np.float32) for _ in range(3))
+    d = rng.standard_normal((2, 64)).astype(np.float32)
+    e = rng.standard_normal((40, 20)).astype(np.float32)
+    f = rng.standard_normal((40, 12)).astype(np.float32)
+    ta, tb, tc, td, te, tf = (ad.Tensor(v) for v in (a, b, c, d, e, f))
+    outputs = {
+        "rows": ad.cat([td.T @ ta, td.T @ (tb * 2.0), td.T @ tc]).exp(),
+        "columns": ad.cat([te, tf.relu()], 1) * 3.0 + 1.0,
+    }
+    got: dict[str, np.ndarray] = {}
+    ad.Receiver(lambda *vs: got.update(zip(outputs, vs)), list(outputs.values()))
+    compiled = ad.compile(device="opencl", disable=disable | (set() if megakernel else {"megakernel"}))
+    guarded_vectors = [text for text in _kernel_texts(compiled).split("__kernel") if "if ((" in text and "vstore" in text]
+    assert bool(guarded_vectors) == (not disable)   # the rows' kernel; the columns' stays scalar
+    compiled.run()
+    expected = {
+        "rows": np.exp(np.concatenate([d.T @ a, d.T @ (b * 2), d.T @ c])),
+        "columns": np.concatenate([e, np.maximum(f, 0)], 1) * 3.0 + 1.0,
+    }
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=1e-5, err_msg=name)

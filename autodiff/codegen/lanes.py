@@ -5,7 +5,9 @@ A variable `v` of extent E is spread over W lanes by substituting `W*v' + lane` 
 usual. A load whose flat offset steps by one with the lane reads W floats at once
 (vloadW); a load that does not depend on the lane is one float, which vector arithmetic
 widens. Anything else stays scalar: a load that strides or wraps inside the vector,
-gathers, guards (padding, concatenation), argmax, random bits, integers and casts.
+gathers, guards (padding, concatenation) whose condition changes across the lanes, argmax,
+random bits, integers and casts. A guard whose condition holds for all lanes or none (the
+rows of a concatenation, vectors along its columns) is one scalar test around vector work.
 Used for the outputs of kernels (vector.py: a sum or max inside such a kernel
 accumulates a vector, e.g. a bias gradient summing rows) and for the innermost axis of
 sums and maxima (renderer.py).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from ..ir.ops import Op
 from ..proc.index import Index, Var, flat_index
-from ..proc.ir import Alu, Const, Expr, IndexValue, Load, Reduce, substitute_vars, walk_expr
+from ..proc.ir import Alu, Const, Expr, Guard, IndexValue, Load, Reduce, substitute_vars, walk_expr
 
 VECTOR_WIDTHS = (16, 8, 4)   # the float vector types OpenCL C has (a language keeps those its device suits)
 SELECTIONS = (Op.LT, Op.GT, Op.EQ, Op.WHERE, Op.MAXIMUM, Op.MINIMUM)
@@ -59,8 +61,11 @@ def vectorizes(value: Expr, lane: Var, buffers: dict) -> bool:
         elif isinstance(e, Reduce):
             if e.op not in (Op.SUM, Op.MAX):
                 return False    # a sum or max of vectors is a vector accumulator; argmax is not
+        elif isinstance(e, Guard):
+            if any(lane_step(form, lane) != 0 for form, _, _ in e.valid.ranges):
+                return False    # valid in some lanes only
         elif not isinstance(e, Const):
-            return False        # Guard, RandomBits
+            return False        # RandomBits
     return True
 
 

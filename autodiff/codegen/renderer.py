@@ -412,18 +412,29 @@ class KernelRenderer:
                 Op.MINIMUM: f"select({b}, {a}, {a} < {b} || {a} != {a})"}[e.op]
 
     def guard(self, e: Guard, scope: _Scope) -> str:
+        """`if (valid) name = body;`. Under vector lanes the condition is the same in every lane
+        (lanes.py accepts no other), so it is one scalar test, and a scalar branch is widened."""
         name = self.fresh("g")
-        otherwise = self.value(e.otherwise, scope)
+        ctype = self.value_type(e)
+
+        def widened(part: Expr, text: str) -> str:
+            return text if self.lane_of(part) == self.lane_of(e) else f"({ctype})({text})"
+        otherwise = widened(e.otherwise, self.value(e.otherwise, scope))
         cond = " && ".join(f"({lo} <= {v} && {v} < {hi})" for v, lo, hi in
-                           ((self.index(f, scope), lo, hi) for f, lo, hi in e.valid.ranges))
-        scope.lines.append(f"{self.ctype(e.dtype)} {name} = {otherwise};")
+                           ((self.index(self.without_lanes(f), scope), lo, hi) for f, lo, hi in e.valid.ranges))
+        scope.lines.append(f"{ctype} {name} = {otherwise};")
         inner = _Scope(scope, guard=True)
-        value = self.value(e.body, inner)
+        value = widened(e.body, self.value(e.body, inner))
         scope.lines.append(f"if ({cond}) {{")
         scope.lines.extend("    " + line for line in inner.lines)
         scope.lines.append(f"    {name} = {value};")
         scope.lines.append("}")
         return name
+
+    def without_lanes(self, form: Index) -> Index:
+        for lane in self.lanes:
+            form = without_lane(form, lane)
+        return form
 
     def reduction_width(self, e: Reduce) -> int:
         """Lanes for the innermost axis of a float sum or maximum whose loads are contiguous
