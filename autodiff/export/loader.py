@@ -4,10 +4,10 @@ The manifest gives the buffers, the memory plan and the schedule; the loader reb
 procedural program's commands from them and hands it to a device executor, whose run loop
 is the one every compiled program uses (`backends/base.py`, or numpy-proc's):
 
-- on the device it was exported from with OpenCL, the exported launches over kernels.cl
+- on the OpenCL device it was exported from, the exported launches over kernels.cl
   (`export/opencl.py`): nothing is rendered again;
-- on any other device that runs the procedural IR (numpy-proc; an OpenCL export checked on
-  numpy-proc), the kernels of kernels.json, given to that backend's executor as a compile would.
+- on any other device that runs the procedural IR (numpy-proc, another OpenCL device, CUDA),
+  the kernels of kernels.json, given to that backend's executor as a compile would.
 
 Feeders and Receivers are functions, so they are not in the folder: `run()` takes them by
 name. A Feeder may also be given as an array: one value for every call, or one row per call.
@@ -73,15 +73,15 @@ class ExportedProgram:
             raise ExportError(f"cannot run {self.path} on {self.device}: {problem}")
         env = frozenset(n for n in os.environ.get("AUTODIFF_DISABLE", "").split(",") if n)
         self.disable = frozenset(self.manifest["switches"]) | env | frozenset(disable)
-        values = load(self.path / PARAMS)
+        values = load(self._file(PARAMS))
         self._stored = {p["buffer"]: _Stored(p["key"], values[p["key"]]) for p in self.manifest["parameters"]}
         buffers = {row["id"]: decode_buffer(row, lambda r: self._stored[r["id"]]) for row in self.manifest["buffers"]}
         plan = decode_plan(self.manifest["memory"])
         run_counter = Var(*self.manifest["run_counter"])
-        if self.device == "opencl" and "opencl" in self.manifest:
+        if self.device == "opencl" and "opencl" in self.manifest and _made_here(self.manifest["opencl"]):
             self.executor = self._exported_opencl(buffers, plan, run_counter)
         else:
-            kernels = decode_kernels(json.loads((self.path / KERNELS_JSON).read_text()), buffers)
+            kernels = decode_kernels(json.loads(self._file(KERNELS_JSON).read_text()), buffers)
             commands = decode_schedule(self.manifest["schedule"], buffers, lambda row: KernelCmd(kernels[row["kernel"]]))
             self.program = ProcProgram(commands, list(buffers.values()), run_counter)
             self.executor = chosen.executor(self.program, plan, self.disable)
@@ -97,8 +97,14 @@ class ExportedProgram:
             return cmd
         commands = decode_schedule(self.manifest["schedule"], buffers, kernel_cmd)
         self.program = ProcProgram(commands, list(buffers.values()), run_counter)
-        return ExportedOpenCLExecutor(self.program, plan, self.manifest["opencl"], (self.path / KERNELS_CL).read_text(),
+        return ExportedOpenCLExecutor(self.program, plan, self.manifest["opencl"], self._file(KERNELS_CL).read_text(),
                                       launch_index, self.disable)
+
+    def _file(self, name: str) -> Path:
+        file = self.path / name
+        if not file.is_file():
+            raise ExportError(f"{self.path} lacks {name}: the export is incomplete (write it again with ad.export)")
+        return file
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -141,6 +147,11 @@ class ExportedProgram:
     def _receiver_functions(self, given: dict[str, Any]) -> dict[str, Callable[..., Any]]:
         self._check_names(given, "Receiver", "receivers")
         return {name: fn if fn is not None else _ignore for name, fn in given.items()}
+
+
+def _made_here(section: dict[str, Any]) -> bool:
+    from .opencl import made_for_this_device
+    return made_for_this_device(section)
 
 
 def _ignore(*values: Any) -> None:

@@ -60,6 +60,12 @@ def describe(ex: OpenCLExecutor) -> tuple[dict[str, Any], str, Callable[[KernelC
     return section, source, launch_of
 
 
+def made_for_this_device(section: dict[str, Any]) -> bool:
+    """Whether the exported launches were prepared for the OpenCL device chosen here (their
+    work-group sizes and vector widths are that device's; another one renders kernels.json)."""
+    return choose_device().name.strip() == section["device"]
+
+
 def _argument(value: Any, buffers: dict[int, str]) -> list[Any]:
     if isinstance(value, Var):
         return ["var", value.name, value.extent]
