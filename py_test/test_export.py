@@ -154,6 +154,21 @@ def test_transformer_example_exports(tmp_path: Path) -> None:
     assert sum(float(v.astype(np.float64).sum()) for v in params.values()) == pytest.approx(checksum, abs=1e-6)
 
 
+def test_index_checks_travel_with_the_program(tmp_path: Path) -> None:
+    """Index checks are part of the program, not the user's Receivers: the loader rebuilds them."""
+    first, second = nn.Embedding(5, 2), nn.Embedding(3, 2)
+    ids = ad.Feeder(lambda: np.zeros(4, np.int32), (4,), ad.int32, name="ids")
+    ad.Receiver(lambda v: None, first(ids).sum() + second(ids).sum(), name="total")
+    ad.export(tmp_path, device="numpy-proc")
+    assert [r["name"] for r in json.loads((tmp_path / "manifest.json").read_text())["receivers"]] == ["total"]
+    program = ad.load_exported(tmp_path)
+    totals: list[float] = []
+    program.run(feeders={"ids": np.array([0, 1, 2, 2], np.int32)}, receivers={"total": totals.append})
+    assert len(totals) == 1
+    with pytest.raises(ad.IndexOutOfRangeError, match=r"embedding: index 4 is out of range for size 3"):
+        program.run(feeders={"ids": np.array([0, 4, 1, 2], np.int32)}, receivers={"total": None})
+
+
 # --- errors ---------------------------------------------------------------------------
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Expressions and access expressions are one node table in post-order: each node i
 list whose first item says what it is and whose references are positions of earlier nodes,
 so decoding is one pass forward, sharing stays shared and nothing recurses (fused
 expressions are deep). Feeders' and Receivers' functions are not data: the schedule names
-them and the loader supplies them.
+them and the loader supplies them (index checks excepted: they are data, `IndexCheck`).
 
     ["var", name, extent]            ["index", [[atom, coef], ...], const]
     ["div" | "mod", form, divisor]   ["dyn", expr, low, high]
@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..alloc.plan import MemoryPlan
+from ..frontend.checks import IndexCheck
 from ..ir.ops import Op
 from ..proc.index import DivAtom, DynAtom, Index, ModAtom, Var
 from ..proc.ir import (Alu, Buffer, Const, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load, LoopCmd,
@@ -191,7 +192,10 @@ def encode_schedule(commands: list, kernel_ref: Callable[[KernelCmd], dict[str, 
         elif isinstance(cmd, FeedCmd):
             out.append({"feed": cmd.name, "buffer": cmd.buffer.id})
         elif isinstance(cmd, ReceiveCmd):
-            out.append({"receive": cmd.name, "buffers": [b.id for b in cmd.buffers], "every": cmd.every})
+            row = {"receive": cmd.name, "buffers": [b.id for b in cmd.buffers], "every": cmd.every}
+            if isinstance(cmd.fn, IndexCheck):   # part of the program: the loader rebuilds it
+                row["index_check"] = {"op": cmd.fn.opname, "size": cmd.fn.size, "where": cmd.fn.where}
+            out.append(row)
         elif isinstance(cmd, LoopCmd):
             out.append({"loop": cmd.count, "variable": [cmd.variable.name, cmd.variable.extent],
                         "body": encode_schedule(cmd.body, kernel_ref)})
@@ -206,7 +210,9 @@ def decode_schedule(rows: list[dict[str, Any]], buffers: dict[int, Buffer],
         if "feed" in row:
             out.append(FeedCmd(buffers[row["buffer"]], _unset, row["feed"]))
         elif "receive" in row:
-            out.append(ReceiveCmd([buffers[i] for i in row["buffers"]], _unset, row["receive"], row["every"]))
+            check = row.get("index_check")
+            fn = _unset if check is None else IndexCheck(check["op"], check["size"], check["where"])
+            out.append(ReceiveCmd([buffers[i] for i in row["buffers"]], fn, row["receive"], row["every"]))
         elif "loop" in row:
             out.append(LoopCmd(row["loop"], Var(*row["variable"]), decode_schedule(row["body"], buffers, kernel_cmd)))
         else:

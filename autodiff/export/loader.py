@@ -25,6 +25,7 @@ import numpy as np
 from ..backends.registry import backend
 from ..checkpoint import load, save
 from ..errors import ExportError, FeederError
+from ..frontend.checks import IndexCheck
 from ..proc.index import Var
 from ..proc.ir import Buffer, FeedCmd, KernelCmd, ProcProgram, ReceiveCmd
 from .ir_json import decode_buffer, decode_kernels, decode_plan, decode_schedule
@@ -97,8 +98,8 @@ class ExportedProgram:
             return cmd
         commands = decode_schedule(self.manifest["schedule"], buffers, kernel_cmd)
         self.program = ProcProgram(commands, list(buffers.values()), run_counter)
-        return ExportedOpenCLExecutor(self.program, plan, self.manifest["opencl"], self._file(KERNELS_CL).read_text(),
-                                      launch_index, self.disable)
+        source = self._file(KERNELS_CL).read_text()
+        return ExportedOpenCLExecutor(self.program, plan, self.manifest["opencl"], source, launch_index, self.disable)
 
     def _file(self, name: str) -> Path:
         file = self.path / name
@@ -125,7 +126,7 @@ class ExportedProgram:
         for cmd in self.program.walk():
             if isinstance(cmd, FeedCmd):
                 cmd.fn = fns[cmd.name]
-            elif isinstance(cmd, ReceiveCmd):
+            elif isinstance(cmd, ReceiveCmd) and not isinstance(cmd.fn, IndexCheck):
                 cmd.fn = sinks[cmd.name]
         self.executor.run()
         return self.params

@@ -25,6 +25,7 @@ from ..backends.host import feeds_in_order
 from ..checkpoint import save
 from ..compiler import CompiledProgram, compile_program
 from ..errors import ExportError
+from ..frontend.checks import IndexCheck
 from ..proc.ir import FeedCmd, KernelCmd, ProcProgram, ReceiveCmd
 from .ir_json import encode_buffer, encode_kernels, encode_plan, encode_schedule
 
@@ -44,33 +45,35 @@ def export(path: str | os.PathLike, compiled: CompiledProgram | None = None, dev
     if proc is None or compiled.plan is None:
         raise ExportError(f"export needs a device that runs the procedural IR (numpy-proc, opencl, cuda); "
                           f"this program was compiled for {compiled.device}")
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
     commands = [cmd for cmd in proc.walk() if isinstance(cmd, KernelCmd)]
     kernel_number = {id(cmd): k for k, cmd in enumerate(commands)}
-    launch_of: Callable[[KernelCmd], int] | None = None
-    manifest: dict[str, Any] = {"format": FORMAT, "device": compiled.device, "switches": sorted(compiled.disable),
-                                "runs": int(getattr(compiled.executor, "runs", 0))}
-    if compiled.device == "opencl":
-        from .opencl import describe
-        manifest["opencl"], source, launch_of = describe(compiled.executor)
-        (folder / KERNELS_CL).write_text(source)
-
-    def kernel_ref(cmd: KernelCmd) -> dict[str, Any]:
-        ref = {"kernel": kernel_number[id(cmd)], "name": cmd.kernel.name}
-        if launch_of is not None:
-            ref["launch"] = launch_of(cmd)
-        return ref
     keys = parameter_keys(proc, _given_names(names))
-    manifest.update({
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "device": compiled.device, "switches": sorted(compiled.disable),
+        "runs": int(getattr(compiled.executor, "runs", 0)),
         "feeders": _feeders(proc), "receivers": _receivers(proc),
         "parameters": [{"key": keys[b.id], "buffer": b.id, "shape": list(b.shape), "dtype": b.dtype}
                        for b in proc.buffers if b.kind == "persistent"],
         "run_counter": [proc.run_counter.name, proc.run_counter.extent],
         "buffers": [encode_buffer(b) for b in proc.buffers],
         "memory": encode_plan(compiled.plan),
-        "schedule": encode_schedule(proc.commands, kernel_ref),
-    })
+    }
+    launch_of: Callable[[KernelCmd], int] | None = None
+    if compiled.device == "opencl":   # the launches as prepared: the loader renders nothing
+        from .opencl import describe
+        manifest["opencl"], source, launch_of = describe(compiled.executor)
+
+    def kernel_ref(cmd: KernelCmd) -> dict[str, Any]:
+        ref = {"kernel": kernel_number[id(cmd)], "name": cmd.kernel.name}
+        if launch_of is not None:
+            ref["launch"] = launch_of(cmd)
+        return ref
+    manifest["schedule"] = encode_schedule(proc.commands, kernel_ref)
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    if launch_of is not None:
+        (folder / KERNELS_CL).write_text(source)
     (folder / KERNELS_JSON).write_text(json.dumps(encode_kernels([cmd.kernel for cmd in commands]),
                                                   separators=(",", ":"), allow_nan=False))
     save(folder / PARAMS, {keys[b.id]: np.asarray(b.var.value) for b in proc.buffers if b.kind == "persistent"})
@@ -126,7 +129,7 @@ def _by_name(proc: ProcProgram, kind: type, what: str) -> dict[str, list]:
     since the loader takes one function per name."""
     named: dict[str, list] = {}
     for cmd in proc.walk():
-        if isinstance(cmd, kind):
+        if isinstance(cmd, kind) and not isinstance(cmd.fn, IndexCheck):   # index checks travel as data
             named.setdefault(cmd.name, []).append(cmd)
     for name, cmds in named.items():
         if len({id(c.fn) for c in cmds}) > 1 or len({repr(_signature(c)) for c in cmds}) > 1:
