@@ -83,7 +83,8 @@ class ExportedProgram:
             self.executor = self._exported_opencl(buffers, plan, run_counter)
         else:
             kernels = decode_kernels(json.loads(self._file(KERNELS_JSON).read_text()), buffers)
-            commands = decode_schedule(self.manifest["schedule"], buffers, lambda row: KernelCmd(kernels[row["kernel"]]))
+            commands = decode_schedule(self.manifest["schedule"], buffers,
+                                       lambda row: KernelCmd(kernels[row["kernel"]]))
             self.program = ProcProgram(commands, list(buffers.values()), run_counter)
             self.executor = chosen.executor(self.program, plan, self.disable)
         self.executor.runs = self.manifest["runs"]
