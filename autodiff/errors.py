@@ -47,5 +47,10 @@ class CheckpointError(ValueError):
     not safetensors (e.g. a pickle from torch.save). Names the path and what is wrong."""
 
 
+class ExportError(ValueError):
+    """An exported program's folder that cannot be read or run as given (autodiff/export/)."""
+
+
 __all__ = ["TraceError", "FeederError", "ReceiverError", "UnsupportedOpError", "DeviceMemoryError",
-           "KernelBuildError", "CheckpointError", "IndexOutOfRangeError"]
+           "KernelBuildError", "CheckpointError", "IndexOutOfRangeError",
+           "ExportError"]

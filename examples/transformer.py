@@ -11,6 +11,7 @@ training, which must be finite), and the report's compile and run seconds.
 
     python examples/transformer.py                    # best device, 500 steps
     python examples/transformer.py --device numpy --steps 50 --layers 2 --show-graph
+    python examples/transformer.py --steps 20 --export transformer_program    # README: Export
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def main() -> None:
                         help="profile the run: print the per-kernel table and save a Chrome trace (Perfetto)")
     parser.add_argument("--trace", default="trace.json", help="where --profile saves the trace (default: trace.json)")
     parser.add_argument("--show-graph", action="store_true", help="print the traced graph")
+    parser.add_argument("--export", metavar="DIR", help="also write the compiled program, before training, to DIR: "
+                        "autodiff.load_exported(DIR) runs it without this script (README: Export)")
     args = parser.parse_args()
 
     ad.manual_seed(0)
@@ -56,7 +59,10 @@ def main() -> None:
     if args.show_graph:
         ad.print_graph()
     start = time.perf_counter()
-    report = ad.execute(device=args.device, profile=args.profile or None)
+    compiled = ad.compile(device=args.device, profile=args.profile or None)
+    if args.export:
+        ad.export(args.export, compiled, names=model)   # keys: the model's state_dict names
+    report = compiled.run()
     seconds = time.perf_counter() - start
     checksum = sum(float(p.numpy().astype(np.float64).sum()) for p in model.parameters())
     compiled = "" if report.kernels_after_fusion is None else \

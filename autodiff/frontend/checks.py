@@ -10,6 +10,8 @@ work) for speed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import IndexOutOfRangeError
@@ -18,6 +20,20 @@ from ..ir.ops import Op
 from .program import user_source_line
 from .tensor import Tensor, constant
 from .trace import make_node
+
+
+@dataclass(frozen=True, eq=False)   # compared by identity, as the closure it replaced
+class IndexCheck:
+    """The Receiver of one index check: data rather than a closure, so that an exported
+    program (autodiff/export/) carries it without the model's code."""
+    opname: str
+    size: int
+    where: str
+
+    def __call__(self, value: np.ndarray) -> None:
+        if float(value) != float("-inf"):
+            raise IndexOutOfRangeError(f"{self.opname}: index {int(value)} is out of range for size {self.size} "
+                                       f"(valid: 0 to {self.size - 1}; at {self.where})")
 
 
 def check_indices(indices: Tensor, size: int, opname: str) -> None:
@@ -32,9 +48,5 @@ def check_indices(indices: Tensor, size: int, opname: str) -> None:
     if worst.ndim:
         worst = worst.max()
 
-    def check(value: np.ndarray) -> None:
-        if float(value) != float("-inf"):
-            raise IndexOutOfRangeError(f"{opname}: index {int(value)} is out of range for size {size} "
-                                       f"(valid: 0 to {size - 1}; at {where})")
-    make_node(Op.RECEIVER, [worst.node], O.ReceiverArgs(check, f"{opname} index check", 1, check=True),
-              "Receiver")
+    check = IndexCheck(opname, size, where)
+    make_node(Op.RECEIVER, [worst.node], O.ReceiverArgs(check, f"{opname} index check", 1, check=True), "Receiver")
