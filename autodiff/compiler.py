@@ -34,6 +34,7 @@ from .proc import lower
 from .proc.ir import ProcProgram
 from .profiler import HOST_TRACK, Profile, Recorder, Span
 from .schedule.packing import pack_matmul_operands
+from .schedule.receives import sink_receives
 
 KNOWN_OPTIONS = ("disable", "dump_passes", "debug", "profile")
 
@@ -80,6 +81,10 @@ def _schedule(c: Compilation) -> None:
     pack_matmul_operands(c.proc)
 
 
+def _sink_receives(c: Compilation) -> None:
+    sink_receives(c.proc)
+
+
 def _plan_memory(c: Compilation) -> None:
     c.plan = plan_memory(c.proc, reuse="memory_reuse" not in c.disable)
     if c.debug:
@@ -98,6 +103,9 @@ STAGES: list[Stage] = [
     Stage("fusion", _fuse, "merge producers into their consumers: fewer kernels, fewer buffers"),
     Stage("schedule", _schedule, "copy operands the tiled matmul kernel cannot read into packed buffers",
           switch="operand_packing"),
+    Stage("receives last", _sink_receives, "in loop bodies, each Receiver after the kernels that do not change "
+          "what it reads: longer megakernel runs, bodies that run several iterations per launch",
+          switch="sink_receives"),
     Stage("memory", _plan_memory, "liveness, then every temporary at an offset of one arena"),
     Stage("device build", _build, "render, build and warm up the kernels on the backend", procedural=False),
 ]
