@@ -13,28 +13,50 @@ wait for the queue to drain. The loop here owns everything else:
 - the host runs at most MAX_ITERATIONS_AHEAD loop iterations ahead of the device;
 - Receivers are called back in program order as their data arrives; after one raises the
   run stops where `host.Failure` says (the same point on every backend), and the error is
-  raised once the device has drained.
+  raised once the device has drained;
+- a loop with an `IterationBatch` (a body that is one megakernel, its Feeders and its
+  Receivers) runs several iterations per launch: their Feeder values go in one copy, their
+  Receiver values come back in one, and each is delivered as if its iteration ran alone.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from ..proc.index import Var
 from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
+from ..ir.dtypes import ITEMSIZE
 from .host import FAILURE_LEAD, Failure, Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
 
 # the host waits when it gets this many loop iterations ahead of the device; the outermost
 # loop's Receivers are delivered no later, which is what makes a failure stop where it says
 MAX_ITERATIONS_AHEAD = FAILURE_LEAD
 
-Step = tuple   # ("launch", launch) | ("feed", FeedCmd) | ("receive", ReceiveCmd) | ("loop", LoopCmd, steps)
+Step = tuple   # ("launch", launch) | ("feed", FeedCmd) | ("receive", ReceiveCmd) | ("loop", LoopCmd, steps, batch)
 
 
-def prepare_steps(commands: list, launch_for: Callable[[KernelCmd], Any]) -> list[Step]:
-    """The command list as steps; `launch_for(cmd)` is the prepared launch of a kernel command.
+@dataclass
+class IterationBatch:
+    """A loop run `per_launch` iterations per launch of `launch` (an iterated megakernel: the
+    loop variable's argument is the first iteration, `count` the iterations of this launch,
+    `rings` the device buffers holding `in_words` Feeder words and `out_words` Receiver words
+    per iteration)."""
+    launch: Any
+    per_launch: int
+    count: Var
+    in_words: int
+    out_words: int
+    rings: Any = None
+
+
+def prepare_steps(commands: list, launch_for: Callable[[KernelCmd], Any],
+                  batches: dict[int, IterationBatch] | None = None) -> list[Step]:
+    """The command list as steps; `launch_for(cmd)` is the prepared launch of a kernel command,
+    `batches[id(loop)]` a loop's batch where it runs several iterations per launch.
     Consecutive commands with the same launch (the kernels of one megakernel) are one step."""
+    batches = batches or {}
     steps: list[Step] = []
     for cmd in commands:
         if isinstance(cmd, KernelCmd):
@@ -46,7 +68,7 @@ def prepare_steps(commands: list, launch_for: Callable[[KernelCmd], Any]) -> lis
         elif isinstance(cmd, ReceiveCmd):
             steps.append(("receive", cmd))
         elif isinstance(cmd, LoopCmd):
-            steps.append(("loop", cmd, prepare_steps(cmd.body, launch_for)))
+            steps.append(("loop", cmd, prepare_steps(cmd.body, launch_for, batches), batches.get(id(cmd))))
     return steps
 
 
@@ -81,6 +103,14 @@ class DeviceExecutor:
 
     def read_back(self, buffers: list[Buffer]) -> tuple[list[np.ndarray], Callable[[], bool], Callable[[], None]]:
         """Start copying buffers to host arrays: (arrays, ready(), wait())."""
+        raise NotImplementedError
+
+    def feed_ring(self, batch: IterationBatch, values: list[np.ndarray]) -> None:
+        """Start copying the Feeder values of one launch of `batch` (in program order) to its ring."""
+        raise NotImplementedError
+
+    def read_ring(self, batch: IterationBatch, count: int) -> tuple[np.ndarray, Callable[[], bool], Callable[[], None]]:
+        """Start copying the Receiver words of `count` iterations from its ring: (uint32 array, ready(), wait())."""
         raise NotImplementedError
 
     def mark(self) -> Any:
@@ -147,7 +177,7 @@ class DeviceExecutor:
             elif kind == "receive":
                 self.receive(step[1])
             else:
-                self.run_loop(step[1], step[2])
+                self.run_loop(step[1], step[2], step[3])
 
     def receive(self, cmd: ReceiveCmd) -> None:
         if self.failure.error is not None or not receiver_due(cmd.every, self.iterations):
@@ -158,30 +188,38 @@ class DeviceExecutor:
         if not self.iterations:
             self.deliver(wait=True)   # outside loops: known before anything after it is enqueued
 
-    def run_loop(self, loop: LoopCmd, body: list[Step]) -> None:
+    def run_loop(self, loop: LoopCmd, body: list[Step], batch: IterationBatch | None = None) -> None:
         outermost = not self.iterations
         self.iterations.append(0)
-        marks: list[tuple[int, Any]] = []   # (iteration, marker after it)
+        marks: list[tuple[int, int, Any]] = []   # (first iteration, last iteration, marker after them)
         ran = 0
         try:
-            for i in range(loop.count):
-                if outermost and not self.failure.runs_outer_iteration(i):
-                    break
+            while ran < loop.count:
+                first = ran
+                last = min(loop.count, first + (batch.per_launch if batch else 1)) - 1
                 # keep the host at most MAX_ITERATIONS_AHEAD iterations ahead of the device; in the
-                # outermost loop, the Receivers of an iteration that far back are delivered now
-                while marks and marks[0][0] < i - MAX_ITERATIONS_AHEAD:
-                    done, marker = marks.pop(0)
+                # outermost loop, the Receivers of iterations that far back are delivered now, so
+                # a failure among them is known before anything past where it stops is launched
+                while marks and marks[0][0] < last - MAX_ITERATIONS_AHEAD:
+                    _, done, marker = marks.pop(0)
                     self.wait(marker)
                     self.release_marked(marker)
                     if outermost:
                         self.deliver(wait=True, until=lambda p, done=done: p.iterations[0] <= done)
-                self.iterations[-1] = i
-                self.values[loop.variable] = i
-                self.run_iteration(loop, body)
-                ran = i + 1
+                if outermost and not self.failure.runs_outer_iteration(first):
+                    break
+                while outermost and not self.failure.runs_outer_iteration(last):
+                    last -= 1
+                self.iterations[-1] = first
+                self.values[loop.variable] = first
+                if batch is None:
+                    self.run_iteration(loop, body)
+                    ran = first + 1
+                else:
+                    ran = self.run_batch(batch, loop, body, first, last)
                 if not self.marks_enabled():
                     continue
-                marks.append((i, self.mark()))
+                marks.append((first, ran - 1, self.mark()))
                 if self.pending:
                     self.deliver(wait=False)
         finally:
@@ -190,6 +228,46 @@ class DeviceExecutor:
                 self.finish()
                 self.deliver(wait=True)
                 self.failure.outer_loop_done(ran)
+
+    def run_batch(self, batch: IterationBatch, loop: LoopCmd, body: list[Step], first: int, last: int) -> int:
+        """Iterations first..last in one launch; returns the iteration after the last one run.
+        A Feeder that raises stops the batch before its iteration, as it stops a plain loop."""
+        feeds = [step[1] for step in body if step[0] == "feed"]
+        receives = [step[1] for step in body if step[0] == "receive"]
+        values: list[np.ndarray] = []
+        count = 0
+        try:
+            for i in range(first, last + 1):
+                self.iterations[-1] = i
+                row = [self.feeds.take(cmd, self.iterations) for cmd in feeds]
+                values += row
+                count += 1
+        finally:
+            if count:
+                self.iterations[-1] = first
+                self.feed_ring(batch, values)
+                self.values[batch.count] = count
+                self.launch(batch.launch, self.values)
+                self._receive_batch(batch, receives, first, count)
+        return first + count
+
+    def _receive_batch(self, batch: IterationBatch, receives: list[ReceiveCmd], first: int, count: int) -> None:
+        """Each Receiver of each iteration of a batch, delivered in order as if run alone."""
+        due = [(i, cmd) for i in range(first, first + count) for cmd in receives
+               if self.failure.error is None and receiver_due(cmd.every, self.iterations[:-1] + [i])]
+        if not due:
+            return
+        words, ready, wait = self.read_ring(batch, count)
+        outer = tuple(self.iterations[:-1])
+        for i, cmd in due:
+            at = (i - first) * batch.out_words + sum(b.nbytes // ITEMSIZE for c in receives[:receives.index(cmd)]
+                                                     for b in c.buffers)
+            arrays = []
+            for b in cmd.buffers:
+                arrays.append(words[at:at + b.nbytes // ITEMSIZE].view(b.dtype).reshape(b.shape))
+                at += b.nbytes // ITEMSIZE
+            self.pending.append(PendingReceive(ready=ready, wait=wait, arrays=arrays, fn=cmd.fn, name=cmd.name,
+                                               iterations=outer + (i,)))
 
     def deliver(self, wait: bool, until: Callable[[PendingReceive], bool] = lambda p: True) -> None:
         deliver_receives(self.pending, wait, self.failure, until)

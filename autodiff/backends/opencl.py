@@ -21,13 +21,13 @@ import numpy as np
 from ..alloc.plan import MemoryPlan
 from ..codegen.build import unique_kernels
 from ..codegen.matmul_source import BUILD_OPTIONS
-from ..codegen.program import FEATURES, RenderedProgram, render_program
+from ..codegen.program import FEATURES, IteratedLoop, RenderedProgram, render_program
 from ..codegen.renderer import OpenCLLanguage, RenderedKernel
 from ..errors import DeviceMemoryError
 from ..ir.dtypes import ITEMSIZE
 from ..proc.index import Var
 from ..proc.ir import Buffer, FeedCmd, KernelCmd, ProcProgram
-from .base import DeviceExecutor, feeds_ahead_for, prepare_steps
+from .base import DeviceExecutor, IterationBatch, feeds_ahead_for, prepare_steps
 from . import kernel_cache
 from .opencl_build import BuildProgress, WarmLaunch, build_groups, device_identity, quiet, store_pending
 from .registry import Backend, register
@@ -192,11 +192,15 @@ class OpenCLExecutor(DeviceExecutor):
         self.rendered_program: RenderedProgram = render_program(program, self.language, features,
                                                                 lambda b: self._place(b)[0])
         self._place_tables()
+        if self.feeds_ahead:   # the feeder thread holds a launch's Feeder values twice over
+            self.feeds_ahead = max([self.feeds_ahead] + [2 * i.per_launch * len(i.spec.feeds) for i in self.iterated])
         singles = self.rendered_program.singles
         names, distinct = unique_kernels(self.rendered_program.rendered)
         # (rendered kernel, its function, its table bases) of every launch, singles then megakernels
+        megas = len(self.mega_rendered)
         kernels = ([(r, fn, (0, 0)) for (_, r), fn in zip(singles, names)]
-                   + list(zip(self.mega_rendered, names[len(singles):], self.table_bases)))
+                   + list(zip(self.mega_rendered + [i.rendered for i in self.iterated],
+                              names[len(singles):], self.table_bases)))
         self.build_seconds = {"render": time.perf_counter() - start}
         with BuildProgress() as progress:
             self.built = build_groups(self.context, self.device, self.language, distinct,
@@ -208,13 +212,17 @@ class OpenCLExecutor(DeviceExecutor):
         self.build_seconds.update(self.built.seconds)
         prepared = [self._prepare(r, fn, bases) for r, fn, bases in kernels]
         self.launch_of: dict[int, _Launch] = {id(k): launch for (k, _), launch in zip(singles, prepared)}
-        self.mega_launches = prepared[len(singles):]
+        self.mega_launches = prepared[len(singles):len(singles) + megas]
         mega_of = self.rendered_program.megakernel_of()
 
         def launch_for(cmd: KernelCmd) -> _Launch:
             mega = mega_of.get(id(cmd))
             return self.launch_of[id(cmd.kernel)] if mega is None else self.mega_launches[mega]
-        self.steps = prepare_steps(program.commands, launch_for)
+        self.iterated_launches = prepared[len(singles) + megas:]
+        batches = {id(i.loop): IterationBatch(launch, i.per_launch, i.spec.count, i.spec.in_words, i.spec.out_words,
+                                              self.rings[i.rendered.name])
+                   for i, launch in zip(self.iterated, prepared[len(singles) + megas:])}
+        self.steps = prepare_steps(program.commands, launch_for, batches)
         at = time.perf_counter()
         self._warm_up()
         self.build_seconds["first launches"] = time.perf_counter() - at
@@ -231,6 +239,10 @@ class OpenCLExecutor(DeviceExecutor):
     @property
     def mega_rendered(self) -> list[RenderedKernel]:
         return [r for _, r in self.rendered_program.megakernels]
+
+    @property
+    def iterated(self) -> list[IteratedLoop]:
+        return self.rendered_program.iterated
 
     # --- setup ------------------------------------------------------------------------
     def _check_memory(self) -> None:
@@ -277,7 +289,7 @@ class OpenCLExecutor(DeviceExecutor):
         offsets: list[int] = []
         constants: list[float] = []
         self.table_bases: list[tuple[int, int]] = []
-        for rendered in self.mega_rendered:
+        for rendered in self.mega_rendered + [i.rendered for i in self.iterated]:
             self.table_bases.append((len(offsets), len(constants)))
             offsets += [self._place(buffer_id)[1] for buffer_id in rendered.table]
             constants += rendered.constants
@@ -285,6 +297,11 @@ class OpenCLExecutor(DeviceExecutor):
         self.table = self.cl.Buffer(self.context, flags, hostbuf=np.array(offsets or [0], dtype=np.int32))
         self.constant_table = self.cl.Buffer(self.context, flags,
                                              hostbuf=np.array(constants or [0.0], dtype=np.float32))
+        # an iterated loop's Feeder and Receiver values, a slot per iteration of one launch
+        mf = self.cl.mem_flags
+        self.rings: dict[str, tuple[Any, Any]] = {
+            i.rendered.name: tuple(self.cl.Buffer(self.context, mf.READ_WRITE, max(4, 4 * i.per_launch * words))
+                                   for words in (i.spec.in_words, i.spec.out_words)) for i in self.iterated}
 
     def _arguments(self, rendered: RenderedKernel, table_bases: tuple[int, int]) -> list[Any]:
         """Each argument's value; a loop variable (set again at each launch) as its Var."""
@@ -297,6 +314,8 @@ class OpenCLExecutor(DeviceExecutor):
             "arena": lambda p: self.arena,
             "state": lambda p: self.state,
             "buffer": lambda p: self._device_buffer(p.buffer_id),
+            "ring_in": lambda p: self.rings[rendered.name][0],
+            "ring_out": lambda p: self.rings[rendered.name][1],
             "offset": lambda p: np.int32(self._place(p.buffer_id)[1] + p.extra),
             "offset64": lambda p: np.int64(self._place(p.buffer_id)[1] + p.extra),
         }
@@ -368,6 +387,19 @@ class OpenCLExecutor(DeviceExecutor):
                                                      dst_offset=self.state_offset[cmd.buffer.id],
                                                      is_blocking=False))
 
+    def feed_ring(self, batch: IterationBatch, values: list[np.ndarray]) -> None:
+        if batch.in_words:
+            host = np.concatenate([np.ascontiguousarray(v).view(np.uint32).ravel() for v in values])
+            self.feed_copies.append(self.cl.enqueue_copy(self.queue, batch.rings[0], host,
+                                                         is_blocking=False))
+
+    def read_ring(self, batch: IterationBatch, count: int):
+        host = np.empty(count * batch.out_words, np.uint32)
+        events = []
+        if host.size:
+            events.append(self.cl.enqueue_copy(self.queue, host, batch.rings[1], is_blocking=False))
+        return self._pending_copies(host, events)
+
     def read_back(self, buffers: list[Buffer]):
         arrays, events = [], []
         for b in buffers:
@@ -376,9 +408,13 @@ class OpenCLExecutor(DeviceExecutor):
                 events.append(self.cl.enqueue_copy(self.queue, host, self._device_buffer(b.id),
                                                    src_offset=self._place(b.id)[1] * ITEMSIZE, is_blocking=False))
             arrays.append(host)
+        return self._pending_copies(arrays, events)
+
+    def _pending_copies(self, host: Any, events: list[Any]):
+        """(host, ready(), wait()) of copies to the host just enqueued."""
         self.queue.flush()
         complete = self.cl.command_execution_status.COMPLETE
-        return (arrays, lambda: all(e.command_execution_status == complete for e in events),
+        return (host, lambda: all(e.command_execution_status == complete for e in events),
                 lambda: [e.wait() for e in events])
 
     def mark(self) -> Any:
@@ -412,6 +448,9 @@ class OpenCLExecutor(DeviceExecutor):
         kernels = {id(launch): (launch.kernel.function_name, (kernel,))
                    for kernel, launch in ((k, self.launch_of[id(k)]) for k, _ in self.rendered_program.singles)}
         for launch, (group, _) in zip(self.mega_launches, self.rendered_program.megakernels):
+            kernels[id(launch)] = (launch.kernel.function_name, tuple(cmd.kernel for cmd in group))
+        for launch, iterated in zip(self.iterated_launches, self.iterated):
+            group = self.rendered_program.megakernels[iterated.megakernel][0]
             kernels[id(launch)] = (launch.kernel.function_name, tuple(cmd.kernel for cmd in group))
 
         def launch(prepared: _Launch, values: dict[Var, int]) -> None:

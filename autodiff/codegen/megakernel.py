@@ -56,20 +56,73 @@ def render_stage(kernel: Kernel, language: CStyleLanguage, buffers: dict,
     return Stage(kernel.name, lines, list(renderer.slots), list(renderer.outer_vars), list(renderer.constants))
 
 
+@dataclass
+class Iterated:
+    """A loop whose body is one megakernel, run `count` iterations per launch: before each
+    iteration's stages its Feeder values are copied from a ring (`ring_in`, the values of
+    iteration `it` at `it * in_words`) into their staging buffers, its Receivers' buffers
+    are copied into a ring (`ring_out`) where the Receiver is in the body (after so many
+    stages: a later stage may reuse the buffer's memory), and the loop variable is `first + it`."""
+    variable: Var
+    count: Var                          # the launch's iteration count, a launch argument
+    feeds: list[tuple[int, int]]        # (staging buffer id, 32-bit words), in the body's order
+    receives: list[tuple[int, int, int]]   # (stages before it, buffer id, words), in the body's order
+
+    @property
+    def in_words(self) -> int:
+        return sum(words for _, words in self.feeds)
+
+    @property
+    def out_words(self) -> int:
+        return sum(words for _, _, words in self.receives)
+
+
+def _ring_copies(copies: list[tuple[int, int]], ring: str, ring_words: int, at: int, into_ring: bool,
+                 language: CStyleLanguage, where: Callable[[int], str], group: int) -> list[str]:
+    """Copy each buffer of `copies` from (or into) this iteration's slot of `ring` (from word
+    `at` of the slot on), as 32-bit words (int32 Feeders too), its offset read from the table
+    like a stage's; then a barrier."""
+    q = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
+    lines: list[str] = []
+    for buffer_id, words in copies:
+        slot = f"{ring}[it * {ring_words} + {at} + e]"
+        buffer = f"b[tab[0] + e]"
+        lines += ["{", f"    {q}uint* b = ({q}uint*){where(buffer_id)};",
+                  f"    for (int e = {language.local_id}; e < {words}; e += {group}) "
+                  f"{slot if into_ring else buffer} = {buffer if into_ring else slot};",
+                  "}", "tab += 1;"]
+        at += words
+    return lines + [language.barrier] if copies else lines
+
+
+def iterated_copies_out(iterated: Iterated, stages_before: int, table: list[int], language: CStyleLanguage,
+                        where: Callable[[int], str], group: int) -> list[str]:
+    """The Receiver copies that come after `stages_before` stages (their buffer ids appended
+    to `table`, in the order the copies read them)."""
+    here = [(b, words) for before, b, words in iterated.receives if before == stages_before]
+    at = sum(words for before, _, words in iterated.receives if before < stages_before)
+    table += [b for b, _ in here]
+    return _ring_copies(here, "ring_out", iterated.out_words, at, True, language, where, group)
+
+
 def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
-                      group: int = LOCAL_SIZE) -> RenderedKernel:
+                      group: int = LOCAL_SIZE, iterated: Iterated | None = None,
+                      where: Callable[[int], str] = lambda buffer_id: "arena") -> RenderedKernel:
     """Several kernels as the stages of one single-work-group kernel, a barrier between stages.
 
     One launch instead of one per kernel: for small kernels the launch, not the work, is
     the cost. Buffers are not parameters here: each stage names the device buffer it uses,
     and reads its element offsets from an int table at `table + T` (`T` per launch) and its
-    float constants from a float table at `constants + KT`.
+    float constants from a float table at `constants + KT`. With `iterated`, the stages run
+    in a loop over several iterations of the program's loop (`Iterated`), in one launch.
     """
     outer: list[Var] = []
     text_lines: list[str] = []
     table: list[int] = []
     constants: list[float] = []
-    for stage in stages:
+    for n, stage in enumerate(stages):
+        if iterated is not None:
+            text_lines += iterated_copies_out(iterated, n, table, language, where, group)
         binding = {}
         for n, var in enumerate(stage.outer):
             if var not in outer:
@@ -82,14 +135,32 @@ def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
             text_lines.append(line)
         table += stage.table
         constants += stage.constants
+    if iterated is not None:
+        text_lines += iterated_copies_out(iterated, len(stages), table, language, where, group)
     qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
     declarations = ([f"{qualifier}float* arena", f"{qualifier}float* state", f"{qualifier}const int* table",
                      "const int T", f"{qualifier}const float* constants", "const int KT"]
                     + [f"const int V{n}" for n in range(len(outer))])
     params = [Param("arena"), Param("state"), Param("table"), Param("table_base"), Param("constants"),
               Param("constants_base")] + [Param("var", var=v) for v in outer]
-    text = "\n".join([f"{language.kernel_prefix} {{name}}({', '.join(declarations)}) {{",
-                      f"    {qualifier}const int* tab = table + T;",
-                      f"    {qualifier}const float* ktab = constants + KT;"]
-                     + ["    " + line for line in text_lines] + ["}"])
+    tables = [f"{qualifier}const int* tab = table + T;", f"{qualifier}const float* ktab = constants + KT;"]
+    if iterated is None:
+        body = tables + text_lines
+    else:
+        # the loop variable's argument is the chunk's first iteration
+        first = [n for n, v in enumerate(outer) if v == iterated.variable]
+        for n in first:
+            declarations[6 + n] += "_first"
+        declarations += [f"{qualifier}uint* ring_in", f"{qualifier}uint* ring_out", "const int count"]
+        params += [Param("ring_in"), Param("ring_out"), Param("var", var=iterated.count)]
+        table = [b for b, _ in iterated.feeds] + table
+        inner = (tables + [f"const int V{n} = V{n}_first + it;" for n in first]
+                 + _ring_copies(iterated.feeds, "ring_in", iterated.in_words, 0, False, language, where, group)
+                 + text_lines)
+        # a do-while, not a for loop: a launch runs at least one iteration, and PoCL 3.1 (LLVM 15)
+        # miscompiled the for loop's guarded entry around the barriers (stale values in a later
+        # stage: Adam's bias moment, py_test/test_iterations_per_launch.py has the case)
+        body = (["int it = 0;", "do {"] + ["    " + line for line in inner] + ["} while (++it < count);"])
+    text = "\n".join([f"{language.kernel_prefix} {{name}}({', '.join(declarations)}) {{"]
+                     + ["    " + line for line in body] + ["}"])
     return RenderedKernel(name, text, params, group, group, table, constants)

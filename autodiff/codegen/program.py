@@ -5,36 +5,52 @@ The one entry every code-generating backend uses. For each kernel it picks the r
 on a GPU: a work-group per output; contiguous elementwise work: float vectors; the rest:
 the C renderer), and with the "megakernel" feature it renders runs of small kernels as
 the stages of megakernels (which runs, and where they are cut, is the scheduler's
-`plan_megakernels`; stages that render to equal text are equal stages).
+`plan_megakernels`; stages that render to equal text are equal stages). With the
+"iterations_per_launch" feature a loop whose body is one megakernel (and its Feeders and
+Receivers) also gets that megakernel as a loop over several iterations (`Iterated`).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from ..proc.ir import Kernel, KernelCmd, ProcProgram
+from ..ir.dtypes import ITEMSIZE
+from ..proc.index import Var
+from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 from ..proc.structure import Structure, structure
 from ..schedule.matmul import match_matmul
-from ..schedule.megakernel import is_small, plan_megakernels
+from ..schedule.megakernel import is_small, iterated_loops, plan_megakernels
 from .group_reduce import group_reduction, render_group_reduce
 from .matmul import render_matmul_kernel
-from .megakernel import Stage, render_megakernel, render_stage
+from .megakernel import Iterated, Stage, render_megakernel, render_stage
 from .renderer import CStyleLanguage, RenderedKernel
 from .vector import renderer_for
 
 # what render_program can be asked to use; a backend declares the ones its runtime supports
-FEATURES = ("megakernel", "tiled_matmul", "vectorize", "group_reduce")
+FEATURES = ("megakernel", "tiled_matmul", "vectorize", "group_reduce", "iterations_per_launch")
+
+
+@dataclass
+class IteratedLoop:
+    """A loop that runs `per_launch` iterations per launch of `rendered` (megakernel
+    `megakernel`'s stages in a loop, `spec` says its rings)."""
+    loop: LoopCmd
+    megakernel: int
+    per_launch: int
+    spec: Iterated
+    rendered: RenderedKernel
 
 
 @dataclass
 class RenderedProgram:
     singles: list[tuple[Kernel, RenderedKernel]]          # kernels launched one by one
     megakernels: list[tuple[list[KernelCmd], RenderedKernel]]   # runs of small kernels, one launch each
+    iterated: list[IteratedLoop] = field(default_factory=list)
 
     @property
     def rendered(self) -> list[RenderedKernel]:
-        return [r for _, r in self.singles] + [r for _, r in self.megakernels]
+        return [r for _, r in self.singles] + [r for _, r in self.megakernels] + [i.rendered for i in self.iterated]
 
     def megakernel_of(self) -> dict[int, int]:
         """id(kernel command) -> index of the megakernel that runs it."""
@@ -77,6 +93,16 @@ def memoized_stages(language: CStyleLanguage, buffers: dict, where: Callable[[in
     return render
 
 
+def _receives_by_position(loop: LoopCmd) -> list[tuple[int, int, int]]:
+    """(kernels before it, buffer id, 32-bit words) of each buffer a Receiver of the body reads."""
+    found, kernels = [], 0
+    for cmd in loop.body:
+        kernels += isinstance(cmd, KernelCmd)
+        if isinstance(cmd, ReceiveCmd):
+            found += [(kernels, b.id, b.nbytes // ITEMSIZE) for b in cmd.buffers]
+    return found
+
+
 def render_program(program: ProcProgram, language: CStyleLanguage, features: frozenset[str],
                    where: Callable[[int], str] = lambda buffer_id: "arena") -> RenderedProgram:
     """`where(buffer id)` names the device buffer a megakernel stage reads a buffer from."""
@@ -95,4 +121,14 @@ def render_program(program: ProcProgram, language: CStyleLanguage, features: fro
     megakernels = [(group, render_megakernel(f"stages_{n}_{group[0].kernel.name}",
                                              [stages[id(c.kernel)] for c in group], language))
                    for n, group in enumerate(groups)]
-    return RenderedProgram(singles, megakernels)
+    iterated = []
+    if "iterations_per_launch" in features:
+        for loop, n, per_launch in iterated_loops(program, groups):
+            spec = Iterated(loop.variable, Var(f"count_{loop.variable.name}", per_launch + 1),
+                            [(c.buffer.id, c.buffer.nbytes // ITEMSIZE) for c in loop.body if isinstance(c, FeedCmd)],
+                            _receives_by_position(loop))
+            rendered = render_megakernel(f"iterated_{n}_{groups[n][0].kernel.name}",
+                                         [stages[id(c.kernel)] for c in groups[n]], language,
+                                         iterated=spec, where=where)
+            iterated.append(IteratedLoop(loop, n, per_launch, spec, rendered))
+    return RenderedProgram(singles, megakernels, iterated)

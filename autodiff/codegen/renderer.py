@@ -191,6 +191,8 @@ class ParamKind(StrEnum):
     CONSTANT = "constant"               # a float constant
     CONSTANTS = "constants"             # a megakernel's float table
     CONSTANTS_BASE = "constants_base"   # its first entry for this launch
+    RING_IN = "ring_in"                 # an iterated megakernel's Feeder values, a slot per iteration
+    RING_OUT = "ring_out"               # ... and its Receiver values
 
 
 @dataclass

@@ -32,7 +32,8 @@ def describe(ex: OpenCLExecutor) -> tuple[dict[str, Any], str, Callable[[KernelC
     """(the manifest's "opencl" section, kernels.cl, the launch index of each kernel command)."""
     rendered = ex.rendered_program
     singles = rendered.singles
-    names, distinct = unique_kernels(rendered.rendered)
+    # an exported loop launches once per iteration: the iterated megakernels stay behind
+    names, distinct = unique_kernels([r for _, r in singles] + ex.mega_rendered)
     kernels = ([(r, fn, (0, 0)) for (_, r), fn in zip(singles, names)]
                + list(zip(ex.mega_rendered, names[len(singles):], ex.table_bases)))
     buffers = {id(ex.arena): "arena", id(ex.state): "state", id(ex.table): "table", id(ex.constant_table): "constants"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable, Hashable, Sequence
 
 from ..proc.cost import kernel_work
-from ..proc.ir import Kernel, KernelCmd, LoopCmd, ProcProgram
+from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 
 MAX_ELEMENTS = 1 << 15      # a kernel this big or bigger keeps its own launch (all cores)
 MAX_WORK = 1 << 19          # kernel_work of one stage (a megakernel runs on one core)
@@ -25,6 +25,11 @@ MAX_DISTINCT_STAGES = 192
 SHORT_UNIT = 4              # a repeating unit this short is grouped, copies per piece
 # the longest repeat looked for (a layer's kernels, forward or backward) in stages
 MAX_PERIOD = 8 * MAX_STAGES
+# iterations of a loop run in one launch of its megakernel: enough that one launch does about
+# this much work (kernel_work), at most MAX_ITERATIONS_PER_LAUNCH (well inside FAILURE_LEAD,
+# so that after a failure the run still stops where every backend stops)
+ITERATED_WORK = 1 << 24
+MAX_ITERATIONS_PER_LAUNCH = 32
 
 
 def is_small(kernel: Kernel) -> bool:
@@ -149,3 +154,39 @@ def plan_megakernels(program: ProcProgram, signature: Callable[[Kernel], str]) -
                 distinct_stages += length
             groups.append(piece)
     return groups
+
+
+def _feeds_then_kernels_and_receives(body: list) -> bool:
+    """Feeders first, then kernels and Receivers in any order, nothing else (no inner loop)."""
+    feeds = next((n for n, c in enumerate(body) if not isinstance(c, FeedCmd)), len(body))
+    rest = body[feeds:]
+    return (all(isinstance(c, (KernelCmd, ReceiveCmd)) for c in rest)
+            and any(isinstance(c, KernelCmd) for c in rest))
+
+
+def iterated_loops(program: ProcProgram, groups: list[list[KernelCmd]]) -> list[tuple[LoopCmd, int, int]]:
+    """(loop, index of its megakernel in `groups`, iterations per launch) of every loop whose
+    body is Feeders, then the kernels of one megakernel and Receivers: such a loop can run
+    several iterations per launch (codegen's `Iterated`), which saves the host the enqueues of
+    a launch and of its copies per iteration (on PoCL ~10-40 us each, more than a small
+    step's kernel time). A body with much work per iteration gains little and keeps its
+    launch per iteration."""
+    group_of = {tuple(id(c) for c in group): n for n, group in enumerate(groups)}
+    found: list[tuple[LoopCmd, int, int]] = []
+    stack = [program.commands]
+    while stack:
+        commands = stack.pop()
+        for cmd in commands:
+            if not isinstance(cmd, LoopCmd):
+                continue
+            stack.append(cmd.body)
+            if cmd.count < 2 or not _feeds_then_kernels_and_receives(cmd.body):
+                continue
+            kernels = tuple(id(c) for c in cmd.body if isinstance(c, KernelCmd))
+            if kernels not in group_of:
+                continue
+            work = sum(kernel_work(c.kernel) for c in cmd.body if isinstance(c, KernelCmd))
+            per_launch = min(MAX_ITERATIONS_PER_LAUNCH, cmd.count, max(1, ITERATED_WORK // max(work, 1)))
+            if per_launch >= 2:
+                found.append((cmd, group_of[kernels], per_launch))
+    return found
