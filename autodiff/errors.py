@@ -49,3 +49,7 @@ class CheckpointError(ValueError):
 
 __all__ = ["TraceError", "FeederError", "ReceiverError", "UnsupportedOpError", "DeviceMemoryError",
            "KernelBuildError", "CheckpointError", "IndexOutOfRangeError"]
+
+
+class DistributedError(RuntimeError):
+    """A collective failed or timed out, or a rank failed: names the rank and the collective."""

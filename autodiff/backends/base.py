@@ -13,7 +13,11 @@ wait for the queue to drain. The loop here owns everything else:
 - the host runs at most MAX_ITERATIONS_AHEAD loop iterations ahead of the device;
 - Receivers are called back in program order as their data arrives; after one raises the
   run stops where `host.Failure` says (the same point on every backend), and the error is
-  raised once the device has drained.
+  raised once the device has drained;
+- a collective across ranks starts with an asynchronous read-back whose array the
+  communication thread (`comm`) waits for and reduces through MPI, while the host goes on
+  enqueuing the kernels up to the collective's wait; the wait writes the result back into
+  the device buffer (with the "collective_overlap" switch off the start waits at once).
 """
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import comm
 from ..proc.index import Var
-from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
+from ..proc.ir import (Buffer, CollectiveStartCmd, CollectiveWaitCmd, FeedCmd, KernelCmd, LoopCmd, ProcProgram,
+                       ReceiveCmd)
 from .host import FAILURE_LEAD, Failure, Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
 
 # the host waits when it gets this many loop iterations ahead of the device; the outermost
@@ -30,6 +36,7 @@ from .host import FAILURE_LEAD, Failure, Feeds, PendingReceive, deliver_receives
 MAX_ITERATIONS_AHEAD = FAILURE_LEAD
 
 Step = tuple   # ("launch", launch) | ("feed", FeedCmd) | ("receive", ReceiveCmd) | ("loop", LoopCmd, steps)
+#               | ("collective_start", CollectiveStartCmd) | ("collective_wait", CollectiveWaitCmd)
 
 
 def prepare_steps(commands: list, launch_for: Callable[[KernelCmd], Any]) -> list[Step]:
@@ -45,6 +52,10 @@ def prepare_steps(commands: list, launch_for: Callable[[KernelCmd], Any]) -> lis
             steps.append(("feed", cmd))
         elif isinstance(cmd, ReceiveCmd):
             steps.append(("receive", cmd))
+        elif isinstance(cmd, CollectiveStartCmd):
+            steps.append(("collective_start", cmd))
+        elif isinstance(cmd, CollectiveWaitCmd):
+            steps.append(("collective_wait", cmd))
         elif isinstance(cmd, LoopCmd):
             steps.append(("loop", cmd, prepare_steps(cmd.body, launch_for)))
     return steps
@@ -61,6 +72,7 @@ class DeviceExecutor:
     feeds_ahead: int
     runs: int = 0
     kernels_launched: int = 0
+    overlap_collectives: bool = True    # False with the "collective_overlap" switch off
 
     # --- device operations a backend supplies ----------------------------------------
     def upload(self, buffer: Buffer, host: np.ndarray) -> None:
@@ -81,6 +93,11 @@ class DeviceExecutor:
 
     def read_back(self, buffers: list[Buffer]) -> tuple[list[np.ndarray], Callable[[], bool], Callable[[], None]]:
         """Start copying buffers to host arrays: (arrays, ready(), wait())."""
+        raise NotImplementedError
+
+    def write(self, buffer: Buffer, host: np.ndarray) -> None:
+        """Start copying a host array into a temporary (a collective's result), keeping the
+        array alive until the copy is done (without blocking)."""
         raise NotImplementedError
 
     def mark(self) -> Any:
@@ -118,6 +135,7 @@ class DeviceExecutor:
         self.pending: list[PendingReceive] = []
         self.failure = Failure()
         self.feeds = Feeds(self.program.commands, self.feeds_ahead)
+        self.collectives: dict[int, Any] = {}   # id of a started Collective -> its Future
         try:
             self.run_steps(self.steps)
             self.finish()
@@ -146,6 +164,10 @@ class DeviceExecutor:
                     self.feed(cmd, value)
             elif kind == "receive":
                 self.receive(step[1])
+            elif kind == "collective_start":
+                self.start_collective(step[1])
+            elif kind == "collective_wait":
+                self.wait_collective(step[1])
             else:
                 self.run_loop(step[1], step[2])
 
@@ -157,6 +179,24 @@ class DeviceExecutor:
                                            iterations=tuple(self.iterations)))
         if not self.iterations:
             self.deliver(wait=True)   # outside loops: known before anything after it is enqueued
+
+    def start_collective(self, cmd: CollectiveStartCmd) -> None:
+        c = cmd.collective
+        arrays, _, wait = self.read_back([c.source])
+
+        def value() -> np.ndarray:   # called on the communication thread
+            wait()
+            return arrays[0]
+        future = comm.start(c.kind, value, c.op, c.root)
+        if not self.overlap_collectives:
+            comm.wait(future)
+        self.collectives[id(c)] = future
+
+    def wait_collective(self, cmd: CollectiveWaitCmd) -> None:
+        c = cmd.collective
+        result = comm.wait(self.collectives.pop(id(c)))
+        if c.out.nbytes:
+            self.write(c.out, result)
 
     def run_loop(self, loop: LoopCmd, body: list[Step]) -> None:
         outermost = not self.iterations
