@@ -138,7 +138,7 @@ def _identity(kind: str, value: np.ndarray) -> np.ndarray:
 
 def _collective(kind: str, value, op: str, root: int, number: int) -> np.ndarray:
     from mpi4py import MPI
-    local = np.ascontiguousarray(_resolve(value))
+    local = np.array(_resolve(value), order="C")   # (ascontiguousarray would make a 0-d array 1-d)
     comm = _WORLD.comm
     if kind == "all_reduce":
         out = np.empty_like(local)
@@ -156,8 +156,8 @@ def _collective(kind: str, value, op: str, root: int, number: int) -> np.ndarray
     if kind == "all_reduce" and op == "mean":
         out = (out / np.asarray(_WORLD.size, out.dtype)).astype(out.dtype)
     if kind == "all_gather":
-        out = out.reshape((_WORLD.size * local.shape[0],) + local.shape[1:]) if local.ndim else out
-    return out
+        return out.reshape((_WORLD.size * local.shape[0],) + local.shape[1:]) if local.ndim else out
+    return out.reshape(local.shape)
 
 
 def _wait_request(request, what: str) -> None:

@@ -83,7 +83,7 @@ def _reads(cmd: Command) -> list[int]:
     if isinstance(cmd, ReceiveCmd):
         return [b.id for b in cmd.buffers]
     if isinstance(cmd, CollectiveStartCmd):
-        return [cmd.collective.source.id]
+        return [b.id for b in cmd.collective.sources]
     return []
 
 

@@ -182,11 +182,11 @@ class DeviceExecutor:
 
     def start_collective(self, cmd: CollectiveStartCmd) -> None:
         c = cmd.collective
-        arrays, _, wait = self.read_back([c.source])
+        arrays, _, wait = self.read_back(c.sources)
 
         def value() -> np.ndarray:   # called on the communication thread
             wait()
-            return arrays[0]
+            return arrays[0] if len(arrays) == 1 else np.concatenate([a.reshape(-1) for a in arrays])
         future = comm.start(c.kind, value, c.op, c.root)
         if not self.overlap_collectives:
             comm.wait(future)

@@ -93,7 +93,9 @@ class NumpyGraphExecutor:
 
     def _collective(self, node: Node) -> None:
         args = node.args
-        self.env[node.id] = comm.run(args.kind, np.asarray(self.env[node.inputs[0].id]), args.op, args.root)
+        parts = [np.asarray(self.env[i.id]) for i in node.inputs]
+        value = parts[0] if len(parts) == 1 else np.concatenate([p.reshape(-1) for p in parts])
+        self.env[node.id] = comm.run(args.kind, value, args.op, args.root)
 
     def _for(self, node: Node) -> None:
         """Loops stop after a failure where `host.Failure` says, as on every backend."""

@@ -74,7 +74,9 @@ class NumpyProcExecutor:
                 self._receive(cmd)
             elif isinstance(cmd, CollectiveStartCmd):
                 c = cmd.collective
-                future = comm.start(c.kind, self.views[c.source.id].reshape(c.source.shape).copy(), c.op, c.root)
+                parts = [self.views[b.id].reshape(b.shape).copy() for b in c.sources]
+                value = parts[0] if len(parts) == 1 else np.concatenate([p.reshape(-1) for p in parts])
+                future = comm.start(c.kind, value, c.op, c.root)
                 if not self.overlap_collectives:
                     comm.wait(future)
                 self.collectives[id(c)] = future

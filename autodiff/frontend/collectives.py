@@ -15,8 +15,10 @@ from .tensor import Tensor, as_tensor
 from .trace import make_node, trace_error
 
 
-def collective(x: Tensor, kind: str, op: str = "sum", root: int = 0) -> Tensor:
-    x = as_tensor(x)
+def collective(xs: Tensor | list[Tensor], kind: str, op: str = "sum", root: int = 0) -> Tensor:
+    """One COLLECTIVE node; a list of tensors (all_reduce only) is reduced as one flat buffer."""
+    xs = [as_tensor(x) for x in xs] if isinstance(xs, (list, tuple)) else [as_tensor(xs)]
+    x = xs[0]
     if kind not in comm.KINDS:
         raise trace_error(kind, f"unknown collective; known: {', '.join(comm.KINDS)}")
     if op not in comm.REDUCE_OPS:
@@ -26,12 +28,19 @@ def collective(x: Tensor, kind: str, op: str = "sum", root: int = 0) -> Tensor:
     if op == "mean" and x.dtype != "float32":
         raise trace_error(kind, f"a mean needs a float32 tensor, got {x.dtype}")
     args = O.CollectiveArgs(kind, op, root, comm.world_size())
-    return Tensor._wrap(make_node(Op.COLLECTIVE, [x.node], args, kind))
+    return Tensor._wrap(make_node(Op.COLLECTIVE, [t.node for t in xs], args, kind))
 
 
 def all_reduce(x: Tensor, op: str = "sum") -> Tensor:
     """The elementwise sum, mean or max of `x` over every rank, on every rank."""
     return collective(x, "all_reduce", op)
+
+
+def all_reduce_flat(tensors: list[Tensor], op: str = "sum") -> Tensor:
+    """One all_reduce of several tensors (a DDP bucket): their flattened concatenation,
+    reduced. Each input keeps its own buffer: no copy into a bucket on the device (the host
+    concatenates what it reads back), and their producers stay the kernels they are."""
+    return collective(list(tensors), "all_reduce", op)
 
 
 def broadcast(x: Tensor, root: int = 0) -> Tensor:
@@ -50,7 +59,14 @@ def collective_vjp(node, xs, out, g, needs):
     if args.kind == "all_reduce":
         if args.op == "max":
             raise TypeError("no VJP rule for all_reduce(op='max'): use sum or mean where a gradient is needed")
-        return [all_reduce(g, args.op)]
+        reduced = all_reduce(g, args.op)
+        if len(xs) == 1:
+            return [reduced]
+        grads, offset = [], 0
+        for x in xs:
+            grads.append(reduced[offset:offset + x.numel()].reshape(x.shape))
+            offset += x.numel()
+        return grads
     total = all_reduce(g, "sum")
     if args.kind == "broadcast":
         # the root's input reaches every rank: its gradient is the sum, the others' zero; the

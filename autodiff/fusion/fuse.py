@@ -89,7 +89,7 @@ def _received(commands: list[Command]) -> set[int]:
         if isinstance(cmd, ReceiveCmd):
             out.update(b.id for b in cmd.buffers)
         elif isinstance(cmd, CollectiveStartCmd):
-            out.add(cmd.collective.source.id)
+            out.update(b.id for b in cmd.collective.sources)
         elif isinstance(cmd, LoopCmd):
             stack.extend(cmd.body)
     return out
@@ -284,7 +284,7 @@ def _live_buffers(program: ProcProgram):
         elif isinstance(cmd, ReceiveCmd):
             yield from cmd.buffers
         elif isinstance(cmd, (CollectiveStartCmd, CollectiveWaitCmd)):
-            yield from (cmd.collective.source, cmd.collective.out)
+            yield from cmd.collective.sources + [cmd.collective.out]
 
 
 def kernel_name(kernel: Kernel) -> str:

@@ -74,7 +74,8 @@ class Op(enum.Enum):
     ASSIGN = "assign"          # in-place update of a persistent tensor
     FOR = "for"                # a loop whose body is a Block, run `count` times
     # data parallelism (autodiff.distributed): the same value on every rank afterwards
-    COLLECTIVE = "collective"  # all_reduce / broadcast / all_gather across MPI ranks
+    COLLECTIVE = "collective"  # all_reduce / broadcast / all_gather across MPI ranks (all_reduce of
+                               # several inputs: of their flattened concatenation, a DDP bucket)
 
 
 LEAF_OPS = (Op.CONST, Op.IOTA, Op.READ, Op.FEEDER, Op.LOOP_INDEX, Op.RANDOM)

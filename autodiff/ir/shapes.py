@@ -157,7 +157,13 @@ def _effect(ins: list[TypedShape], args: object) -> TypedShape:
 
 
 def _collective(ins: list[TypedShape], args) -> TypedShape:
-    """all_reduce and broadcast keep the shape; all_gather stacks the ranks' values on axis 0."""
+    """all_reduce and broadcast keep the shape; all_gather stacks the ranks' values on axis 0;
+    an all_reduce of several inputs (one bucket of gradients) is their flattened concatenation."""
+    if len(ins) > 1:
+        if args.kind != "all_reduce" or any(d != ins[0][1] for _, d in ins):
+            raise ShapeMismatch(f"only an all_reduce takes several inputs, of one dtype; got {args.kind} of "
+                                + ", ".join(f"{d}{list(s)}" for s, d in ins))
+        return (sum(_numel(s) for s, _ in ins),), ins[0][1]
     (shape, dtype), = ins
     if args.kind != "all_gather":
         return shape, dtype

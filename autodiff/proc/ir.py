@@ -320,19 +320,20 @@ class LoopCmd:
 
 @dataclass(eq=False)
 class Collective:
-    """A collective across data-parallel ranks (autodiff.distributed): `source` read back to
-    the host, combined with the other ranks' through MPI, written into `out`."""
+    """A collective across data-parallel ranks (autodiff.distributed): `sources` read back to
+    the host (several: concatenated flat, a bucket of gradients), combined with the other
+    ranks' through MPI, written into `out`."""
     kind: str                            # "all_reduce" | "broadcast" | "all_gather"
     op: str                              # "sum" | "mean" | "max" (all_reduce)
     root: int                            # broadcast's root rank
-    source: Buffer
+    sources: list[Buffer]
     out: Buffer
     name: str
 
 
 @dataclass(eq=False)
 class CollectiveStartCmd:
-    """Read `source` back and start the collective; placed right after `source` is computed
+    """Read `sources` back and start the collective; placed right after they are computed
     so that the kernels up to the matching wait run while it is under way."""
     collective: Collective
 

@@ -191,10 +191,10 @@ class Lowering:
         return self.buffer_of[node.id]
 
     def start_collective(self, node: Node, commands: list[Command]) -> None:
-        source = self.materialized(node.inputs[0], commands)
+        sources = [self.materialized(i, commands) for i in node.inputs]
         out = self.new_buffer(f"t{node.id}", node.shape, node.dtype, "temp")
         args = node.args
-        collective = Collective(args.kind, args.op, args.root, source, out, f"{args.kind}_{node.id}")
+        collective = Collective(args.kind, args.op, args.root, sources, out, f"{args.kind}_{node.id}")
         self.collectives[node.id] = collective
         commands.append(CollectiveStartCmd(collective))
 
@@ -266,7 +266,7 @@ def collective_starts(block: Block) -> dict[int, list[Node]]:
         if node.op is not Op.COLLECTIVE:
             continue
         last = -1
-        stack = [node.inputs[0]]
+        stack = list(node.inputs)
         while stack:
             dep = stack.pop()
             if dep.id not in position:
