@@ -133,7 +133,9 @@ def _resolve(value) -> np.ndarray:
 
 
 def _identity(kind: str, value: np.ndarray) -> np.ndarray:
-    return np.array(value, copy=True)
+    """A collective of one rank (an all_gather of a 0-d value is a vector of one)."""
+    value = np.array(value, copy=True)
+    return value.reshape(1) if kind == "all_gather" and value.ndim == 0 else value
 
 
 def _collective(kind: str, value, op: str, root: int, number: int) -> np.ndarray:

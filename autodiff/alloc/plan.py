@@ -212,9 +212,10 @@ def format_plan(program: ProcProgram, plan: MemoryPlan) -> str:
     """The plan as a table: every temporary's offset, size and lifetime; then the totals."""
     rows = sorted(plan.lifetimes.values(), key=lambda l: (plan.offsets[l.buffer.id], l.start))
     lines = [f"{'buffer':<16} {'offset':>10} {'bytes':>10} {'live':>13}  note"]
+    collectives = {c.collective.out.id: c.collective.name for c in program.walk() if isinstance(c, CollectiveWaitCmd)}
     for life in rows:
         b = life.buffer
-        note = ""
+        note = f"result of {collectives[b.id]}" if b.id in collectives else ""
         for src, dst in plan.in_place:
             if dst == b.id:
                 note = f"writes over {next(x.name for x in program.buffers if x.id == src)}"

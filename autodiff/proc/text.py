@@ -91,8 +91,8 @@ def format_program(program: ProcProgram, node_ops: dict[int, str] | None = None,
             lines.append(f"{pad}receive {', '.join(b.name for b in cmd.buffers)} -> '{cmd.name}'{every}")
         elif isinstance(cmd, CollectiveStartCmd):
             c = cmd.collective
-            names = ", ".join(b.name for b in c.sources)
-            lines.append(f"{pad}start {c.name}({names}, op={c.op}, root={c.root})")
+            sources = ", ".join(b.name for b in c.sources)
+            lines.append(f"{pad}start {c.name}({sources}, op={c.op}, root={c.root})")
         elif isinstance(cmd, CollectiveWaitCmd):
             c = cmd.collective
             lines.append(f"{pad}wait {c.name} -> {c.out.name}   {_shape(c.out)}")
