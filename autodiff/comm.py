@@ -20,6 +20,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -104,9 +105,10 @@ def timeout() -> float:
 
 # --- collectives on host arrays ------------------------------------------------------------
 
-def start(kind: str, value: np.ndarray | Future, op: str = "sum", root: int = 0) -> Future:
-    """Start a collective on the communication thread; `value` may be a Future of the array
-    (a device read-back still under way). The Future's result is the collective's value."""
+def start(kind: str, value: np.ndarray | Callable[[], np.ndarray], op: str = "sum", root: int = 0) -> Future:
+    """Start a collective on the communication thread; `value` may be a function returning
+    the array (it waits for a device read-back still under way, on that thread). The
+    Future's result is the collective's value."""
     _WORLD.issued += 1
     number = _WORLD.issued
     if _WORLD.worker is None:
