@@ -42,7 +42,8 @@ def collectives(device: str) -> None:
 
 def ddp(device: str) -> None:
     """DDP with a tiny bucket cap (several buckets): the ranks start from rank 0's weights and
-    end with equal weights, those of one process training on the whole batch."""
+    end with equal weights, those of one process training on the whole batch; a checkpoint
+    saved (by rank 0) loads on every rank."""
     rank, world = dist.rank(), dist.world_size()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((12, 5)).astype(np.float32)
@@ -65,6 +66,11 @@ def ddp(device: str) -> None:
     assert world == 1 or len(model.buckets) >= 2, model.buckets
     weights = np.concatenate([p.numpy().ravel() for p in model.parameters()])
     np.save(os.environ["AUTODIFF_TEST_OUT"] + f".{rank}.npy", weights)
+    # rank 0 writes the checkpoint; every rank returns once it is written and loads it
+    path = os.environ["AUTODIFF_TEST_OUT"] + ".safetensors"
+    ad.save(path, model)
+    loaded = ad.load(path)
+    np.testing.assert_array_equal(np.concatenate([loaded[k].ravel() for k, _ in model.named_parameters()]), weights)
     print(f"ok {rank}")
 
 
