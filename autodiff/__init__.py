@@ -3,8 +3,8 @@
 Trace a training program with a PyTorch-like Tensor API, then `execute()` it
 as a whole (loops included) on a device. See README.md and ARCHITECTURE.md.
 """
-from .errors import (CheckpointError, DeviceMemoryError, ExportError, FeederError, IndexOutOfRangeError,
-                     KernelBuildError, ReceiverError, TraceError, UnsupportedOpError)
+from .errors import (CheckpointError, DeviceMemoryError, DistributedError, ExportError, FeederError,
+                     IndexOutOfRangeError, KernelBuildError, ReceiverError, TraceError, UnsupportedOpError)
 from .frontend.autodiff import grad
 from .frontend.control import Feeder, Receiver, ir_for
 from .frontend.functions import (abs, arange, cat, concat, cos, exp, full, full_like, iota, log, matmul,
@@ -19,7 +19,7 @@ from .frontend.tensor import Tensor
 from .printing import pg, plot_memory, print_graph
 from .visualize import draw_graph, to_networkx
 from .compiler import CompiledProgram, Report, compile, default_device, execute
-from . import checkpoint, nn
+from . import checkpoint, distributed, nn
 from .checkpoint import load, restore, save
 from .export import ExportedProgram, export, load_exported
 

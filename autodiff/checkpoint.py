@@ -41,6 +41,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from . import comm
 from .errors import CheckpointError, TraceError
 from .frontend.tensor import Tensor
 
@@ -93,7 +94,17 @@ def save(path: str | os.PathLike, obj: Any) -> None:
     The metadata holds a CRC-32 per tensor (`crc32:<key>`), checked by `load`. The file is
     written next to `path` and then renamed over it, so an interrupted save leaves the
     previous checkpoint intact instead of a truncated one.
+
+    Under data parallelism (autodiff.distributed) rank 0 writes the file and every rank
+    returns once it is written, so that every rank may `load` it next (the ranks hold the
+    same state: DistributedDataParallel keeps them equal).
     """
+    if comm.rank() == 0:
+        _save(path, obj)
+    comm.barrier()
+
+
+def _save(path: str | os.PathLike, obj: Any) -> None:
     flat = flatten(obj)
     for key, array in flat.items():
         if array.dtype == np.float64:

@@ -53,4 +53,8 @@ class ExportError(ValueError):
 
 __all__ = ["TraceError", "FeederError", "ReceiverError", "UnsupportedOpError", "DeviceMemoryError",
            "KernelBuildError", "CheckpointError", "IndexOutOfRangeError",
-           "ExportError"]
+           "ExportError", "DistributedError"]
+
+
+class DistributedError(RuntimeError):
+    """A collective failed or timed out, or a rank failed: names the rank and the collective."""

@@ -3,6 +3,7 @@
     python examples/mnist.py                      # digits (ships with scikit-learn), best device
     python examples/mnist.py --data mnist.npz     # a local MNIST file with x_train/y_train/x_test/y_test
     python examples/mnist.py --steps 50 --show-graph
+    mpiexec -n 2 python examples/mnist.py --distributed   # data parallel: the batch split over 2 ranks
 """
 from __future__ import annotations
 
@@ -42,7 +43,13 @@ def main() -> None:
                         help="profile the run: print the per-kernel table and save a Chrome trace (Perfetto)")
     parser.add_argument("--trace", default="trace.json", help="where --profile saves the trace (default: trace.json)")
     parser.add_argument("--show-graph", action="store_true", help="print the traced graph")
+    parser.add_argument("--log-every", type=int, default=20, help="print the loss every this many steps")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data parallel over the MPI ranks (launch with mpiexec -n N): each rank trains "
+                             "on its slice of every global batch, gradients averaged across ranks")
     args = parser.parse_args()
+    if args.distributed:
+        ad.distributed.init()
 
     ad.manual_seed(0)
     x_train, y_train, x_test, y_test = load_data(args.data)
@@ -52,6 +59,8 @@ def main() -> None:
 
     model = nn.Sequential(nn.Linear(features, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(),
                           nn.Linear(256, 10))
+    if args.distributed:
+        model = nn.parallel.DistributedDataParallel(model)   # rank 0's weights; gradients averaged
     opt = nn.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     current: dict[str, np.ndarray] = {}
 
@@ -61,14 +70,17 @@ def main() -> None:
         return x_train[picks]
 
     def train_step(step: ad.Tensor):
-        images = ad.Feeder(next_images, (batch, features), name="images")
-        labels = ad.Feeder(lambda: current["labels"], (batch,), np.int32, name="labels")
+        # every rank draws the same global batch (same seed); shard=True feeds each its slice
+        images = ad.Feeder(next_images, (batch, features), name="images", shard=args.distributed)
+        labels = ad.Feeder(lambda: current["labels"], (batch,), np.int32, name="labels", shard=args.distributed)
         loss = F.cross_entropy(model(images), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        ad.Receiver(lambda i, v: print(f"step {int(i) + 1:5d}  loss {float(v):.4f}"), [step, loss],
-                    name="loss", every=min(20, args.steps))
+        if args.distributed:   # the mean over the ranks' equal slices: the global batch's loss
+            loss = ad.distributed.all_reduce(loss, "mean")
+        ad.Receiver(lambda i, v: print(f"step {int(i) + 1:5d}  loss {float(v):.6f}"), [step, loss],
+                    name="loss", every=min(args.log_every, args.steps))
 
     ad.ir_for(args.steps, train_step)
 
@@ -81,6 +93,8 @@ def main() -> None:
         ad.print_graph()
     start = time.perf_counter()
     report = ad.execute(device=args.device, profile=args.profile or None)
+    if ad.distributed.rank() != 0:
+        return
     print(f"device {report.device}: {args.steps} steps in {time.perf_counter() - start:.2f} s "
           f"(compile {report.compile_seconds:.2f} s)")
     print(f"test accuracy {accuracy[0]:.4f}")

@@ -12,6 +12,11 @@ training, which must be finite), and the report's compile and run seconds.
     python examples/transformer.py                    # best device, 500 steps
     python examples/transformer.py --device numpy --steps 50 --layers 2 --show-graph
     python examples/transformer.py --steps 20 --export transformer_program    # README: Export
+    mpiexec -n 2 python examples/transformer.py --distributed --steps 50   # DDP: same losses
+
+The workload has no batch axis (one sequence), so under --distributed every rank trains on
+the same sequence: it shows DDP's gradient all-reduce (the averaged gradient equals each
+rank's), not a split batch (examples/mnist.py --distributed splits its batch).
 """
 from __future__ import annotations
 
@@ -37,17 +42,22 @@ def main() -> None:
     parser.add_argument("--show-graph", action="store_true", help="print the traced graph")
     parser.add_argument("--export", metavar="DIR", help="also write the compiled program, before training, to DIR: "
                         "autodiff.load_exported(DIR) runs it without this script (README: Export)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="DistributedDataParallel over the MPI ranks (launch with mpiexec -n N)")
     args = parser.parse_args()
+    if args.distributed:
+        ad.distributed.init()
 
     ad.manual_seed(0)
     d_model, seq = 64, 2
     model = nn.TransformerEncoder(num_layers=args.layers, d_model=d_model, num_heads=4, ff_dim=128)
+    net = nn.parallel.DistributedDataParallel(model) if args.distributed else model
     opt = nn.SGD(model.parameters(), lr=args.lr)
     data = np.full((seq, d_model), 0.3, np.float32)
 
     def train_step(step: ad.Tensor) -> None:
         x = ad.Feeder(lambda: data, (seq, d_model), name="x")
-        res = model(x).sum() / 1000
+        res = net(x).sum() / 1000
         opt.zero_grad()
         res.backward()
         opt.step()
@@ -64,6 +74,8 @@ def main() -> None:
         ad.export(args.export, compiled, names=model)   # keys: the model's state_dict names
     report = compiled.run()
     seconds = time.perf_counter() - start
+    if ad.distributed.rank() != 0:
+        return
     checksum = sum(float(p.numpy().astype(np.float64).sum()) for p in model.parameters())
     compiled = "" if report.kernels_after_fusion is None else \
         f", {report.kernels_after_fusion} kernels after fusion, arena {report.arena_bytes} bytes"

@@ -85,7 +85,8 @@ def trace_all_rows(got: list) -> None:
 
 
 def trace_effects(got: list) -> None:
-    """Feeder, Receiver, the loop index, random numbers and in-place updates (test_ops' program)."""
+    """Feeder, Receiver, the loop index, random numbers, in-place updates and a collective
+    (test_ops' program)."""
     p = ad.Tensor(np.ones((2, 3), np.float32), name="p")
     calls = [0]
 
@@ -96,7 +97,7 @@ def trace_effects(got: list) -> None:
     def body(i: ad.Tensor) -> None:
         x = ad.Feeder(feed, shape=(2, 3), name="x")
         noise = ad.random_uniform((2, 3))
-        loss = (p * x).sum() + i.float() + noise.sum()
+        loss = ad.distributed.all_reduce((p * x).sum()) + i.float() + noise.sum()
         loss.backward()
         p.sub_(p.grad * 0.25)
         p.grad = None

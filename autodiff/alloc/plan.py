@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..loggers import get_logger
 from ..proc.index import Index
-from ..proc.ir import (Buffer, Command, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, ReceiveCmd, Reduce,
+from ..proc.ir import (Buffer, CollectiveStartCmd, CollectiveWaitCmd, Command, Kernel, KernelCmd, Load, LoopCmd, ProcProgram, ReceiveCmd, Reduce,
                        loads_of, walk_expr)
 from . import placement
 
@@ -82,6 +82,8 @@ def _reads(cmd: Command) -> list[int]:
         return [load.buffer_id for load in loads_of(cmd.kernel.value)]
     if isinstance(cmd, ReceiveCmd):
         return [b.id for b in cmd.buffers]
+    if isinstance(cmd, CollectiveStartCmd):
+        return [b.id for b in cmd.collective.sources]
     return []
 
 
@@ -105,8 +107,9 @@ def lifetimes(program: ProcProgram) -> dict[int, Lifetime]:
                     end = max(end, span[loop_id][1])
                     break
             result[buffer_id].end = max(result[buffer_id].end, end)
-        if isinstance(cmd, KernelCmd) and cmd.kernel.out.id in temps:
-            out = cmd.kernel.out
+        out = cmd.kernel.out if isinstance(cmd, KernelCmd) else \
+            cmd.collective.out if isinstance(cmd, CollectiveWaitCmd) else None
+        if out is not None and out.id in temps:
             written[out.id] = (at, path)
             result[out.id] = Lifetime(out, at, at)
     return result
@@ -209,9 +212,10 @@ def format_plan(program: ProcProgram, plan: MemoryPlan) -> str:
     """The plan as a table: every temporary's offset, size and lifetime; then the totals."""
     rows = sorted(plan.lifetimes.values(), key=lambda l: (plan.offsets[l.buffer.id], l.start))
     lines = [f"{'buffer':<16} {'offset':>10} {'bytes':>10} {'live':>13}  note"]
+    collectives = {c.collective.out.id: c.collective.name for c in program.walk() if isinstance(c, CollectiveWaitCmd)}
     for life in rows:
         b = life.buffer
-        note = ""
+        note = f"result of {collectives[b.id]}" if b.id in collectives else ""
         for src, dst in plan.in_place:
             if dst == b.id:
                 note = f"writes over {next(x.name for x in program.buffers if x.id == src)}"

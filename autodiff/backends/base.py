@@ -16,7 +16,11 @@ wait for the queue to drain. The loop here owns everything else:
   raised once the device has drained;
 - a loop with an `IterationBatch` (a body that is one megakernel, its Feeders and its
   Receivers) runs several iterations per launch: their Feeder values go in one copy, their
-  Receiver values come back in one, and each is delivered as if its iteration ran alone.
+  Receiver values come back in one, and each is delivered as if its iteration ran alone;
+- a collective across ranks starts with an asynchronous read-back whose array the
+  communication thread (`comm`) waits for and reduces through MPI, while the host goes on
+  enqueuing the kernels up to the collective's wait; the wait writes the result back into
+  the device buffer (with the "collective_overlap" switch off the start waits at once).
 """
 from __future__ import annotations
 
@@ -25,9 +29,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import comm
 from ..proc.index import Var
-from ..proc.ir import Buffer, FeedCmd, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 from ..ir.dtypes import ITEMSIZE
+from ..proc.ir import (Buffer, CollectiveStartCmd, CollectiveWaitCmd, FeedCmd, KernelCmd, LoopCmd, ProcProgram,
+                       ReceiveCmd)
 from .host import FAILURE_LEAD, Failure, Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
 
 # the host waits when it gets this many loop iterations ahead of the device; the outermost
@@ -35,6 +41,7 @@ from .host import FAILURE_LEAD, Failure, Feeds, PendingReceive, deliver_receives
 MAX_ITERATIONS_AHEAD = FAILURE_LEAD
 
 Step = tuple   # ("launch", launch) | ("feed", FeedCmd) | ("receive", ReceiveCmd) | ("loop", LoopCmd, steps, batch)
+#               | ("collective_start", CollectiveStartCmd) | ("collective_wait", CollectiveWaitCmd)
 
 
 @dataclass
@@ -67,6 +74,10 @@ def prepare_steps(commands: list, launch_for: Callable[[KernelCmd], Any],
             steps.append(("feed", cmd))
         elif isinstance(cmd, ReceiveCmd):
             steps.append(("receive", cmd))
+        elif isinstance(cmd, CollectiveStartCmd):
+            steps.append(("collective_start", cmd))
+        elif isinstance(cmd, CollectiveWaitCmd):
+            steps.append(("collective_wait", cmd))
         elif isinstance(cmd, LoopCmd):
             steps.append(("loop", cmd, prepare_steps(cmd.body, launch_for, batches), batches.get(id(cmd))))
     return steps
@@ -83,6 +94,7 @@ class DeviceExecutor:
     feeds_ahead: int
     runs: int = 0
     kernels_launched: int = 0
+    overlap_collectives: bool = True    # False with the "collective_overlap" switch off
 
     # --- device operations a backend supplies ----------------------------------------
     def upload(self, buffer: Buffer, host: np.ndarray) -> None:
@@ -111,6 +123,11 @@ class DeviceExecutor:
 
     def read_ring(self, batch: IterationBatch, count: int) -> tuple[np.ndarray, Callable[[], bool], Callable[[], None]]:
         """Start copying the Receiver words of `count` iterations from its ring: (uint32 array, ready(), wait())."""
+        raise NotImplementedError
+
+    def write(self, buffer: Buffer, host: np.ndarray) -> None:
+        """Start copying a host array into a temporary (a collective's result), keeping the
+        array alive until the copy is done (without blocking)."""
         raise NotImplementedError
 
     def mark(self) -> Any:
@@ -148,6 +165,7 @@ class DeviceExecutor:
         self.pending: list[PendingReceive] = []
         self.failure = Failure()
         self.feeds = Feeds(self.program.commands, self.feeds_ahead)
+        self.collectives: dict[int, Any] = {}   # id of a started Collective -> its Future
         try:
             self.run_steps(self.steps)
             self.finish()
@@ -176,6 +194,10 @@ class DeviceExecutor:
                     self.feed(cmd, value)
             elif kind == "receive":
                 self.receive(step[1])
+            elif kind == "collective_start":
+                self.start_collective(step[1])
+            elif kind == "collective_wait":
+                self.wait_collective(step[1])
             else:
                 self.run_loop(step[1], step[2], step[3])
 
@@ -187,6 +209,24 @@ class DeviceExecutor:
                                            iterations=tuple(self.iterations)))
         if not self.iterations:
             self.deliver(wait=True)   # outside loops: known before anything after it is enqueued
+
+    def start_collective(self, cmd: CollectiveStartCmd) -> None:
+        c = cmd.collective
+        arrays, _, wait = self.read_back(c.sources)
+
+        def value() -> np.ndarray:   # called on the communication thread
+            wait()
+            return arrays[0] if len(arrays) == 1 else np.concatenate([a.reshape(-1) for a in arrays])
+        future = comm.start(c.kind, value, c.op, c.root)
+        if not self.overlap_collectives:
+            comm.wait(future)
+        self.collectives[id(c)] = future
+
+    def wait_collective(self, cmd: CollectiveWaitCmd) -> None:
+        c = cmd.collective
+        result = comm.wait(self.collectives.pop(id(c)))
+        if c.out.nbytes:
+            self.write(c.out, result)
 
     def run_loop(self, loop: LoopCmd, body: list[Step], batch: IterationBatch | None = None) -> None:
         outermost = not self.iterations

@@ -119,6 +119,7 @@ class CUDAExecutor(DeviceExecutor):
                  device_id: int | None = None) -> None:
         cp = _cupy()
         self.feeds_ahead = feeds_ahead_for(program.commands, disable)
+        self.overlap_collectives = "collective_overlap" not in disable
         self.cp = cp
         self.program = program
         self.plan = plan
@@ -248,6 +249,14 @@ class CUDAExecutor(DeviceExecutor):
         self._copy(self._pointer(b), slots.hosts[n].ctypes.data, b.nbytes, to_device=True)
         slots.events[n] = self.stream.record()
 
+    def write(self, buffer: Buffer, host: np.ndarray) -> None:
+        """Through pinned memory kept until the queue drains. TODO: NCCL through CuPy on a
+        stream of its own (the NCCL id exchanged over MPI) instead of the host round trip."""
+        pinned = self._pinned(buffer.shape, buffer.dtype)
+        np.copyto(pinned, host)
+        self._copy(self._pointer(buffer), pinned.ctypes.data, buffer.nbytes, to_device=True)
+        self.uploads.append(pinned)
+
     def read_back(self, buffers: list[Buffer]):
         pinned = []
         for b in buffers:
@@ -336,7 +345,7 @@ class CUDAExecutor(DeviceExecutor):
         while stack:
             steps, repeat = stack.pop()
             for step in steps:
-                if step[0] in ("feed", "receive"):
+                if step[0] in ("feed", "receive", "collective_start", "collective_wait"):
                     return _GraphPlan(False)
                 if step[0] == "loop":
                     inside.append(step[1].variable)
@@ -383,7 +392,7 @@ def _problem() -> str | None:
 
 register(Backend(
     name="cuda", executor=lambda ir, plan, disable: CUDAExecutor(ir, plan, disable), takes_proc=True,
-    problem=_problem, preference=10, language="cuda", switches=("feeder_thread",),
+    problem=_problem, preference=10, language="cuda", switches=("feeder_thread", "collective_overlap"),
     description="CUDA C kernels through CuPy/NVRTC on an NVIDIA GPU"))
 
 

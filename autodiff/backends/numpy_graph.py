@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import comm
 from ..ir.ops import Op
 from ..ir.graph import Block, Node
 from .registry import Backend, register
@@ -90,6 +91,12 @@ class NumpyGraphExecutor:
             values = [np.array(self.env[i.id]) for i in node.inputs]
             receive_now(node.args.fn, node.args.name, values, self.iterations, self.failure)
 
+    def _collective(self, node: Node) -> None:
+        args = node.args
+        parts = [np.asarray(self.env[i.id]) for i in node.inputs]
+        value = parts[0] if len(parts) == 1 else np.concatenate([p.reshape(-1) for p in parts])
+        self.env[node.id] = comm.run(args.kind, value, args.op, args.root)
+
     def _for(self, node: Node) -> None:
         """Loops stop after a failure where `host.Failure` says, as on every backend."""
         body = node.args.body
@@ -104,6 +111,7 @@ EFFECTS: dict[Op, Callable[[NumpyGraphExecutor, Node], None]] = {
     Op.FEEDER: NumpyGraphExecutor._feeder,
     Op.RECEIVER: NumpyGraphExecutor._receiver,
     Op.FOR: NumpyGraphExecutor._for,
+    Op.COLLECTIVE: NumpyGraphExecutor._collective,
 }
 
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import comm
 from ..alloc.plan import MemoryPlan
 from ..ir.ops import Op
 from ..proc.index import Atom, DynAtom, Var, evaluate_index, flat_index
-from ..proc.ir import (Alu, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load, LoopCmd,
+from ..proc.ir import (Alu, CollectiveStartCmd, CollectiveWaitCmd, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load, LoopCmd,
                        ProcProgram, RandomBits, ReceiveCmd, Reduce, walk_expr)
 from .registry import Backend, register
 from .host import Failure, call_feeder, loop_in_step, receive_now, receiver_due
@@ -28,8 +29,10 @@ CHUNK_ELEMENTS = 1 << 22   # iteration points evaluated at once
 
 
 class NumpyProcExecutor:
-    def __init__(self, program: ProcProgram, plan: MemoryPlan) -> None:
+    def __init__(self, program: ProcProgram, plan: MemoryPlan, disable: frozenset[str] = frozenset()) -> None:
         self.program = program
+        self.overlap_collectives = "collective_overlap" not in disable
+        self.collectives: dict[int, Any] = {}   # id of a started Collective -> its Future
         self.plan = plan
         self.arena = np.zeros(max(plan.arena_bytes, 4), np.uint8)
         self.views: dict[int, np.ndarray] = {}
@@ -69,6 +72,17 @@ class NumpyProcExecutor:
                 self.views[b.id][:] = value.reshape(-1)
             elif isinstance(cmd, ReceiveCmd):
                 self._receive(cmd)
+            elif isinstance(cmd, CollectiveStartCmd):
+                c = cmd.collective
+                parts = [self.views[b.id].reshape(b.shape).copy() for b in c.sources]
+                value = parts[0] if len(parts) == 1 else np.concatenate([p.reshape(-1) for p in parts])
+                future = comm.start(c.kind, value, c.op, c.root)
+                if not self.overlap_collectives:
+                    comm.wait(future)
+                self.collectives[id(c)] = future
+            elif isinstance(cmd, CollectiveWaitCmd):
+                c = cmd.collective
+                self.views[c.out.id][:] = comm.wait(self.collectives.pop(id(c))).reshape(-1)
             elif isinstance(cmd, LoopCmd):
                 self._run_loop(cmd)
 
@@ -195,6 +209,7 @@ class _Context:
 
 
 register(Backend(
-    name="numpy-proc", executor=lambda ir, plan, disable: NumpyProcExecutor(ir, plan), takes_proc=True,
+    name="numpy-proc", executor=lambda ir, plan, disable: NumpyProcExecutor(ir, plan, disable), takes_proc=True,
     problem=lambda: None, preference=90, reference_only=True,
+    switches=("collective_overlap",),
     description="the fused procedural IR over one numpy arena: checks lowering, fusion and the memory plan"))

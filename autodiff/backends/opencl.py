@@ -189,6 +189,7 @@ class OpenCLExecutor(DeviceExecutor):
         if not group_reductions:
             features -= {"group_reduce"}
         self.feeds_ahead = feeds_ahead_for(program.commands, disable)
+        self.overlap_collectives = "collective_overlap" not in disable
         self.rendered_program: RenderedProgram = render_program(program, self.language, features,
                                                                 lambda b: self._place(b)[0])
         self._place_tables()
@@ -399,6 +400,11 @@ class OpenCLExecutor(DeviceExecutor):
         if host.size:
             events.append(self.cl.enqueue_copy(self.queue, host, batch.rings[1], is_blocking=False))
         return self._pending_copies(host, events)
+    def write(self, buffer: Buffer, host: np.ndarray) -> None:
+        host = np.ascontiguousarray(host, dtype=buffer.dtype)   # its event keeps it alive
+        self.feed_copies.append(self.cl.enqueue_copy(self.queue, self._device_buffer(buffer.id), host,
+                                                     dst_offset=self._place(buffer.id)[1] * ITEMSIZE,
+                                                     is_blocking=False))
 
     def read_back(self, buffers: list[Buffer]):
         arrays, events = [], []
@@ -506,5 +512,5 @@ def _problem() -> str | None:
 
 register(Backend(
     name="opencl", executor=lambda ir, plan, disable: OpenCLExecutor(ir, plan, disable), takes_proc=True,
-    problem=_problem, preference=20, language="opencl", features=FEATURES, switches=("feeder_thread", "kernel_cache", "parallel_build"),
+    problem=_problem, preference=20, language="opencl", features=FEATURES, switches=("feeder_thread", "kernel_cache", "parallel_build", "collective_overlap"),
     description="OpenCL C kernels on any OpenCL device (PoCL runs them on the CPU)"))

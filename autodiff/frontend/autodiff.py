@@ -91,6 +91,11 @@ def _seed(output: Tensor, grad: TensorLike | None, opname: str) -> Tensor:
     return seed
 
 
+# called with the variables whose .grad a backward() just updated (nn.parallel's gradient
+# all-reduce); each entry is a callable returning the hook, or None once its owner is gone
+AFTER_BACKWARD: list[Callable[[], Callable[[list], None] | None]] = []
+
+
 def backward(output: Tensor, grad: TensorLike | None = None, retain_graph: bool = False) -> None:
     """Accumulate d(output)/d(p) into `p.grad` of every persistent tensor p that needs it.
 
@@ -129,6 +134,12 @@ def backward(output: Tensor, grad: TensorLike | None = None, retain_graph: bool 
     for var_id, g in per_variable.items():
         var = variables[var_id]
         var.grad = g if var.grad is None else var.grad + g
+    for ref in list(AFTER_BACKWARD):
+        hook = ref()
+        if hook is None:
+            AFTER_BACKWARD.remove(ref)
+        else:
+            hook(list(variables.values()))
 
 
 def grad(outputs: Tensor | Sequence[Tensor] | Callable[..., Any],

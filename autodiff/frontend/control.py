@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .. import comm
 from ..ir import ops as O
 from ..ir.ops import Op
 from ..ir.graph import Block
@@ -17,7 +18,7 @@ from .trace import make_leaf, make_node, trace_error
 
 
 def Feeder(fn: Callable[[], Any], shape: Sequence[int], dtype: Any = np.float32,
-           name: str | None = None) -> Tensor:
+           name: str | None = None, shard: bool = False) -> Tensor:
     """A tensor whose value is `fn()`, called on the host each time the program reaches it.
 
     Inside `ir_for` that is once per iteration, in program order. The array must
@@ -26,7 +27,13 @@ def Feeder(fn: Callable[[], Any], shape: Sequence[int], dtype: Any = np.float32,
     numpy and torch give labels and indices) is accepted and means int32, and an int32
     Feeder accepts integer arrays of any width whose values fit in int32 (checked at
     every call: a value that does not fit is a FeederError).
+
+    `shard=True` (data parallelism, autodiff.distributed): `fn` returns the global batch of
+    `shape`, the same on every rank (same seed), and each rank gets its own slice of
+    `shape[0] // world_size` rows; the tensor has that local shape.
     """
+    if shard and comm.world_size() > 1:
+        fn, shape = _shard_feeder(fn, tuple(shape))
     dtype = str(np.dtype(dtype))
     if np.dtype(dtype).kind in "iu":
         dtype = INT
@@ -40,13 +47,30 @@ def Feeder(fn: Callable[[], Any], shape: Sequence[int], dtype: Any = np.float32,
     return Tensor._wrap(make_leaf(Op.FEEDER, tuple(shape), dtype, O.FeederArgs(fn, name)))
 
 
+def _shard_feeder(fn: Callable[[], Any], shape: tuple[int, ...]) -> tuple[Callable[[], Any], tuple[int, ...]]:
+    """This rank's rows of each global batch `fn` returns."""
+    world, rank = comm.world_size(), comm.rank()
+    if not shape or shape[0] % world:
+        raise trace_error("Feeder", f"shard=True needs a leading batch axis divisible by the {world} ranks, "
+                                    f"got shape {shape}")
+    rows = shape[0] // world
+
+    def local() -> Any:
+        return np.asarray(fn())[rank * rows:(rank + 1) * rows]
+    return local, (rows,) + shape[1:]
+
+
 def Receiver(fn: Callable[..., Any], tensors: Tensor | Sequence[Tensor], name: str | None = None,
-             every: int = 1) -> None:
+             every: int = 1, ranks: int | Sequence[int] | str = 0) -> None:
     """Once `tensors` are computed, copy them to the host and call `fn(*arrays)`.
 
     Calls happen in program order. Inside `ir_for`, `every=k` delivers only on
     every k-th iteration of the enclosing loop (iterations k-1, 2k-1, ...); `ir_for`
     warns when k exceeds its count, as such a Receiver is never called.
+
+    Under data parallelism (autodiff.distributed) `fn` is called on rank 0 only, unless
+    `ranks` says otherwise ("all", a rank or a list of ranks); every rank still traces it,
+    so the programs, and the collectives they issue, stay the same on every rank.
     """
     tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
     if not callable(fn):
@@ -54,12 +78,26 @@ def Receiver(fn: Callable[..., Any], tensors: Tensor | Sequence[Tensor], name: s
     if int(every) < 1:
         raise trace_error("Receiver", f"every must be >= 1, got {every}")
     name = name or getattr(fn, "__name__", "receiver")
+    if not _receives_here(ranks):
+        fn = _ignore
     if any(t is None for t in tensors):
         # as_tensor(None) would be a nan constant: a .grad that backward() never set
         raise trace_error("Receiver", f"got None in position {[t is None for t in tensors].index(True)} "
                           "(a .grad is None until backward() reaches that tensor)")
     nodes = [as_tensor(t).node for t in tensors]
     make_node(Op.RECEIVER, nodes, O.ReceiverArgs(fn, name, int(every)), "Receiver")
+
+
+def _receives_here(ranks: int | Sequence[int] | str) -> bool:
+    if ranks == "all":
+        return True
+    if isinstance(ranks, str):
+        raise trace_error("Receiver", f"ranks must be 'all', a rank or a list of ranks, got {ranks!r}")
+    return comm.rank() in ((ranks,) if isinstance(ranks, int) else tuple(ranks))
+
+
+def _ignore(*arrays: Any) -> None:
+    """A Receiver's callback on the ranks it was not asked for."""
 
 
 def ir_for(range_or_count: int | range, body: Callable[..., Any]) -> None:

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from .collectives import collective_vjp
 from .functions import concat, gather_rows, pad, scatter_add_rows, where, window
 from ..ir.ops import Op
 from ..ir.graph import Node
@@ -120,4 +121,5 @@ VJP_RULES: dict[Op, VjpRule] = {
     Op.CONCAT: _concat_vjp,
     Op.GATHER: lambda n, xs, out, g, needs: [scatter_add_rows(xs[1], g, xs[0].shape[0]), None],
     Op.SCATTER_ADD: lambda n, xs, out, g, needs: [None, gather_rows(g, xs[0], check=False)],
+    Op.COLLECTIVE: collective_vjp,
 }

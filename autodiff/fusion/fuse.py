@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from ..loggers import get_logger
 from ..proc.cost import TILED_DOT_WORK, reduce_work
 from ..proc.index import Index, Var
-from ..proc.ir import (Buffer, Command, Expr, FeedCmd, Kernel, KernelCmd, Load, LoopCmd, ProcProgram,
+from ..proc.ir import (Buffer, CollectiveStartCmd, CollectiveWaitCmd, Command, Expr, FeedCmd, Kernel, KernelCmd, Load, LoopCmd, ProcProgram,
                        ReceiveCmd, Reduce, children, expr_size, map_expr, substitute_vars, walk_expr)
 
 FUSION_KINDS = ("elementwise_fusion", "reduce_fusion", "dot_fusion")
@@ -74,6 +74,8 @@ def _written(cmd: Command) -> list[int]:
         return [cmd.kernel.out.id]
     if isinstance(cmd, FeedCmd):
         return [cmd.buffer.id]
+    if isinstance(cmd, CollectiveWaitCmd):
+        return [cmd.collective.out.id]
     if isinstance(cmd, LoopCmd):
         return [b for c in cmd.body for b in _written(c)]
     return []
@@ -86,6 +88,8 @@ def _received(commands: list[Command]) -> set[int]:
         cmd = stack.pop()
         if isinstance(cmd, ReceiveCmd):
             out.update(b.id for b in cmd.buffers)
+        elif isinstance(cmd, CollectiveStartCmd):
+            out.update(b.id for b in cmd.collective.sources)
         elif isinstance(cmd, LoopCmd):
             stack.extend(cmd.body)
     return out
@@ -279,6 +283,8 @@ def _live_buffers(program: ProcProgram):
                 yield buffers[load.buffer_id]
         elif isinstance(cmd, ReceiveCmd):
             yield from cmd.buffers
+        elif isinstance(cmd, (CollectiveStartCmd, CollectiveWaitCmd)):
+            yield from cmd.collective.sources + [cmd.collective.out]
 
 
 def kernel_name(kernel: Kernel) -> str:

@@ -73,6 +73,9 @@ class Op(enum.Enum):
     RECEIVER = "receiver"      # copy values to the host and call back
     ASSIGN = "assign"          # in-place update of a persistent tensor
     FOR = "for"                # a loop whose body is a Block, run `count` times
+    # data parallelism (autodiff.distributed): the same value on every rank afterwards
+    COLLECTIVE = "collective"  # all_reduce / broadcast / all_gather across MPI ranks (all_reduce of
+                               # several inputs: of their flattened concatenation, a DDP bucket)
 
 
 LEAF_OPS = (Op.CONST, Op.IOTA, Op.READ, Op.FEEDER, Op.LOOP_INDEX, Op.RANDOM)
@@ -182,6 +185,16 @@ class ForArgs:
     step: int
     body: Any   # graph.program.Block
     index: Any  # the body's LOOP_INDEX node (None once pruned away)
+
+
+@dataclass(frozen=True)
+class CollectiveArgs:
+    """COLLECTIVE: which one, its reduction ("sum", "mean", "max"), the broadcast root, and
+    the world size when traced (it shapes an all_gather; every rank traces the same)."""
+    kind: str      # "all_reduce" | "broadcast" | "all_gather"
+    op: str = "sum"
+    root: int = 0
+    world: int = 1
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,20 @@ def _effect(ins: list[TypedShape], args: object) -> TypedShape:
     return (), FLOAT  # effects have no value
 
 
+def _collective(ins: list[TypedShape], args) -> TypedShape:
+    """all_reduce and broadcast keep the shape; all_gather stacks the ranks' values on axis 0;
+    an all_reduce of several inputs (one bucket of gradients) is their flattened concatenation."""
+    if len(ins) > 1:
+        if args.kind != "all_reduce" or any(d != ins[0][1] for _, d in ins):
+            raise ShapeMismatch(f"only an all_reduce takes several inputs, of one dtype; got {args.kind} of "
+                                + ", ".join(f"{d}{list(s)}" for s, d in ins))
+        return (sum(_numel(s) for s, _ in ins),), ins[0][1]
+    (shape, dtype), = ins
+    if args.kind != "all_gather":
+        return shape, dtype
+    return ((args.world * shape[0],) + shape[1:] if shape else (args.world,)), dtype
+
+
 def _numel(shape: Shape) -> int:
     n = 1
     for d in shape:
@@ -177,4 +191,5 @@ SHAPE_RULES: dict[Op, ShapeRule] = {
     Op.CONST: _leaf, Op.IOTA: _leaf, Op.READ: _leaf, Op.FEEDER: _leaf, Op.LOOP_INDEX: _leaf,
     Op.RANDOM: _leaf,
     Op.RECEIVER: _effect, Op.ASSIGN: _effect, Op.FOR: _effect,
+    Op.COLLECTIVE: _collective,
 }

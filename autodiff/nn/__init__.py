@@ -15,3 +15,4 @@ from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from . import utils
 from .transformer import MultiheadAttention, TransformerEncoder, TransformerEncoderLayer, causal_mask
 from .transformer import Transformer, TransformerDecoder, TransformerDecoderLayer
+from . import parallel

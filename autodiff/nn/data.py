@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .. import comm
 from ..backends.host import narrow_to_int32
 from ..frontend.control import Feeder
 from ..ir.dtypes import FLOAT, INT
@@ -154,9 +155,14 @@ class DataLoader:
 
     `x` and `y` are numpy arrays (or array-likes) with the same number of rows;
     floating data is fed as float32, integer data (class labels) as int32.
+
+    Under data parallelism (autodiff.distributed, `shard=True`) `batch_size` is the global
+    batch: every rank draws the same batches (same seed) and feeds its own
+    `batch_size // world_size` rows of each, rank r the r-th slice.
     """
 
-    def __init__(self, x: Any, y: Any, batch_size: int, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(self, x: Any, y: Any, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 shard: bool = True) -> None:
         self.x, self.y = _device_array("x", x), _device_array("y", y)
         if len(self.x) != len(self.y):
             raise ValueError(f"DataLoader: x has {len(self.x)} samples but y has {len(self.y)}")
@@ -164,6 +170,10 @@ class DataLoader:
             raise ValueError(f"DataLoader: batch_size must be an integer in [1, {len(self.x)}] "
                              f"(batches are full: drop_last), got {batch_size}")
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
+        self.ranks, self.rank = (comm.world_size(), comm.rank()) if shard else (1, 0)
+        if self.batch_size % self.ranks:
+            raise ValueError(f"DataLoader: batch_size {batch_size} must be divisible by the {self.ranks} ranks "
+                             "(each feeds an equal slice of every global batch)")
         self.batches_drawn = 0
         self._order_epoch = -1
         self._order = np.arange(len(self.x))
@@ -195,9 +205,16 @@ class DataLoader:
         self.batches_drawn += 1
         return self._order[step * self.batch_size:(step + 1) * self.batch_size]
 
+    @property
+    def local_batch_size(self) -> int:
+        """Rows each rank feeds per batch (the whole batch on one process)."""
+        return self.batch_size // self.ranks
+
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next `(x, y)` batch on the host (what the Feeders deliver, in the same stream)."""
+        """The next `(x, y)` batch of this rank on the host (what the Feeders deliver)."""
         idx = self.next_indices()
+        rows = self.local_batch_size
+        idx = idx[self.rank * rows:(self.rank + 1) * rows]
         return self.x[idx], self.y[idx]
 
     def feeders(self, name: str = "batch") -> tuple[Tensor, Tensor]:
@@ -207,8 +224,8 @@ class DataLoader:
         Each call makes a new pair drawing from this loader's one stream.
         """
         xb, yb = stream_feeders(self.next_batch, [
-            ((self.batch_size,) + self.x.shape[1:], self.x.dtype, f"{name}.x"),
-            ((self.batch_size,) + self.y.shape[1:], self.y.dtype, f"{name}.y")])
+            ((self.local_batch_size,) + self.x.shape[1:], self.x.dtype, f"{name}.x"),
+            ((self.local_batch_size,) + self.y.shape[1:], self.y.dtype, f"{name}.y")])
         return xb, yb
 
     def state_dict(self) -> dict[str, np.ndarray]:

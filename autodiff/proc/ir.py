@@ -8,7 +8,8 @@ substitution: a load of a producer's buffer is replaced by the producer's
 expression with the producer's output variables set to the load's indices.
 
 Commands run in order: kernels, loops (a body run `count` times, its index a
-variable kernels may use), feeds (host -> device) and receives (device -> host).
+variable kernels may use), feeds (host -> device), receives (device -> host) and
+collectives across ranks (a start and a wait, with independent kernels in between).
 """
 from __future__ import annotations
 
@@ -317,7 +318,34 @@ class LoopCmd:
     body: list["Command"]
 
 
-Command = Union[KernelCmd, FeedCmd, ReceiveCmd, LoopCmd]
+@dataclass(eq=False)
+class Collective:
+    """A collective across data-parallel ranks (autodiff.distributed): `sources` read back to
+    the host (several: concatenated flat, a bucket of gradients), combined with the other
+    ranks' through MPI, written into `out`."""
+    kind: str                            # "all_reduce" | "broadcast" | "all_gather"
+    op: str                              # "sum" | "mean" | "max" (all_reduce)
+    root: int                            # broadcast's root rank
+    sources: list[Buffer]
+    out: Buffer
+    name: str
+
+
+@dataclass(eq=False)
+class CollectiveStartCmd:
+    """Read `sources` back and start the collective; placed right after they are computed
+    so that the kernels up to the matching wait run while it is under way."""
+    collective: Collective
+
+
+@dataclass(eq=False)
+class CollectiveWaitCmd:
+    """Wait for the collective and write its value into `out`: placed where the graph had it,
+    before the first reader of `out`."""
+    collective: Collective
+
+
+Command = Union[KernelCmd, FeedCmd, ReceiveCmd, LoopCmd, CollectiveStartCmd, CollectiveWaitCmd]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from ..ir.graph import Block, Node
 from ..opt.inplace import stale_reads
 from ..opt.rewrite import Graph
 from .index import DynAtom, Index, Var, flat_index, unflatten
-from .ir import (Alu, Buffer, Command, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load,
+from .ir import (Alu, Buffer, Collective, CollectiveStartCmd, CollectiveWaitCmd, Command, Const, Expr, FeedCmd, Guard, IndexValue, Kernel, KernelCmd, Load,
                  LoopCmd, ProcProgram, RandomBits, ReceiveCmd, Reduce, Valid)
 
 VIEW_OPS = (Op.RESHAPE, Op.PERMUTE, Op.EXPAND, Op.SLICE, Op.PAD, Op.CONCAT)
@@ -31,6 +31,7 @@ class Lowering:
         self.all_loop_vars: list[Var] = []
         self.run_counter = Var("run", 2 ** 31 - 1)
         self.snapshots = stale_reads(graph.root)
+        self.collectives: dict[int, Collective] = {}   # COLLECTIVE node id -> its start's record
         self._names = 0
         self._kernel_names: dict[str, int] = {}
 
@@ -181,48 +182,138 @@ class Lowering:
                                          kind, [node.id], [kind])))
 
     # --- blocks ------------------------------------------------------------------------------
+    def materialized(self, node: Node, commands: list[Command]) -> Buffer:
+        """The buffer holding `node`'s value; a view or a constant is copied into one first."""
+        if node.id not in self.buffer_of:
+            copy = self.new_buffer(f"t{node.id}", node.shape, node.dtype, "temp")
+            self.copy_kernel(node, commands, copy, "copy")
+            self.buffer_of[node.id] = copy
+        return self.buffer_of[node.id]
+
+    def start_collective(self, node: Node, commands: list[Command]) -> None:
+        sources = [self.materialized(i, commands) for i in node.inputs]
+        out = self.new_buffer(f"t{node.id}", node.shape, node.dtype, "temp")
+        args = node.args
+        collective = Collective(args.kind, args.op, args.root, sources, out, f"{args.kind}_{node.id}")
+        self.collectives[node.id] = collective
+        commands.append(CollectiveStartCmd(collective))
+
     def lower_block(self, block: Block) -> list[Command]:
+        """The block's commands in node order, except that a collective starts as early as
+        its input allows and is waited for just before its first reader (`collective_starts`,
+        `first_readers`): the kernels in between run while the ranks communicate."""
         commands: list[Command] = []
-        for node in block.nodes:
-            op = node.op
-            if op in VIEW_OPS or op in INLINE_LEAVES:
-                continue
-            if op is Op.READ:
-                buffer = self.persistent_buffer(node.args.var)
-                if node.id in self.snapshots:   # its old value is read after an update
-                    snapshot = self.new_buffer(f"old_{buffer.name}", buffer.shape, buffer.dtype, "temp")
-                    self.buffer_of[node.id] = buffer
-                    self.copy_kernel(node, commands, snapshot, "snapshot")
-                    buffer = snapshot
-                self.buffer_of[node.id] = buffer
-            elif op is Op.FEEDER:
-                buffer = self.new_buffer(f"feed_{node.args.name}", node.shape, node.dtype, "feed")
-                commands.append(FeedCmd(buffer, node.args.fn, node.args.name))
-                self.buffer_of[node.id] = buffer
-            elif op is Op.ASSIGN:
-                target = self.persistent_buffer(node.args.var)
-                self.copy_kernel(node.inputs[0], commands, target, "assign")
-            elif op is Op.RECEIVER:
-                buffers = []
-                for i in node.inputs:
-                    if i.id not in self.buffer_of:   # a view or a constant: materialize it
-                        copy = self.new_buffer(f"t{i.id}", i.shape, i.dtype, "temp")
-                        self.copy_kernel(i, commands, copy, "copy")
-                        self.buffer_of[i.id] = copy
-                    buffers.append(self.buffer_of[i.id])
-                commands.append(ReceiveCmd(buffers, node.args.fn, node.args.name, node.args.every))
-            elif op is Op.FOR:
-                var = self.fresh_var("loop", node.args.count)
-                self.all_loop_vars.append(var)
-                self.loop_vars.append(var)
-                self.loop_counts.append(node.args.count)
-                body = self.lower_block(node.args.body)
-                self.loop_vars.pop()
-                self.loop_counts.pop()
-                commands.append(LoopCmd(node.args.count, var, body))
-            else:
-                self.kernel_for(node, commands)
+        starts = collective_starts(block)
+        readers = first_readers(block)
+        for collective in starts.get(-1, ()):
+            self.start_collective(collective, commands)
+        for at, node in enumerate(block.nodes):
+            for collective in readers.get(at, ()):
+                commands.append(CollectiveWaitCmd(self.collectives[collective.id]))
+            self.lower_node(node, commands)
+            for collective in starts.get(at, ()):
+                self.start_collective(collective, commands)
+        for collective in readers.get(len(block.nodes), ()):
+            commands.append(CollectiveWaitCmd(self.collectives[collective.id]))
         return commands
+
+    def lower_node(self, node: Node, commands: list[Command]) -> None:
+        op = node.op
+        if op in VIEW_OPS or op in INLINE_LEAVES:
+            return
+        if op is Op.READ:
+            buffer = self.persistent_buffer(node.args.var)
+            if node.id in self.snapshots:   # its old value is read after an update
+                snapshot = self.new_buffer(f"old_{buffer.name}", buffer.shape, buffer.dtype, "temp")
+                self.buffer_of[node.id] = buffer
+                self.copy_kernel(node, commands, snapshot, "snapshot")
+                buffer = snapshot
+            self.buffer_of[node.id] = buffer
+        elif op is Op.FEEDER:
+            buffer = self.new_buffer(f"feed_{node.args.name}", node.shape, node.dtype, "feed")
+            commands.append(FeedCmd(buffer, node.args.fn, node.args.name))
+            self.buffer_of[node.id] = buffer
+        elif op is Op.ASSIGN:
+            target = self.persistent_buffer(node.args.var)
+            self.copy_kernel(node.inputs[0], commands, target, "assign")
+        elif op is Op.RECEIVER:
+            buffers = [self.materialized(i, commands) for i in node.inputs]
+            commands.append(ReceiveCmd(buffers, node.args.fn, node.args.name, node.args.every))
+        elif op is Op.COLLECTIVE:   # started and waited for where lower_block says
+            self.buffer_of[node.id] = self.collectives[node.id].out
+        elif op is Op.FOR:
+            var = self.fresh_var("loop", node.args.count)
+            self.all_loop_vars.append(var)
+            self.loop_vars.append(var)
+            self.loop_counts.append(node.args.count)
+            body = self.lower_block(node.args.body)
+            self.loop_vars.pop()
+            self.loop_counts.pop()
+            commands.append(LoopCmd(node.args.count, var, body))
+        else:
+            self.kernel_for(node, commands)
+
+
+def collective_starts(block: Block) -> dict[int, list[Node]]:
+    """Where each COLLECTIVE of `block` starts: right after the last node of the block its
+    input needs (through views), so the work up to the collective's own place (its wait)
+    overlaps the communication; -1 (before the block's first node) when nothing of the block
+    is needed. Ties keep program order: every rank starts the same collectives in the same
+    order."""
+    position = {node.id: at for at, node in enumerate(block.nodes)}
+    starts: dict[int, list[Node]] = {}
+    for at, node in enumerate(block.nodes):
+        if node.op is not Op.COLLECTIVE:
+            continue
+        last = -1
+        stack = list(node.inputs)
+        while stack:
+            dep = stack.pop()
+            if dep.id not in position:
+                continue          # computed in an enclosing block
+            if dep.op in VIEW_OPS or dep.op in INLINE_LEAVES:
+                stack.extend(dep.inputs)
+            else:
+                last = max(last, position[dep.id])
+        starts.setdefault(min(last, at - 1), []).append(node)
+    return starts
+
+
+def first_readers(block: Block) -> dict[int, list[Node]]:
+    """Before which node of `block` each COLLECTIVE is waited for: the first later node that
+    reads it through views, any loop (its body might), or the block's end."""
+    waits: dict[int, list[Node]] = {}
+    pending: list[Node] = []
+    for at, node in enumerate(block.nodes):
+        if node.op is Op.FOR:
+            due = list(pending)
+        elif node.op in VIEW_OPS or node.op in INLINE_LEAVES:
+            due = []
+        else:
+            reached = _through_views(node)
+            due = [c for c in pending if c.id in reached]
+        if due:
+            waits[at] = due
+            pending = [c for c in pending if c not in due]
+        if node.op is Op.COLLECTIVE:
+            pending.append(node)
+    if pending:
+        waits[len(block.nodes)] = pending
+    return waits
+
+
+def _through_views(node: Node) -> set[int]:
+    """Ids of the nodes `node` reads, directly or through views."""
+    reached: set[int] = set()
+    stack = list(node.inputs)
+    while stack:
+        dep = stack.pop()
+        if dep.id in reached:
+            continue
+        reached.add(dep.id)
+        if dep.op in VIEW_OPS:
+            stack.extend(dep.inputs)
+    return reached
 
 
 def _guard(ranges: tuple[tuple[Index, int, int], ...], body: Expr, otherwise: Expr, dtype: str) -> Expr:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..ir.ops import Op
 from .index import render_index
-from .ir import (Alu, Buffer, Command, Const, Expr, FeedCmd, Guard, IndexValue, KernelCmd, Load, LoopCmd,
+from .ir import (Alu, Buffer, CollectiveStartCmd, CollectiveWaitCmd, Command, Const, Expr, FeedCmd, Guard, IndexValue, KernelCmd, Load, LoopCmd,
                  ProcProgram, RandomBits, ReceiveCmd, Reduce)
 
 _INFIX = {Op.ADD: "+", Op.SUB: "-", Op.MUL: "*", Op.DIV: "/", Op.LT: "<", Op.GT: ">", Op.EQ: "=="}
@@ -89,6 +89,13 @@ def format_program(program: ProcProgram, node_ops: dict[int, str] | None = None,
         elif isinstance(cmd, ReceiveCmd):
             every = f" every {cmd.every}" if cmd.every != 1 else ""
             lines.append(f"{pad}receive {', '.join(b.name for b in cmd.buffers)} -> '{cmd.name}'{every}")
+        elif isinstance(cmd, CollectiveStartCmd):
+            c = cmd.collective
+            sources = ", ".join(b.name for b in c.sources)
+            lines.append(f"{pad}start {c.name}({sources}, op={c.op}, root={c.root})")
+        elif isinstance(cmd, CollectiveWaitCmd):
+            c = cmd.collective
+            lines.append(f"{pad}wait {c.name} -> {c.out.name}   {_shape(c.out)}")
         elif isinstance(cmd, KernelCmd):
             k = cmd.kernel
             out = f"{k.out.name}[{', '.join(v.name for v in k.variables)}]"
