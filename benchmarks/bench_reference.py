@@ -95,9 +95,11 @@ def tinygrad_available() -> bool:
 def print_rows(rows: list[dict], key: str, title: str) -> None:
     """The results table (shared with bench_small.py): `key` of each row first, under `title`."""
     width = max([len(title)] + [len(str(r[key])) for r in rows])
-    print(f"{title:>{width}} {'framework':<18} {'compile s':>9} {'ms/step':>8} {'speedup vs eager':>16} {'final loss':>12}")
+    names = max([18] + [len(r["framework"]) for r in rows])
+    print(f"{title:>{width}} {'framework':<{names}} {'compile s':>9} {'ms/step':>8} {'speedup vs eager':>16} "
+          f"{'final loss':>12}")
     for r in rows:
-        print(f"{r[key]:>{width}} {r['framework']:<18} {r['compile_s']:>9.2f} {r['ms_per_step']:>8.3f} "
+        print(f"{r[key]:>{width}} {r['framework']:<{names}} {r['compile_s']:>9.2f} {r['ms_per_step']:>8.3f} "
               f"{r['vs_eager']:>16.2f} {r['final_loss']:>12.6f}")
 
 

@@ -227,6 +227,23 @@ def test_example_with_profile_writes_a_trace(tmp_path: Path) -> None:
     assert sum(1 for e in spans if e["cat"] == "receiver") >= 1
 
 
+def test_bench_small_agrees_with_torch_and_jax_and_splits_the_loop(tmp_path: Path) -> None:
+    """benchmarks/bench_small.py, tiny, on numpy-proc: the frameworks' final losses agree (it
+    exits 1 otherwise) and --profile gives each program's loop split."""
+    out = tmp_path / "small.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_small.py"), "--steps", "2", "--features", "16",
+               "--device", "numpy-proc", "--profile", "--json", str(out)]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "final losses agree" in proc.stdout and proc.stdout.count("loop 0: 2 iterations") == 2
+    rows = json.loads(out.read_text())
+    assert {r["program"] for r in rows} == {"mnist", "linear"} and any(r["framework"] == "torch eager" for r in rows)
+    assert all(r["ms_per_step"] > 0 and np.isfinite(r["final_loss"]) for r in rows)
+    loops = [r["loop"] for r in rows if r["framework"] == "autodiff numpy-proc"]
+    assert len(loops) == 2 and all(0 < t["device_seconds"] <= t["wall_seconds"] for t in loops)
+
+
 @pytest.mark.parametrize("script, args", [("mnist.py", ("--batch", "64")), ("transformer.py", ("--layers", "1")),
                                           ("char_lm.py", ("--sample", "1")), ("cnn_digits.py", ()),
                                           ("seq2seq.py", ())])
