@@ -175,6 +175,7 @@ class Report:
         if self.profile is not None:
             lines.append(f"profiled: {len(self.profile.launches())} launches, device time "
                          f"{self.profile.kernel_seconds() * 1e3:.3f} ms (report.profile_table())")
+            lines.extend(self.profile.loop_lines())
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -324,11 +325,13 @@ class CompiledProgram:
             raise ValueError(f"the {self.device} device cannot profile a run")
         recorder = Recorder({b.id: b for b in self.proc.buffers} if self.proc is not None else None)
         start(recorder)
+        recorder.watch_loops(self.executor)
         host.set_recorder(recorder)
         return recorder
 
     def _stop_profile(self, recorder: Recorder, start: float) -> None:
         host.set_recorder(None)
+        recorder.unwatch_loops()
         self.executor.stop_profile(recorder)
         recorder.span("run", "run", HOST_TRACK, start, time.perf_counter())
 

@@ -13,7 +13,11 @@ program with a `Recorder`; the run's `Report.profile` is the `Profile` it made:
   are laid end to end inside it, their order known, their exact starts not);
 - per launch the kernel's name (the compiled function's on OpenCL and CUDA: kernels with
   equal bodies share one), the procedural kernels and graph nodes it computes, and its
-  estimated bytes and FLOPs (`kernel_cost`).
+  estimated bytes and FLOPs (`kernel_cost`);
+- per outermost loop (`LoopClock`, numpy-proc and the device executors): its iterations, the
+  host's time per iteration in the loop body less its waits for the device, the device's
+  time per iteration (the loop's launches and copies) and the wall time per iteration, so
+  the split between host and device is visible (`Profile.loops()`).
 
 Device clocks are moved onto the host's `time.perf_counter` clock, so one trace shows the
 host and the queue side by side. With profiling off nothing here runs: the executors'
@@ -121,7 +125,7 @@ def node_info(node: Node) -> KernelInfo:
 class Span:
     """One interval on one track, in seconds of the host's perf_counter clock."""
     name: str
-    category: str                  # "kernel", "op", "copy", "feeder", "receiver", "compile", "run"
+    category: str                  # "kernel", "op", "copy", "feeder", "receiver", "compile", "run", "loop"
     track: str
     start: float
     duration: float
@@ -137,6 +141,7 @@ class Recorder:
         self.buffers = buffers or {}
         self.spans: list[Span] = []
         self._infos: dict[tuple, KernelInfo] = {}
+        self.loop_clock: LoopClock | None = None
 
     def span(self, name: str, category: str, track: str, start: float, end: float,
              info: KernelInfo | None = None, args: dict[str, Any] | None = None) -> None:
@@ -168,6 +173,15 @@ class Recorder:
         finally:
             self.spans.append(Span(name, category, track, start, time.perf_counter() - start))
 
+    def watch_loops(self, executor: Any) -> None:
+        """Time the executor's outermost loops for this run (`LoopClock`)."""
+        self.loop_clock = LoopClock(self, executor)
+
+    def unwatch_loops(self) -> None:
+        """Put the executor's own methods back (before its `stop_profile`)."""
+        if self.loop_clock is not None:
+            self.loop_clock.stop()
+
     @contextmanager
     def host_span(self, name: str, category: str) -> Iterator[None]:
         start = time.perf_counter()
@@ -175,6 +189,126 @@ class Recorder:
             yield
         finally:
             self.spans.append(Span(name, category, HOST_TRACK, start, time.perf_counter() - start))
+
+
+# the spans that are device time: launches (a graph op on the numpy device) and queue copies
+DEVICE_CATEGORIES = ("kernel", "op", "copy")
+
+
+class LoopClock:
+    """Times each outermost loop of a profiled run, and the host's part of each iteration.
+
+    It replaces, on the executor instance and for one run only (`stop` puts back what was
+    there), the loop, its iteration body and the calls in which the host waits for the
+    device or hands data to Receivers: a device executor's (base.DeviceExecutor) `run_loop`,
+    `run_iteration`, `wait`, `finish` and `deliver`; numpy-proc's `_run_loop`,
+    `_run_commands`, `_run_kernel` (there the host runs the kernels itself: that is the
+    device's time) and `_receive`. An iteration's host time is its body's time less those
+    calls: enqueueing launches and copies, and taking Feeder values (waiting for the feeder
+    thread included). Before an outermost loop the queue is drained, and base.run_loop drains
+    it after one, so the device spans inside the loop's span are its own (`Profile.loops`).
+    Loops nested in another are part of its iterations."""
+
+    HOOKS = {   # executor kind, told by its loop method: (loop, iteration body, not the host's time)
+        "run_iteration": ("run_loop", "run_iteration", ("wait", "finish", "deliver")),
+        "_run_commands": ("_run_loop", "_run_commands", ("_run_kernel", "_receive")),
+    }
+
+    def __init__(self, recorder: "Recorder", executor: Any) -> None:
+        self.recorder, self.executor = recorder, executor
+        self.saved: dict[str, Any] = {}     # attribute -> the instance value it replaced (None: none)
+        self.loops = 0
+        self.loop: Any = None               # the outermost loop running
+        self.iterations = 0
+        self.host_seconds = 0.0
+        self.excluded_seconds = 0.0         # in the calls that are not the host's time, so far
+        kind = next((k for k in self.HOOKS if hasattr(executor, k)), None)
+        if kind is None:
+            return   # the numpy device: its loops are one span each, no split
+        loop_name, body_name, excluded = self.HOOKS[kind]
+        self._replace(loop_name, self._timed_loop)
+        self._replace(body_name, self._timed_body)
+        for name in excluded:
+            if hasattr(executor, name):
+                self._replace(name, self._excluded)
+
+    def _replace(self, name: str, timed: Callable[..., Any]) -> None:
+        plain = getattr(self.executor, name)
+        self.saved[name] = self.executor.__dict__.get(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return timed(plain, *args, **kwargs)
+        setattr(self.executor, name, call)
+
+    def stop(self) -> None:
+        for name, previous in self.saved.items():
+            if previous is None:
+                del self.executor.__dict__[name]
+            else:
+                setattr(self.executor, name, previous)
+        self.saved = {}
+
+    def _timed_loop(self, plain: Callable[..., Any], loop: Any, *args: Any) -> Any:
+        if self.executor.iterations or self.loop is not None:
+            return plain(loop, *args)     # nested: part of the outer loop's iterations
+        finish = getattr(self.executor, "finish", None)
+        if finish is not None:
+            finish()                      # the device spans after this are the loop's
+        self.loop, self.iterations, self.host_seconds = loop, 0, 0.0
+        start = time.perf_counter()
+        try:
+            return plain(loop, *args)
+        finally:
+            self.recorder.span(f"loop {self.loops}", "loop", HOST_TRACK, start, time.perf_counter(),
+                               args={"iterations": self.iterations, "host_seconds": self.host_seconds})
+            self.loops += 1
+            self.loop = None
+
+    def _timed_body(self, plain: Callable[..., Any], first: Any, *args: Any) -> Any:
+        loop = self.loop
+        if loop is None or (first is not loop and first is not getattr(loop, "body", None)):
+            return plain(first, *args)    # not an iteration of the outermost loop
+        excluded = self.excluded_seconds
+        start = time.perf_counter()
+        try:
+            return plain(first, *args)
+        finally:
+            self.host_seconds += time.perf_counter() - start - (self.excluded_seconds - excluded)
+            self.iterations += 1
+
+    def _excluded(self, plain: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return plain(*args, **kwargs)
+        finally:
+            self.excluded_seconds += time.perf_counter() - start
+
+
+@dataclass
+class LoopTime:
+    """One outermost loop of a profiled run: where an iteration's time goes."""
+    name: str
+    iterations: int
+    wall_seconds: float            # the loop, start to end (the queue drained)
+    host_seconds: float            # in the iteration bodies, less waits for the device and Receivers
+    device_seconds: float          # its launches and copies on the device
+
+    @property
+    def host_ms_per_iteration(self) -> float:
+        return self.host_seconds * 1e3 / max(self.iterations, 1)
+
+    @property
+    def device_ms_per_iteration(self) -> float:
+        return self.device_seconds * 1e3 / max(self.iterations, 1)
+
+    @property
+    def wall_ms_per_iteration(self) -> float:
+        return self.wall_seconds * 1e3 / max(self.iterations, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, host_ms_per_iteration=self.host_ms_per_iteration,
+                    device_ms_per_iteration=self.device_ms_per_iteration,
+                    wall_ms_per_iteration=self.wall_ms_per_iteration)
 
 
 @dataclass
@@ -233,6 +367,26 @@ class Profile:
                 out[s.category] = out.get(s.category, 0.0) + s.duration
         return out
 
+    def loops(self) -> list[LoopTime]:
+        """The outermost loops the run timed (`LoopClock`), in the order they ran. A device span
+        belongs to the loop whose interval holds its midpoint: the queue is drained before and
+        after an outermost loop, so that is exactly the loop's launches and copies."""
+        device = [s for s in self.spans if s.category in DEVICE_CATEGORIES]
+        loops = []
+        for s in self.spans:
+            if s.category != "loop" or not s.args or "host_seconds" not in s.args:
+                continue   # the numpy device's loop spans have no host/device split
+            end = s.start + s.duration
+            busy = sum(d.duration for d in device if s.start <= d.start + d.duration / 2 <= end)
+            loops.append(LoopTime(s.name, s.args["iterations"], s.duration, s.args["host_seconds"], busy))
+        return loops
+
+    def loop_lines(self) -> list[str]:
+        """One line per timed loop: iterations, host, device and wall milliseconds per iteration."""
+        return [f"{t.name}: {t.iterations} iterations, host {t.host_ms_per_iteration:.3f} ms/iter, "
+                f"device {t.device_ms_per_iteration:.3f} ms/iter, wall {t.wall_ms_per_iteration:.3f} ms/iter"
+                for t in self.loops() if t.iterations]
+
     def table(self, top: int | None = 25) -> str:
         """The per-kernel table as text, the `top` longest kernels (None: all). On the numpy
         device a row is a graph op (it runs the graph node by node, no kernels)."""
@@ -248,6 +402,7 @@ class Profile:
         host = self.host_seconds()
         if host:
             lines.append("host: " + ", ".join(f"{k} calls {v * 1e3:.3f} ms" for k, v in host.items()))
+        lines.extend(self.loop_lines())
         lines.append(f"{'total ms':>10} {'share':>6} {'calls':>7} {'mean us':>9} {'GFLOP/s':>8} {'GB/s':>8}  {unit}")
 
         def rate(value: float | None) -> str:
@@ -301,4 +456,5 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "run_seconds": self.run_seconds, "iterations": self.iterations,
                 "kernel_seconds": self.kernel_seconds(), "host_seconds": self.host_seconds(),
-                "kernels": [dict(r.__dict__, nodes=list(r.nodes)) for r in self.rows()]}
+                "kernels": [dict(r.__dict__, nodes=list(r.nodes)) for r in self.rows()],
+                "loops": [t.to_dict() for t in self.loops()]}

@@ -92,6 +92,17 @@ def tinygrad_available() -> bool:
         return False
 
 
+def print_rows(rows: list[dict], key: str, title: str) -> None:
+    """The results table (shared with bench_small.py): `key` of each row first, under `title`."""
+    width = max([len(title)] + [len(str(r[key])) for r in rows])
+    names = max([18] + [len(r["framework"]) for r in rows])
+    print(f"{title:>{width}} {'framework':<{names}} {'compile s':>9} {'ms/step':>8} {'speedup vs eager':>16} "
+          f"{'final loss':>12}")
+    for r in rows:
+        print(f"{r[key]:>{width}} {r['framework']:<{names}} {r['compile_s']:>9.2f} {r['ms_per_step']:>8.3f} "
+              f"{r['vs_eager']:>16.2f} {r['final_loss']:>12.6f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4, 6])
@@ -130,10 +141,7 @@ def main() -> None:
     shape = "batch 8, seq 64, d 128, ff 512" if args.large else "(2, 64), d 64, ff 128"
     print(f"machine: {platform.machine()}, {platform.python_version()}; {shape}; steps {configs[0]['steps']}"
           + ("" if with_jax else "; JAX not installed") + ("" if with_tinygrad else "; tinygrad not available"))
-    print(f"{'L':>2} {'framework':<18} {'compile s':>9} {'ms/step':>8} {'speedup vs eager':>16} {'final loss':>12}")
-    for r in rows:
-        print(f"{r['layers']:>2} {r['framework']:<18} {r['compile_s']:>9.2f} {r['ms_per_step']:>8.3f} "
-              f"{r['vs_eager']:>16.2f} {r['final_loss']:>12.6f}")
+    print_rows(rows, "layers", "L")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -1,8 +1,8 @@
 """The reference transformer in JAX, for the benchmarks: PyTorch's post-norm encoder layer
 (ReLU feed-forward, no dropout) on a state dict with PyTorch's names, trained with SGD.
 
-Two ways to run N steps, as issue 8 asks: `jax.jit` of one step called N times, and
-`jax.jit` of a `lax.fori_loop` over all N steps. Needs `pip install -e ".[bench]"`.
+Two ways to run N steps, as issue 8 asks (`time_jax`, shared with bench_small.py): `jax.jit`
+of one step called N times, and `jax.jit` of a `lax.fori_loop` over all N steps. Needs `pip install -e ".[bench]"`.
 """
 from __future__ import annotations
 
@@ -47,28 +47,38 @@ def run_jax(state: dict, data: np.ndarray, layers: int, heads: int, steps: int, 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         return {k: params[k] - lr * grads[k] for k in params}, loss
 
+    return time_jax(step, params, steps, fori_loop)
+
+
+def time_jax(step, carry, steps: int, fori_loop: bool) -> dict:
+    """`steps` training steps of `step(carry) -> (carry, loss)` (carry: any pytree of arrays)
+    under `jax.jit`: one step compiled and called per step (ms_per_step: the median call), or
+    a `lax.fori_loop` over all steps compiled as one program (ms_per_step: its run / steps).
+    final_loss: the last step's loss."""
+    import jax
+    import jax.numpy as jnp
     if fori_loop:
-        def run_all(params):
-            def body(_, carry):
-                params, _ = carry
-                return step(params)
-            return jax.lax.fori_loop(0, steps, body, (params, jnp.float32(0)))
+        def run_all(carry):
+            def body(_, state):
+                carry, _ = state
+                return step(carry)
+            return jax.lax.fori_loop(0, steps, body, (carry, jnp.float32(0)))
 
         start = time.perf_counter()
-        compiled = jax.jit(run_all).lower(params).compile()
+        compiled = jax.jit(run_all).lower(carry).compile()
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
-        _, loss = jax.block_until_ready(compiled(params))
+        _, loss = jax.block_until_ready(compiled(carry))
         run_s = time.perf_counter() - start
         return dict(framework="JAX jit(fori_loop)", compile_s=compile_s, ms_per_step=1000 * run_s / steps,
                     final_loss=float(loss))
     start = time.perf_counter()
-    compiled = jax.jit(step).lower(params).compile()
+    compiled = jax.jit(step).lower(carry).compile()
     compile_s = time.perf_counter() - start
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        params, loss = jax.block_until_ready(compiled(params))
+        carry, loss = jax.block_until_ready(compiled(carry))
         times.append(time.perf_counter() - t)
     return dict(framework="JAX jit(step)", compile_s=compile_s, ms_per_step=1000 * statistics.median(times),
                 final_loss=float(loss))

@@ -79,7 +79,8 @@ def test_profiled_run_equals_plain_run_and_traces_every_launch(device: str, tmp_
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, plain_state[name], err_msg=name)
     # the off path is back: no launch wrapper left on the executor, no recorder in host
-    overrides = {"launch", "feed", "upload", "download", "_run_kernel", "_run_block", "run_iteration"}
+    overrides = {"launch", "feed", "upload", "download", "_run_kernel", "_run_block", "run_iteration",
+                 "run_loop", "wait", "finish", "deliver", "_run_loop", "_run_commands", "_receive"}
     assert not overrides & set(vars(compiled.executor))
     assert host.recorder is None
     assert compiled.run().profile is None
@@ -128,6 +129,43 @@ def test_kernels_launched_one_by_one_are_profiled(device: str) -> None:
     assert {r.calls for r in rows} == {STEPS} and sum(r.calls for r in rows) == report.kernels_launched
     assert {r.name for r in rows} <= set(compiled.kernels)
     assert all(r.nodes for r in rows)
+
+
+def test_each_outermost_loop_splits_host_and_device_time(device: str) -> None:
+    """Two loops (training, then an evaluation loop with a nested loop): per loop its iterations
+    and the host, device and wall time of an iteration; every launch and Feeder copy belongs to
+    one of them (nothing runs outside the loops but the uploads and downloads), and the device
+    and the host each fit in the wall time."""
+    if device == "numpy":
+        pytest.skip("the numpy device times a loop as one span, with no host/device split")
+    model, _, _ = trace_training()
+    seen: list[float] = []
+    probe = ad.Tensor(np.ones((BATCH, 4), np.float32), name="probe", requires_grad=False)
+
+    def evaluate() -> None:
+        ad.ir_for(2, lambda: ad.Receiver(lambda v: seen.append(float(v)), [model(probe).sum()], name="eval"))
+    ad.ir_for(3, evaluate)
+    report = ad.compile(device=device).run(profile=True)
+    profile = report.profile
+    loops = profile.loops()
+    assert [(t.name, t.iterations) for t in loops] == [("loop 0", STEPS), ("loop 1", 3)] and len(seen) == 6
+    for t in loops:
+        assert 0 < t.host_seconds < t.wall_seconds, t
+        assert 0 < t.device_seconds <= t.wall_seconds, t
+        if device == "numpy-proc":   # the host runs the kernels itself: the two take turns
+            assert t.host_seconds + t.device_seconds <= t.wall_seconds, t
+    assert loops[0].wall_seconds + loops[1].wall_seconds < profile.run_seconds
+    in_loops = [s for s in profile.spans if s.category in ("kernel", "copy") and
+                not s.name.startswith(("upload ", "download "))]
+    assert len(in_loops) >= STEPS + 3 * 2
+    assert sum(t.device_seconds for t in loops) == pytest.approx(sum(s.duration for s in in_loops), rel=1e-9)
+
+    line = (f"loop 0: {STEPS} iterations, host {loops[0].host_ms_per_iteration:.3f} ms/iter, "
+            f"device {loops[0].device_ms_per_iteration:.3f} ms/iter, wall {loops[0].wall_ms_per_iteration:.3f} ms/iter")
+    assert line in report.profile_table() and line in str(report)
+    as_dict = json.loads(json.dumps(report.to_dict()))["profile"]["loops"]
+    assert [d["iterations"] for d in as_dict] == [STEPS, 3]
+    assert as_dict[1]["wall_ms_per_iteration"] == pytest.approx(loops[1].wall_seconds * 1e3 / 3)
 
 
 def test_feeder_calls_are_host_spans(tmp_path: Path) -> None:
@@ -187,6 +225,23 @@ def test_example_with_profile_writes_a_trace(tmp_path: Path) -> None:
     spans = check_trace(trace)
     assert sum(1 for e in spans if e["name"] == "dot") >= 2 * 2   # two steps, two layers
     assert sum(1 for e in spans if e["cat"] == "receiver") >= 1
+
+
+def test_bench_small_agrees_with_torch_and_jax_and_splits_the_loop(tmp_path: Path) -> None:
+    """benchmarks/bench_small.py, tiny, on numpy-proc: the frameworks' final losses agree (it
+    exits 1 otherwise) and --profile gives each program's loop split."""
+    out = tmp_path / "small.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_small.py"), "--steps", "2", "--features", "16",
+               "--device", "numpy-proc", "--profile", "--json", str(out)]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "final losses agree" in proc.stdout and proc.stdout.count("loop 0: 2 iterations") == 2
+    rows = json.loads(out.read_text())
+    assert {r["program"] for r in rows} == {"mnist", "linear"} and any(r["framework"] == "torch eager" for r in rows)
+    assert all(r["ms_per_step"] > 0 and np.isfinite(r["final_loss"]) for r in rows)
+    loops = [r["loop"] for r in rows if r["framework"] == "autodiff numpy-proc"]
+    assert len(loops) == 2 and all(0 < t["device_seconds"] <= t["wall_seconds"] for t in loops)
 
 
 @pytest.mark.parametrize("script, args", [("mnist.py", ("--batch", "64")), ("transformer.py", ("--layers", "1")),
