@@ -213,6 +213,7 @@ class LoopClock:
         "run_iteration": ("run_loop", "run_iteration", ("wait", "finish", "deliver")),
         "_run_commands": ("_run_loop", "_run_commands", ("_run_kernel", "_receive")),
     }
+    BATCH = "run_batch"   # a device executor's chunk of iterations in one launch (base.IterationBatch)
 
     def __init__(self, recorder: "Recorder", executor: Any) -> None:
         self.recorder, self.executor = recorder, executor
@@ -228,6 +229,8 @@ class LoopClock:
         loop_name, body_name, excluded = self.HOOKS[kind]
         self._replace(loop_name, self._timed_loop)
         self._replace(body_name, self._timed_body)
+        if hasattr(executor, self.BATCH):
+            self._replace(self.BATCH, self._timed_batch)
         for name in excluded:
             if hasattr(executor, name):
                 self._replace(name, self._excluded)
@@ -275,6 +278,19 @@ class LoopClock:
         finally:
             self.host_seconds += time.perf_counter() - start - (self.excluded_seconds - excluded)
             self.iterations += 1
+
+    def _timed_batch(self, plain: Callable[..., Any], batch: Any, loop: Any, body: Any, first: int, last: int) -> int:
+        if loop is not self.loop:
+            return plain(batch, loop, body, first, last)
+        excluded = self.excluded_seconds
+        start = time.perf_counter()
+        ran = first
+        try:
+            ran = plain(batch, loop, body, first, last)
+            return ran
+        finally:
+            self.host_seconds += time.perf_counter() - start - (self.excluded_seconds - excluded)
+            self.iterations += ran - first
 
     def _excluded(self, plain: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()

@@ -157,7 +157,8 @@ def test_each_outermost_loop_splits_host_and_device_time(device: str) -> None:
     assert loops[0].wall_seconds + loops[1].wall_seconds < profile.run_seconds
     in_loops = [s for s in profile.spans if s.category in ("kernel", "copy") and
                 not s.name.startswith(("upload ", "download "))]
-    assert len(in_loops) >= STEPS + 3 * 2
+    # OpenCL may run several iterations per launch: one kernel span per launch, all in the loops
+    assert len([s for s in in_loops if s.category == "kernel"]) == report.kernels_launched > 0
     assert sum(t.device_seconds for t in loops) == pytest.approx(sum(s.duration for s in in_loops), rel=1e-9)
 
     line = (f"loop 0: {STEPS} iterations, host {loops[0].host_ms_per_iteration:.3f} ms/iter, "

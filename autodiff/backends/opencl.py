@@ -468,6 +468,12 @@ class OpenCLExecutor(DeviceExecutor):
             OpenCLExecutor.feed(self, cmd, value)
             self.profiled.append((f"copy Feeder {cmd.name}", (), self.feed_copies[-1], at))
 
+        def feed_ring(batch: IterationBatch, values: list[np.ndarray]) -> None:
+            at, copies = time.perf_counter(), len(self.feed_copies)
+            OpenCLExecutor.feed_ring(self, batch, values)
+            if len(self.feed_copies) > copies:
+                self.profiled.append((f"copy Feeders x{len(values)}", (), self.feed_copies[-1], at))
+
         def upload(buffer: Buffer, host: np.ndarray) -> None:
             at = time.perf_counter()
             self.profiled.append((f"upload {buffer.name}", (), OpenCLExecutor.upload(self, buffer, host), at))
@@ -478,13 +484,14 @@ class OpenCLExecutor(DeviceExecutor):
             self.profiled.append((f"download {buffer.name}", (), event, at))
             return host
         self.launch, self.feed, self.upload, self.download = launch, feed, upload, download
+        self.feed_ring = feed_ring
 
     def stop_profile(self, recorder: Any) -> None:
         """Every event's device times, moved onto the host clock: a command is queued after the
         host's enqueue call began, so the largest (host time - queued time) is the offset."""
         self.finish()
         self.queue = self.plain_queue
-        for name in ("launch", "feed", "upload", "download"):
+        for name in ("launch", "feed", "feed_ring", "upload", "download"):
             self.__dict__.pop(name, None)
         times = [(name, kernels, e.profile.queued, e.profile.start, e.profile.end, at)
                  for name, kernels, e, at in self.profiled]
