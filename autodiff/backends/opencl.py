@@ -348,11 +348,13 @@ class OpenCLExecutor(DeviceExecutor):
         (Zeros keep gather indices in range; the run uploads the real values first.)
         `first_launch_seconds[function]` is each one's time (the queue is in order, so waiting
         for each costs nothing): where a cold build's time goes, kernel by kernel."""
-        for buffer in (self.arena, self.state):
+        rings = [ring for pair in self.rings.values() for ring in pair]
+        for buffer in [self.arena, self.state] + rings:
             self.cl.enqueue_fill_buffer(self.queue, buffer, np.uint32(0), 0, buffer.size)
         self.queue.finish()
         self.first_launch_seconds: dict[str, float] = {}
-        for launch in list(self.launch_of.values()) + self.mega_launches:
+        # an iterated megakernel runs one iteration at count 0 (a do-while), on zeros as the rest
+        for launch in list(self.launch_of.values()) + self.mega_launches + self.iterated_launches:
             key = launch.kernel.function_name
             if key in self.first_launch_seconds:
                 continue
