@@ -18,7 +18,8 @@ from .frontend.program import Program, current_program, manual_seed, reset
 from .frontend.tensor import Tensor
 from .printing import pg, plot_memory, print_graph
 from .visualize import draw_graph, to_networkx
-from .compiler import CompiledProgram, Report, compile, default_device, execute
+from .compiler import CompiledProgram, Report, compile, default_device, execute, set_default_device
+from .frontend.structural import CacheInfo, clear_compile_cache, compile_cache_info
 from . import checkpoint, nn
 from .checkpoint import load, restore, save
 

@@ -23,11 +23,12 @@ from typing import Any, Callable
 from .alloc.plan import MemoryPlan, plan_memory, validate_plan
 from .backends import host
 from .backends.registry import Backend, backend, backend_switches, backends
-from .frontend import entry
+from .frontend import entry, lazy
 from .frontend.program import Program, current_program
 from .fusion import FUSION_KINDS, fuse
 from .ir.graph import Block
 from .ir.ops import Op
+from .errors import TraceError
 from .loggers import get_logger
 from .opt import CHECK_SWITCHES, PASS_NAMES, Graph, PassRecord, optimize
 from .proc import lower
@@ -193,10 +194,22 @@ class Report:
         return self._profiled().save_trace(path)
 
 
+_chosen_device: str | None = None   # set_default_device()
+
+
+def set_default_device(device: str | None) -> None:
+    """The device that execute(), interactive reads and ad.jit use when none is named;
+    None goes back to AUTODIFF_DEVICE, else the best one here."""
+    global _chosen_device
+    if device is not None:
+        backend(device)   # an unknown name raises here, naming the registered ones
+    _chosen_device = device
+
+
 def default_device() -> str:
-    """AUTODIFF_DEVICE if set, else the preferred backend that runs here (numpy, with a
-    warning that says why, when no other one does)."""
-    chosen = os.environ.get("AUTODIFF_DEVICE")
+    """set_default_device()'s choice, else AUTODIFF_DEVICE if set, else the preferred backend
+    that runs here (numpy, with a warning that says why, when no other one does)."""
+    chosen = _chosen_device or os.environ.get("AUTODIFF_DEVICE")
     if chosen:
         return chosen
     problems = []
@@ -231,6 +244,10 @@ class CompiledProgram:
         self.profile = profile if profile is not None else setting not in ("", "0")
         self.trace_path = setting if setting.endswith(".json") else None
         self.program = program
+        # what a run leaves behind for interactive reads (lazy.py): the root nodes it ran and
+        # the persistent tensors it updates
+        self.nodes_run = len(program.root.nodes)
+        self.assigned = list(dict.fromkeys(n.args.var.id for n in program.root.walk() if n.op is Op.ASSIGN))
         self.device = device
         self.disable = disable
         self.debug = bool(os.environ.get("AUTODIFF_DEBUG")) if debug is None else debug
@@ -282,6 +299,7 @@ class CompiledProgram:
         finally:
             if recorder is not None:
                 self._stop_profile(recorder, start)
+            lazy.after_program_run(self.program, self.nodes_run, self.assigned)
         report = Report(
             device=self.device,
             compile_seconds=self.compile_seconds,
@@ -338,6 +356,10 @@ class CompiledProgram:
 
 def compile_program(program: Program | None = None, device: str | None = None, **options: Any) -> CompiledProgram:
     program = program or current_program()
+    if program.eager and program.root.nodes[program.run_upto:]:
+        raise TraceError("compile(): values of this program were read (interactive use), so what is "
+                         "pending is run by the next read or execute(); to compile a step ahead of "
+                         "time, wrap it in ad.jit(fn) and use fn.compile(*args)")
     unknown = [k for k in options if k not in KNOWN_OPTIONS]
     if unknown:
         raise TypeError(f"unknown compile options {unknown}; known: {list(KNOWN_OPTIONS)}")
@@ -354,6 +376,10 @@ def compile_program(program: Program | None = None, device: str | None = None, *
 
 
 def execute_program(program: Program | None = None, device: str | None = None, **options: Any) -> Report:
+    program = program or current_program()
+    if program.eager:   # a value was read: what is pending runs, through the compile cache
+        report = lazy.execute_pending(program, device)
+        return report if report is not None else Report(device=device or default_device())
     return compile_program(program, device, **options).run()
 
 
