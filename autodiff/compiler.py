@@ -244,10 +244,8 @@ class CompiledProgram:
         self.profile = profile if profile is not None else setting not in ("", "0")
         self.trace_path = setting if setting.endswith(".json") else None
         self.program = program
-        # what a run leaves behind for interactive reads (lazy.py): the root nodes it ran and
-        # the persistent tensors it updates
+        # the root nodes a run runs: what it leaves behind for interactive reads (lazy.py)
         self.nodes_run = len(program.root.nodes)
-        self.assigned = list(dict.fromkeys(n.args.var.id for n in program.root.walk() if n.op is Op.ASSIGN))
         self.device = device
         self.disable = disable
         self.debug = bool(os.environ.get("AUTODIFF_DEBUG")) if debug is None else debug
@@ -299,7 +297,7 @@ class CompiledProgram:
         finally:
             if recorder is not None:
                 self._stop_profile(recorder, start)
-            lazy.after_program_run(self.program, self.nodes_run, self.assigned)
+            lazy.after_program_run(self.program, self.nodes_run)
         report = Report(
             device=self.device,
             compile_seconds=self.compile_seconds,

@@ -207,12 +207,28 @@ def _drop_dead_variables(program: Program) -> None:
     program.variables = [v for v in (r() for r in refs) if v is not None]
 
 
-def after_program_run(program: Program, nodes_run: int, assigned: list[int]) -> None:
-    """`execute()` ran the first `nodes_run` root nodes: reads made before see old values."""
+def after_program_run(program: Program, nodes_run: int) -> None:
+    """`execute()` ran the first `nodes_run` root nodes: reads they made of a tensor updated
+    after them see old values; the others (no update after them) see the host's value."""
     program.run_upto = max(program.run_upto, nodes_run)
+    ran = program.root.nodes[:nodes_run]
+    assigned = list(dict.fromkeys(n.args.var.id for top in ran for n in _walk_one(top) if n.op is Op.ASSIGN))
     for var_id in assigned:
         program.assigns[var_id] = program.assigns.get(var_id, 0) + 1
         program.assigns_run[var_id] = program.assigns[var_id]
+    updated_later: set[int] = set()
+    for node in reversed(ran):
+        if node.op is Op.ASSIGN:
+            updated_later.add(node.args.var.id)
+        elif node.op is Op.FOR:
+            updated_later.update(n.args.var.id for n in _walk_one(node) if n.op is Op.ASSIGN)
+        elif node.op is Op.READ and node.args.var.id not in updated_later:
+            program.read_epoch[node] = program.assigns.get(node.args.var.id, 0)
+
+
+def _walk_one(node: Node) -> list[Node]:
+    """A node, and if it is a loop every node of its body."""
+    return [node] + (list(node.args.body.walk()) if node.op is Op.FOR else [])
 
 
 def execute_pending(program: Program, device: str | None = None) -> Any:
