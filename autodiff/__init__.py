@@ -28,3 +28,6 @@ int32 = "int32"
 
 __version__ = "0.1.0"
 from .frontend.transforms import hessian, jacobian, jvp, value_and_grad, vjp
+from .frontend.jit import Jitted, Lowered, jit
+from .frontend import entry as _entry
+_entry.register_printer(print_graph)

@@ -231,6 +231,15 @@ def _walk_one(node: Node) -> list[Node]:
     return [node] + (list(node.args.body.walk()) if node.op is Op.FOR else [])
 
 
+def note_updates(program: Program, var_ids: list[int]) -> None:
+    """A program of its own (ad.jit) updated these tensors now: earlier reads see old values."""
+    var_ids = list(dict.fromkeys(var_ids))
+    for var_id in var_ids:
+        program.assigns[var_id] = program.assigns.get(var_id, 0) + 1
+        program.assigns_run[var_id] = program.assigns[var_id]
+    program.forget_reads(var_ids)
+
+
 def execute_pending(program: Program, device: str | None = None) -> Any:
     """`execute()` of an interactive program: run what is pending (the Report, or None)."""
     if program.block is not program.root:
