@@ -7,11 +7,14 @@ Rows: the `ir_for` program (traced once, run as one loop: per iteration, from a 
 interactive loop of examples/mnist_eager.py (the step traced again every iteration, its run
 found in the structural compile cache). The interactive row splits its time into tracing
 the step in Python, the cache's walk and key (lazy.py, structural.py) and the run itself
-(uploads, launches, downloads); the compile count is the cache's misses over the loop.
+(uploads, launches, downloads), measured with the steps run synchronously
+(AUTODIFF_SYNC_STEPS=1); by default a step runs in the background while Python traces the
+next. The compile count is the cache's misses over the loop.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,28 +84,34 @@ def jit_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int, device: str) ->
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def interactive_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> tuple[float, float, float, int]:
+def interactive_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int,
+                   background: bool) -> tuple[float, float, float, int]:
     """(total, cache walk and key, run) ms per step, and the compiles over the loop."""
     ad.reset()
     model, opt = make_model(x.shape[1])
     rng = np.random.default_rng(0)
-    spent = {"part": 0.0, "run": 0.0}
-    run_part = lazy.run_part
+    spent = {"prepare": 0.0, "run": 0.0}
+    originals = lazy.prepare, lazy.run_prepared
 
-    def timed_run_part(part, device=None):
-        start = time.perf_counter()
-        values, report = run_part(part, device)
-        spent["part"] += time.perf_counter() - start
-        spent["run"] += report.run_seconds
-        return values, report
-    lazy.run_part = timed_run_part
+    def timed(name: str, fn):
+        def wrapper(*args):
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                spent[name] += time.perf_counter() - start
+        return wrapper
+    lazy.prepare, lazy.run_prepared = timed("prepare", originals[0]), timed("run", originals[1])
+    os.environ.pop("AUTODIFF_SYNC_STEPS", None)
+    if not background:
+        os.environ["AUTODIFF_SYNC_STEPS"] = "1"
     try:
         ad.clear_compile_cache()
         start = time.perf_counter()
         for step in range(steps + 1):
             if step == 1:   # the first step compiles: the steady state starts after it
                 start = time.perf_counter()
-                spent.update(part=0.0, run=0.0)
+                spent.update(prepare=0.0, run=0.0)
             picks = rng.integers(0, len(x), batch)
             loss = F.cross_entropy(model(ad.Tensor(x[picks], requires_grad=False)),
                                    ad.Tensor(y[picks], requires_grad=False))
@@ -114,9 +123,10 @@ def interactive_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> tupl
         ad.execute()   # run the last step (a cache hit: the same part as every step)
         total = (time.perf_counter() - start) / steps * 1e3
     finally:
-        lazy.run_part = run_part
+        lazy.prepare, lazy.run_prepared = originals
+        os.environ.pop("AUTODIFF_SYNC_STEPS", None)
     per = {k: v / steps * 1e3 for k, v in spent.items()}
-    return total, per["part"] - per["run"], per["run"], ad.compile_cache_info().misses
+    return total, per["prepare"], per["run"], ad.compile_cache_info().misses
 
 
 def main() -> None:
@@ -131,13 +141,17 @@ def main() -> None:
     batch = min(args.batch, len(x))
     looped = ir_for_ms(x, y, batch, args.steps, device)
     jitted = jit_ms(x, y, batch, args.steps, device)
-    total, walk, run, compiles = interactive_ms(x, y, batch, args.steps)
+    synchronous, key, run, _ = interactive_ms(x, y, batch, args.steps, background=False)
+    total, _, _, compiles = interactive_ms(x, y, batch, args.steps, background=True)
     print(f"device {device}, MLP {x.shape[1]}-512-256-10, batch {batch}, {args.steps} steps")
-    print(f"{'mode':<12} {'ms/step':>8} {'vs ir_for':>9}")
-    for name, ms in (("ir_for", looped), ("jit", jitted), ("interactive", total)):
-        print(f"{name:<12} {ms:8.2f} {ms / looped:8.2f}x")
-    print(f"interactive: trace {total - walk - run:.2f} ms, cache walk and key {walk:.2f} ms, "
-          f"run {run:.2f} ms per step; {compiles} compile(s) over {args.steps + 1} steps")
+    print(f"{'mode':<26} {'ms/step':>8} {'vs ir_for':>9}")
+    rows = (("ir_for", looped), ("jit", jitted), ("interactive", total),
+            ("interactive, synchronous", synchronous))
+    for name, ms in rows:
+        print(f"{name:<26} {ms:8.2f} {ms / looped:8.2f}x")
+    print(f"interactive, synchronous: trace and walk {synchronous - key - run:.2f} ms, cache key "
+          f"{key:.2f} ms, run {run:.2f} ms per step; interactive: {compiles} compile(s) over "
+          f"{args.steps + 1} steps")
 
 
 if __name__ == "__main__":

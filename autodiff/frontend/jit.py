@@ -66,6 +66,7 @@ class Jitted:
         compiled = self._compiled(lowered)
         if program.eager:
             lazy.flush_pending(program)   # updates traced before the call run before it
+        lazy.wait(program)
         lowered.feeds[:] = [a for a in _flatten(args, kwargs, self._static) if isinstance(a, np.ndarray)]
         lowered.results[:] = []
         compiled.run()

@@ -22,7 +22,9 @@ A program that never reads an intermediate is untouched: it is compiled as a who
 """
 from __future__ import annotations
 
+import os
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,10 +33,15 @@ from ..errors import TraceError
 from ..ir.graph import Node
 from ..ir.ops import EFFECT_OPS, Op
 from .program import Program
-from .structural import Part, run_part
+from .structural import Part, prepare, run_prepared
 
 # a value read in interactive use is kept with its node (a node nobody holds drops it)
 _known: "weakref.WeakKeyDictionary[Node, np.ndarray]" = weakref.WeakKeyDictionary()
+
+# A step that zero_grad() ended runs on this thread while Python traces the next one (the
+# device works while the host traces); every read, run and jit call waits for it first, so
+# runs keep program order. AUTODIFF_SYNC_STEPS=1 runs steps on the caller's thread.
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autodiff-step")
 
 
 def known_value(node: Node) -> np.ndarray | None:
@@ -44,6 +51,7 @@ def known_value(node: Node) -> np.ndarray | None:
 def read_value(tensor: Any) -> np.ndarray:
     """The value of a tensor (Tensor.numpy()): see the module docstring."""
     program = tensor._program
+    wait(program)
     if tensor.is_persistent:
         if program.eager and program.block is program.root:
             flush_pending(program)
@@ -77,16 +85,28 @@ def _check_readable(program: Program, node: Node, tensor: Any) -> None:
                          "assign it to a persistent tensor")
 
 
-def flush_pending(program: Program) -> Any:
-    """Run the effects traced and not yet run (if any); the Report of the run, or None."""
+def flush_pending(program: Program, background: bool = False) -> Any:
+    """Run the effects traced and not yet run (if any); the Report of the run, or None
+    (also when it runs in the background)."""
+    wait(program)
     pending = program.root.nodes[program.run_upto:]
     if not any(n.op in EFFECT_OPS for n in pending):
         return None
-    return flush(program, [])
+    return flush(program, [], background=background)
 
 
-def flush(program: Program, wanted: list[Node], device: str | None = None) -> Any:
+def wait(program: Program) -> None:
+    """Wait for the step running in the background; its values become known (its error is
+    raised here)."""
+    future = program.inflight
+    if future is not None:
+        program.inflight = None
+        _known_from(future.result())
+
+
+def flush(program: Program, wanted: list[Node], device: str | None = None, background: bool = False) -> Any:
     """Run the pending effects and the nodes `wanted` needs; their values become known."""
+    wait(program)
     pending = program.root.nodes[program.run_upto:]
     effects = [n for n in pending if n.op in EFFECT_OPS]
     checker = _Validity(program)
@@ -106,13 +126,28 @@ def flush(program: Program, wanted: list[Node], device: str | None = None) -> An
     report = None
     if nodes or outputs:
         part = Part(nodes, outputs, inputs)
-        values, report = run_part(part, device)
-        for node, value in zip(outputs, values):
-            _known[node] = value
-        for node, value in part.inputs.items():
-            if node.op is Op.FEEDER:
-                _known[node] = value
+        found, binding = prepare(part, device)   # compiles here, on the caller's thread
+        if background and not os.environ.get("AUTODIFF_SYNC_STEPS"):
+            program.inflight = _worker.submit(_run, found, binding, part)
+        else:
+            report = _known_from(_run(found, binding, part))
     _finish(program)
+    return report
+
+
+def _run(found: Any, binding: Any, part: Part) -> tuple[Part, list[np.ndarray], Any]:
+    values, report = run_prepared(found, binding, part)
+    return part, values, report
+
+
+def _known_from(result: tuple[Part, list[np.ndarray], Any]) -> Any:
+    """Keep what a run computed: its outputs and the values its Feeders gave."""
+    part, values, report = result
+    for node, value in zip(part.outputs, values):
+        _known[node] = value
+    for node, value in part.inputs.items():
+        if node.op is Op.FEEDER:
+            _known[node] = value
     return report
 
 
@@ -233,6 +268,7 @@ def _walk_one(node: Node) -> list[Node]:
 
 def note_updates(program: Program, var_ids: list[int]) -> None:
     """A program of its own (ad.jit) updated these tensors now: earlier reads see old values."""
+    wait(program)
     var_ids = list(dict.fromkeys(var_ids))
     for var_id in var_ids:
         program.assigns[var_id] = program.assigns.get(var_id, 0) + 1

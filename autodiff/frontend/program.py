@@ -43,6 +43,7 @@ class Program:
         self.run_upto = 0                          # root nodes [0, run_upto) belong to a program already run
         self.eager = False                         # a value was read: later reads run what is pending
         self.boundary = False                      # zero_grad() in eager mode: flush before the next op
+        self.inflight: object = None               # lazy.py: a step's run still going (a Future)
 
     # --- blocks -------------------------------------------------------------
     @property
@@ -61,7 +62,7 @@ class Program:
         if self.boundary and self.block is self.root:
             self.boundary = False
             from .lazy import flush_pending   # lazy.py builds on this module
-            flush_pending(self)
+            flush_pending(self, background=True)
         node = Node(self._next_id, op, inputs, shape, dtype, args, self.block, where)
         self._next_id += 1
         self.block.nodes.append(node)

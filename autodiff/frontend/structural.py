@@ -235,9 +235,8 @@ def _copy_node(program: Program, node: Node, inputs: tuple[Node, ...], keyer: _K
 
 # --- running a part ----------------------------------------------------------------------
 
-def run_part(part: Part, device: str | None = None) -> tuple[list[np.ndarray], Any]:
-    """Run a part through the cache: (the values of its outputs, the run's Report).
-    Persistent tensors get their new values; Feeder values come back in `part.inputs`."""
+def prepare(part: Part, device: str | None = None) -> tuple[Entry, Binding]:
+    """The compiled program of a part (from the cache, else compiled now) and its binding."""
     compiler = entry.compiler()
     device = device or compiler.default_device()
     key, keyer = structural_key(part, device, frozenset())
@@ -245,18 +244,24 @@ def run_part(part: Part, device: str | None = None) -> tuple[list[np.ndarray], A
     if found is None:
         _info.misses += 1
         found = Entry(None, [], [], [], [], [])
-        program = _canonical(part, keyer, found)
-        found.compiled = compiler.compile_program(program, device)
+        found.compiled = compiler.compile_program(_canonical(part, keyer, found), device)
         _cache[key] = found
         while len(_cache) > MAX_ENTRIES:
             _cache.popitem(last=False)
     else:
         _info.hits += 1
         _cache.move_to_end(key)
-    return _run_entry(found, keyer.binding, part)
+    return found, keyer.binding
 
 
-def _run_entry(found: Entry, binding: Binding, part: Part) -> tuple[list[np.ndarray], Any]:
+def run_part(part: Part, device: str | None = None) -> tuple[list[np.ndarray], Any]:
+    """Run a part through the cache: (the values of its outputs, the run's Report).
+    Persistent tensors get their new values; Feeder values come back in `part.inputs`."""
+    found, binding = prepare(part, device)
+    return run_prepared(found, binding, part)
+
+
+def run_prepared(found: Entry, binding: Binding, part: Part) -> tuple[list[np.ndarray], Any]:
     for slot, value in zip(found.slots, binding.slots):
         slot.value = value.value if isinstance(value, Variable) else value
     found.feeders[:] = binding.feeders
