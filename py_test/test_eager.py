@@ -163,3 +163,18 @@ def test_cache_counts_and_clear():
     assert (info.hits, info.misses, info.size) == (2, 2, 2)
     ad.clear_compile_cache()
     assert ad.compile_cache_info() == ad.CacheInfo(0, 0, 0)
+
+
+def test_a_step_run_in_the_background_raises_at_the_next_read():
+    w = ad.Tensor(np.ones(2, np.float32), name="w")
+    (w * 1).sum().item()
+
+    def broken(value: np.ndarray) -> None:
+        raise RuntimeError("receiver failed")
+    w.add_(1.0)
+    ad.Receiver(broken, [w * 1], name="broken")
+    w.grad = None                    # zero_grad(): the step runs when the next op is traced
+    y = w * 3                        # traced while the step runs
+    with pytest.raises(ad.ReceiverError, match="receiver failed"):
+        y.numpy()
+    np.testing.assert_allclose(y.numpy(), [6, 6])   # the update ran; the trace goes on
