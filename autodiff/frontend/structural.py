@@ -16,6 +16,7 @@ every iteration compiles it once.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -60,6 +61,7 @@ class Entry:
     receivers: list[Callable[..., Any]]
     fed: list[Any]
     results: list[np.ndarray]
+    lock: threading.Lock = field(default_factory=threading.Lock)   # one run at a time binds the slots
 
 
 class _FeedSlot:
@@ -262,6 +264,12 @@ def run_part(part: Part, device: str | None = None) -> tuple[list[np.ndarray], A
 
 
 def run_prepared(found: Entry, binding: Binding, part: Part) -> tuple[list[np.ndarray], Any]:
+    """Bind the part's tensors, values and host functions to the entry's slots and run it."""
+    with found.lock:
+        return _run_bound(found, binding, part)
+
+
+def _run_bound(found: Entry, binding: Binding, part: Part) -> tuple[list[np.ndarray], Any]:
     for slot, value in zip(found.slots, binding.slots):
         slot.value = value.value if isinstance(value, Variable) else value
     found.feeders[:] = binding.feeders
