@@ -178,3 +178,10 @@ def test_a_step_run_in_the_background_raises_at_the_next_read():
     with pytest.raises(ad.ReceiverError, match="receiver failed"):
         y.numpy()
     np.testing.assert_allclose(y.numpy(), [6, 6])   # the update ran; the trace goes on
+
+
+def test_autodiffs_own_messages_do_not_run_anything():
+    t = ad.Tensor(np.ones(2, np.float32)) * 2
+    with pytest.raises(TraceError, match=r"got Tensor\(node %\d+, shape=\(2,\)"):
+        nn.SGD([t], lr=0.1)
+    assert not ad.current_program().eager and ad.compile_cache_info().misses == 0

@@ -168,3 +168,13 @@ def user_source_line() -> str:
 
 
 _inside_package: dict[str, bool] = {}   # file name -> whether it is part of autodiff
+
+
+def called_from_package(depth: int = 2) -> bool:
+    """Whether the caller `depth` frames up is autodiff's own code (an error message being
+    written, say), not the user's."""
+    filename = sys._getframe(depth).f_code.co_filename
+    inside = _inside_package.get(filename)
+    if inside is None:
+        inside = _inside_package[filename] = os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+    return inside

@@ -16,7 +16,7 @@ from ..ir import ops as O
 from ..ir.ops import Op
 from ..ir.graph import Node, Variable
 from ..errors import TraceError
-from .program import current_program
+from .program import called_from_package, current_program
 from ..ir.dtypes import FLOAT, INT
 from .trace import broadcast_shapes, make_leaf, make_node, normalize_axis, trace_error
 
@@ -112,8 +112,9 @@ class Tensor:
         return f"Tensor({kind}, shape={self.shape}, dtype={self.dtype})"
 
     def __repr__(self) -> str:
-        """An intermediate's value where it can be had now (interactive use, lazy.py), else what it is."""
-        if self._var is not None:
+        """An intermediate's value where it can be had now (interactive use, lazy.py), else what
+        it is. Never the value for autodiff's own messages: writing one must not run anything."""
+        if self._var is not None or called_from_package():
             return self._describe()
         from .lazy import value_or_none
         value = value_or_none(self)
