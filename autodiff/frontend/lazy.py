@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -42,10 +42,6 @@ _known: "weakref.WeakKeyDictionary[Node, np.ndarray]" = weakref.WeakKeyDictionar
 # device works while the host traces); every read, run and jit call waits for it first, so
 # runs keep program order. AUTODIFF_SYNC_STEPS=1 runs steps on the caller's thread.
 _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autodiff-step")
-
-
-def known_value(node: Node) -> np.ndarray | None:
-    return _known.get(node)
 
 
 def read_value(tensor: Any) -> np.ndarray:
