@@ -208,8 +208,10 @@ def _canonical(part: Part, keyer: "_Keyer", entry_: Entry) -> Program:
     return program
 
 
-def _copy_node(program: Program, node: Node, inputs: tuple[Node, ...], keyer: _Keyer, entry_: Entry, counters: dict[str, int], copy_block: Callable[[list[Node]], None],
+def _copy_node(program: Program, node: Node, inputs: tuple[Node, ...], keyer: _Keyer, entry_: Entry,
+               counters: dict[str, int], copy_block: Callable[[list[Node]], None],
                copies: dict[int, Node]) -> Node:
+    """The copy of one node: persistent tensors become slots, host functions indirections."""
     args = node.args
     if node.op in (Op.READ, Op.ASSIGN):
         var = entry_.slots[keyer.slot_of[id(args.var)]]
