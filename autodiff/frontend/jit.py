@@ -202,6 +202,11 @@ def _trace(fn: Callable[..., Any], args: tuple, kwargs: dict, static: Callable[[
                       O.ReceiverArgs(lambda *a: lowered.results.extend(np.array(x) for x in a), "outputs", 1),
                       "jit")
         _check_grads(program, block, grads_before)
+    except BaseException:
+        for var in program.variables:   # a failed trace leaves no .grad pointing into it
+            if id(var) in grads_before:
+                var.grad = grads_before[id(var)]
+        raise
     finally:
         program.pop_block()
         program.forget_block_reads(block)
