@@ -185,7 +185,7 @@ def _trace(fn: Callable[..., Any], args: tuple, kwargs: dict, static: Callable[[
     program = current_program()
     block = Block()   # a root of its own: nothing pending can leak in, nothing of it leaks out
     shell = Program()
-    shell.root = block
+    shell.root, shell.internal = block, True
     lowered = Lowered(shell, signature, None, [])
     grads_before = {id(v): v.grad for v in program.variables}
     program.push_block(block)

@@ -241,6 +241,8 @@ def _drop_dead_variables(program: Program) -> None:
 def after_program_run(program: Program, nodes_run: int) -> None:
     """`execute()` ran the first `nodes_run` root nodes: reads they made of a tensor updated
     after them see old values; the others (no update after them) see the host's value."""
+    if program.internal:
+        return
     program.run_upto = max(program.run_upto, nodes_run)
     ran = program.root.nodes[:nodes_run]
     assigned = list(dict.fromkeys(n.args.var.id for top in ran for n in _walk_one(top) if n.op is Op.ASSIGN))

@@ -44,6 +44,7 @@ class Program:
         self.eager = False                         # a value was read: later reads run what is pending
         self.boundary = False                      # zero_grad() in eager mode: flush before the next op
         self.inflight: object = None               # lazy.py: a step's run still going (a Future)
+        self.internal = False                      # a copy lazy.py or jit.py compiles: runs note nothing
 
     # --- blocks -------------------------------------------------------------
     @property

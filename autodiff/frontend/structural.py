@@ -184,6 +184,7 @@ def structural_key(part: Part, device: str, disable: frozenset[str]) -> tuple[An
 def _canonical(part: Part, keyer: "_Keyer", entry_: Entry) -> Program:
     """A copy of the part whose persistent tensors and known values are the entry's slots."""
     program = Program()
+    program.internal = True
     entry_.slots = [program.new_variable(np.array(v.value if isinstance(v, Variable) else v), f"slot{i}")
                     for i, v in enumerate(keyer.binding.slots)]
     copies: dict[int, Node] = {}
