@@ -212,6 +212,16 @@ def default_device() -> str:
     chosen = _chosen_device or os.environ.get("AUTODIFF_DEVICE")
     if chosen:
         return chosen
+    global _best_device
+    if _best_device is None:   # found once per process: every interactive read asks
+        _best_device = _best_backend()
+    return _best_device
+
+
+_best_device: str | None = None
+
+
+def _best_backend() -> str:
     problems = []
     for b in backends():
         if b.reference_only or b.fallback:
@@ -225,7 +235,7 @@ def default_device() -> str:
     if not _fallback_warned:
         _fallback_warned = True
         why = problems[-1] if problems else "no other backend is registered"
-        warnings.warn(f"autodiff runs on the {fallback.name} reference device (slow): {why}", stacklevel=3)
+        warnings.warn(f"autodiff runs on the {fallback.name} reference device (slow): {why}", stacklevel=4)
     return fallback.name
 
 

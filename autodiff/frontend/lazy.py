@@ -105,20 +105,20 @@ def flush(program: Program, wanted: list[Node], device: str | None = None, backg
     wait(program)
     pending = program.root.nodes[program.run_upto:]
     effects = [n for n in pending if n.op in EFFECT_OPS]
-    checker = _Validity(program)
-    for node in wanted:
-        checker.require(node)
-    for node in effects:
-        checker.require(node)
-    outputs = list(dict.fromkeys(wanted))
-    # every intermediate the user still holds and this run can compute comes back too
-    held = sorted((t._node for t in list(program.live)), key=lambda n: n.id)
-    for node in held:
-        if (node not in _known and node.block is program.root and node.op is not Op.CONST
-                and node not in outputs and checker.computable(node)):
-            outputs.append(node)
-    outputs += [n for n in pending if n.op is Op.RANDOM and n not in outputs]   # a draw is kept
+    # every intermediate the user still holds comes back too (if this run can compute it)
+    held = [n for n in sorted((t._node for t in list(program.live)), key=lambda n: n.id)
+            if n not in _known and n.block is program.root and n.op is not Op.CONST]
+    randoms = [n for n in pending if n.op is Op.RANDOM]   # a draw is kept
+    outputs = list(dict.fromkeys(wanted + held + randoms))
     nodes, inputs = _needed(program, outputs + effects)
+    if any(n.id < program.fresh_from for n in nodes):
+        # made before the last run: some may read values that run overwrote (the usual step
+        # has none, and skips this walk)
+        checker = _Validity(program)
+        for node in wanted + effects:
+            checker.require(node)
+        outputs = list(dict.fromkeys(wanted + [n for n in held + randoms if checker.computable(n)]))
+        nodes, inputs = _needed(program, outputs + effects)
     report = None
     if nodes or outputs:
         part = Part(nodes, outputs, inputs)
@@ -225,6 +225,7 @@ def _needed(program: Program, roots: list[Node]) -> tuple[list[Node], dict[Node,
 def _finish(program: Program) -> None:
     """After a run: everything pending ran; reads made before it see the old values."""
     program.assigns_run = dict(program.assigns)
+    program.fresh_from = program._next_id
     del program.root.nodes[program.run_upto:]
     program.forget_block_reads(program.root)
     program.boundary = False
@@ -243,6 +244,7 @@ def after_program_run(program: Program, nodes_run: int) -> None:
     after them see old values; the others (no update after them) see the host's value."""
     if program.internal:
         return
+    program.fresh_from = program._next_id
     program.run_upto = max(program.run_upto, nodes_run)
     ran = program.root.nodes[:nodes_run]
     assigned = list(dict.fromkeys(n.args.var.id for top in ran for n in _walk_one(top) if n.op is Op.ASSIGN))
@@ -267,6 +269,7 @@ def _walk_one(node: Node) -> list[Node]:
 def note_updates(program: Program, var_ids: list[int]) -> None:
     """A program of its own (ad.jit) updated these tensors now: earlier reads see old values."""
     wait(program)
+    program.fresh_from = program._next_id
     var_ids = list(dict.fromkeys(var_ids))
     for var_id in var_ids:
         program.assigns[var_id] = program.assigns.get(var_id, 0) + 1

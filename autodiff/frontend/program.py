@@ -45,6 +45,7 @@ class Program:
         self.boundary = False                      # zero_grad() in eager mode: flush before the next op
         self.inflight: object = None               # lazy.py: a step's run still going (a Future)
         self.internal = False                      # a copy lazy.py or jit.py compiles: runs note nothing
+        self.fresh_from = 0                        # nodes from this id on were made after the last run
 
     # --- blocks -------------------------------------------------------------
     @property

@@ -31,6 +31,8 @@ from . import entry
 from .program import Program
 
 MAX_ENTRIES = 64   # compiled programs kept (least recently used dropped first)
+# ops whose arguments name tensors, host functions or seeds: keyed by what they mean
+_SPECIAL_ARGS = frozenset({Op.READ, Op.ASSIGN, Op.FEEDER, Op.RECEIVER, Op.FOR, Op.RANDOM, Op.CONST})
 
 
 @dataclass
@@ -137,12 +139,14 @@ class _Keyer:
         return self.index[id(node)]
 
     def block_key(self, nodes: list[Node]) -> tuple:
-        return tuple(self.node_key(n) for n in nodes)
-
-    def node_key(self, node: Node) -> tuple:
-        inputs = tuple(self.ref(i) for i in node.inputs)
-        self.index[id(node)] = len(self.index)
-        return (node.op.value, inputs, node.shape, node.dtype, self.args_key(node))
+        # one loop with locals: this walk runs for every step of an interactive loop
+        index, known, ref, out = self.index, self.part.inputs, self.ref, []
+        for node in nodes:
+            inputs = tuple([ref(i) if i in known else index[id(i)] for i in node.inputs])
+            index[id(node)] = len(index)
+            args = self.args_key(node) if node.op in _SPECIAL_ARGS else node.args
+            out.append((node.op, inputs, node.shape, node.dtype, args))
+        return tuple(out)
 
     def args_key(self, node: Node) -> Any:
         args = node.args
