@@ -159,12 +159,8 @@ def user_source_line() -> str:
     """file:line of the innermost caller outside the autodiff package."""
     frame = sys._getframe(1)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        inside = _inside_package.get(filename)
-        if inside is None:   # abspath per frame was a tenth of the time of tracing a step
-            inside = _inside_package[filename] = os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
-        if not inside:
-            return f"{filename}:{frame.f_lineno}"
+        if not _in_package(frame.f_code.co_filename):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"
 
@@ -172,11 +168,14 @@ def user_source_line() -> str:
 _inside_package: dict[str, bool] = {}   # file name -> whether it is part of autodiff
 
 
+def _in_package(filename: str) -> bool:
+    inside = _inside_package.get(filename)
+    if inside is None:   # abspath per frame was a tenth of the time of tracing a step
+        inside = _inside_package[filename] = os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+    return inside
+
+
 def called_from_package(depth: int = 2) -> bool:
     """Whether the caller `depth` frames up is autodiff's own code (an error message being
     written, say), not the user's."""
-    filename = sys._getframe(depth).f_code.co_filename
-    inside = _inside_package.get(filename)
-    if inside is None:
-        inside = _inside_package[filename] = os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
-    return inside
+    return _in_package(sys._getframe(depth).f_code.co_filename)
