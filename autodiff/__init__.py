@@ -18,7 +18,8 @@ from .frontend.program import Program, current_program, manual_seed, reset
 from .frontend.tensor import Tensor
 from .printing import pg, plot_memory, print_graph
 from .visualize import draw_graph, to_networkx
-from .compiler import CompiledProgram, Report, compile, default_device, execute
+from .compiler import CompiledProgram, Report, compile, default_device, execute, set_default_device
+from .frontend.structural import CacheInfo, clear_compile_cache, compile_cache_info
 from . import checkpoint, distributed, nn
 from .checkpoint import load, restore, save
 from .export import ExportedProgram, export, load_exported
@@ -28,3 +29,6 @@ int32 = "int32"
 
 __version__ = "0.1.0"
 from .frontend.transforms import hessian, jacobian, jvp, value_and_grad, vjp
+from .frontend.jit import Jitted, Lowered, jit
+from .frontend import entry as _entry
+_entry.register_printer(print_graph)

@@ -23,11 +23,12 @@ from typing import Any, Callable
 from .alloc.plan import MemoryPlan, plan_memory, validate_plan
 from .backends import host
 from .backends.registry import Backend, backend, backend_switches, backends
-from .frontend import entry
+from .frontend import entry, lazy
 from .frontend.program import Program, current_program
 from .fusion import FUSION_KINDS, fuse
 from .ir.graph import Block
 from .ir.ops import Op
+from .errors import TraceError
 from .loggers import get_logger
 from .opt import CHECK_SWITCHES, PASS_NAMES, Graph, PassRecord, optimize
 from .proc import lower
@@ -202,12 +203,34 @@ class Report:
         return self._profiled().save_trace(path)
 
 
+_chosen_device: str | None = None   # set_default_device()
+
+
+def set_default_device(device: str | None) -> None:
+    """The device that execute(), interactive reads and ad.jit use when none is named;
+    None goes back to AUTODIFF_DEVICE, else the best one here."""
+    global _chosen_device
+    if device is not None:
+        backend(device)   # an unknown name raises here, naming the registered ones
+    _chosen_device = device
+
+
 def default_device() -> str:
-    """AUTODIFF_DEVICE if set, else the preferred backend that runs here (numpy, with a
-    warning that says why, when no other one does)."""
-    chosen = os.environ.get("AUTODIFF_DEVICE")
+    """set_default_device()'s choice, else AUTODIFF_DEVICE if set, else the preferred backend
+    that runs here (numpy, with a warning that says why, when no other one does)."""
+    chosen = _chosen_device or os.environ.get("AUTODIFF_DEVICE")
     if chosen:
         return chosen
+    global _best_device
+    if _best_device is None:   # found once per process: every interactive read asks
+        _best_device = _best_backend()
+    return _best_device
+
+
+_best_device: str | None = None
+
+
+def _best_backend() -> str:
     problems = []
     for b in backends():
         if b.reference_only or b.fallback:
@@ -221,7 +244,7 @@ def default_device() -> str:
     if not _fallback_warned:
         _fallback_warned = True
         why = problems[-1] if problems else "no other backend is registered"
-        warnings.warn(f"autodiff runs on the {fallback.name} reference device (slow): {why}", stacklevel=3)
+        warnings.warn(f"autodiff runs on the {fallback.name} reference device (slow): {why}", stacklevel=4)
     return fallback.name
 
 
@@ -240,6 +263,8 @@ class CompiledProgram:
         self.profile = profile if profile is not None else setting not in ("", "0")
         self.trace_path = setting if setting.endswith(".json") else None
         self.program = program
+        # the root nodes a run runs: what it leaves behind for interactive reads (lazy.py)
+        self.nodes_run = len(program.root.nodes)
         self.device = device
         self.disable = disable
         self.debug = bool(os.environ.get("AUTODIFF_DEBUG")) if debug is None else debug
@@ -291,6 +316,7 @@ class CompiledProgram:
         finally:
             if recorder is not None:
                 self._stop_profile(recorder, start)
+            lazy.after_program_run(self.program, self.nodes_run)
         report = Report(
             device=self.device,
             compile_seconds=self.compile_seconds,
@@ -349,6 +375,10 @@ class CompiledProgram:
 
 def compile_program(program: Program | None = None, device: str | None = None, **options: Any) -> CompiledProgram:
     program = program or current_program()
+    if program.eager and program.root.nodes[program.run_upto:]:
+        raise TraceError("compile(): values of this program were read (interactive use), so what is "
+                         "pending is run by the next read or execute(); to compile a step ahead of "
+                         "time, wrap it in ad.jit(fn) and use fn.compile(*args)")
     unknown = [k for k in options if k not in KNOWN_OPTIONS]
     if unknown:
         raise TypeError(f"unknown compile options {unknown}; known: {list(KNOWN_OPTIONS)}")
@@ -365,6 +395,10 @@ def compile_program(program: Program | None = None, device: str | None = None, *
 
 
 def execute_program(program: Program | None = None, device: str | None = None, **options: Any) -> Report:
+    program = program or current_program()
+    if program.eager:   # a value was read: what is pending runs, through the compile cache
+        report = lazy.execute_pending(program, device)
+        return report if report is not None else Report(device=device or default_device())
     return compile_program(program, device, **options).run()
 
 

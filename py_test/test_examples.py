@@ -193,3 +193,16 @@ def test_show_graph_prints_the_graph(script, args, tmp_path):
     output = run_example(script, "numpy", "--steps", "1", "--show-graph", *args, *extra)
     assert re.search(r"^graph: \d+ nodes, \d+ persistent tensors", output, re.M), output[:500]
     assert re.search(r"= for %\d+ in range\(0, 1, 1\)", output), output[:2000]
+
+
+# --- mnist_eager.py ----------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+def test_mnist_eager_matches_the_ir_for_version_and_compiles_once(device):
+    """The plain Python loop (a read every 20 steps) trains as the ir_for program does, and
+    compiles its step once (the other compile is the evaluation)."""
+    eager = run_example("mnist_eager.py", device, "--steps", "40", "--batch", "128", "--profile")
+    looped = run_example("mnist.py", device, "--steps", "40", "--batch", "128")
+    assert_decreasing(step_losses(eager))
+    assert step_losses(eager)[-1] == pytest.approx(step_losses(looped)[-1], rel=1e-3)
+    assert number_after("test accuracy", eager) == pytest.approx(number_after("test accuracy", looped), abs=1e-3)
+    assert "compile cache: 2 compiles, 39 hits" in eager

@@ -8,6 +8,7 @@ imported (importing `autodiff` imports it), and the frontend asks for it here.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 _compiler: ModuleType | None = None
 
@@ -23,3 +24,20 @@ def compiler() -> ModuleType:
         importlib.import_module("autodiff.compiler")
     assert _compiler is not None, "autodiff.compiler did not register itself"
     return _compiler
+
+
+_printer: Any = None
+
+
+def register_printer(print_graph: Any) -> None:
+    """`autodiff.printing.print_graph`, registered by `autodiff/__init__.py` (ad.jit's
+    `Lowered.print` prints its program's stages with it)."""
+    global _printer
+    _printer = print_graph
+
+
+def printer() -> Any:
+    if _printer is None:
+        import importlib
+        importlib.import_module("autodiff")
+    return _printer

@@ -10,6 +10,7 @@ import contextvars
 import os
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -33,6 +34,18 @@ class Program:
         # node id -> source line of the backward() that differentiated through it without
         # retain_graph=True: a second backward() through that node is an error, as in torch
         self.freed_by_backward: dict[int, str] = {}
+        # --- interactive use (lazy.py): what reading a value needs to know --------------
+        self._next_var = 0                         # variable ids stay unique when lazy.py drops dead ones
+        self.live: weakref.WeakSet = weakref.WeakSet()   # intermediate Tensors the user may still hold
+        self.assigns: dict[int, int] = {}          # variable id -> updates traced so far
+        self.assigns_run: dict[int, int] = {}      # variable id -> updates that have run (host value)
+        self.read_epoch: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # READ -> assigns before it
+        self.run_upto = 0                          # root nodes [0, run_upto) belong to a program already run
+        self.eager = False                         # a value was read: later reads run what is pending
+        self.boundary = False                      # zero_grad() in eager mode: flush before the next op
+        self.inflight: object = None               # lazy.py: a step's run still going (a Future)
+        self.internal = False                      # a copy lazy.py or jit.py compiles: runs note nothing
+        self.fresh_from = 0                        # nodes from this id on were made after the last run
 
     # --- blocks -------------------------------------------------------------
     @property
@@ -48,13 +61,18 @@ class Program:
     # --- nodes --------------------------------------------------------------
     def add_node(self, op: Op, inputs: tuple[Node, ...], shape: tuple[int, ...], dtype: str,
                  args: OpArgs, where: str) -> Node:
+        if self.boundary and self.block is self.root:
+            self.boundary = False
+            from .lazy import flush_pending   # lazy.py builds on this module
+            flush_pending(self, background=True)
         node = Node(self._next_id, op, inputs, shape, dtype, args, self.block, where)
         self._next_id += 1
         self.block.nodes.append(node)
         return node
 
     def new_variable(self, value: np.ndarray, name: str | None) -> Variable:
-        var = Variable(len(self.variables), name or f"t{len(self.variables)}", value)
+        var = Variable(self._next_var, name or f"t{self._next_var}", value)
+        self._next_var += 1
         self.variables.append(var)
         return var
 
@@ -70,6 +88,10 @@ class Program:
         for key in list(self._reads):
             if key[0] == key_block and (var_ids is None or key[1] in var_ids):
                 del self._reads[key]
+
+    def forget_block_reads(self, block: Block) -> None:
+        """A block's cached reads are out of date (lazy.py ran what was traced)."""
+        self._reads = {key: node for key, node in self._reads.items() if key[0] != id(block)}
 
     def next_random_seed(self) -> int:
         self._random_seeds += 1
@@ -87,7 +109,7 @@ class Program:
 
     def execute(self, device: str | None = None, **options):  # -> compiler.Report
         """Compile and run this program once (see `autodiff.execute`)."""
-        return entry.compiler().compile_program(self, device, **options).run()
+        return entry.compiler().execute_program(self, device, **options)
 
     def compile(self, device: str | None = None, **options):  # -> compiler.CompiledProgram
         """Compile this program without running it (see `autodiff.compile`)."""
@@ -137,8 +159,23 @@ def user_source_line() -> str:
     """file:line of the innermost caller outside the autodiff package."""
     frame = sys._getframe(1)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
-            return f"{filename}:{frame.f_lineno}"
+        if not _in_package(frame.f_code.co_filename):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"
+
+
+_inside_package: dict[str, bool] = {}   # file name -> whether it is part of autodiff
+
+
+def _in_package(filename: str) -> bool:
+    inside = _inside_package.get(filename)
+    if inside is None:   # abspath per frame was a tenth of the time of tracing a step
+        inside = _inside_package[filename] = os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+    return inside
+
+
+def called_from_package(depth: int = 2) -> bool:
+    """Whether the caller `depth` frames up is autodiff's own code (an error message being
+    written, say), not the user's."""
+    return _in_package(sys._getframe(depth).f_code.co_filename)

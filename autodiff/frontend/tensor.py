@@ -16,7 +16,7 @@ from ..ir import ops as O
 from ..ir.ops import Op
 from ..ir.graph import Node, Variable
 from ..errors import TraceError
-from .program import current_program
+from .program import called_from_package, current_program
 from ..ir.dtypes import FLOAT, INT
 from .trace import broadcast_shapes, make_leaf, make_node, normalize_axis, trace_error
 
@@ -55,6 +55,7 @@ class Tensor:
         tensor._program = current_program()
         tensor._var = None
         tensor._node = node
+        tensor._program.live.add(tensor)   # a value the user holds: kept when a read runs the trace
         return tensor
 
     # --- identity -----------------------------------------------------------
@@ -70,6 +71,7 @@ class Tensor:
         if node is None:
             node = make_leaf(Op.READ, self._var.shape, self._var.dtype, O.ReadArgs(self._var))
             program.remember_read(self._var, node)
+            program.read_epoch[node] = program.assigns.get(self._var.id, 0)   # lazy.py: still valid?
         return node
 
     @property
@@ -104,28 +106,56 @@ class Tensor:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __repr__(self) -> str:
+    def _describe(self) -> str:
+        """What the tensor is, without its value (error messages; repr where no value can be had)."""
         kind = f"persistent '{self._var.name}'" if self._var is not None else f"node %{self._node.id}"
         return f"Tensor({kind}, shape={self.shape}, dtype={self.dtype})"
+
+    def __repr__(self) -> str:
+        """An intermediate's value where it can be had now (interactive use, lazy.py), else what
+        it is. Never the value for autodiff's own messages: writing one must not run anything."""
+        if self._var is not None or called_from_package():
+            return self._describe()
+        from .lazy import value_or_none
+        value = value_or_none(self)
+        if value is None:
+            return self._describe()
+        body = np.array2string(value, separator=", ", prefix="tensor(")
+        return f"tensor({body})" if self.dtype == FLOAT else f"tensor({body}, dtype={self.dtype})"
+
+    def __format__(self, spec: str) -> str:
+        """`f"{loss:.4f}"` formats the value of a one-element tensor, as torch does."""
+        return format(self.item(), spec) if spec else repr(self)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        value = self.numpy()
+        return value if dtype is None else value.astype(dtype)
 
     def __bool__(self) -> bool:
         # `if t:`, `and`/`or`/`not` and `x in list` (through ==) would need the value now,
         # but a traced tensor only has one when the program runs
-        raise trace_error("bool", f"{self!r} has no value while tracing, so Python control flow "
+        raise trace_error("bool", f"{self._describe()} has no value while tracing, so Python control flow "
                           "(if, while, and, or, not, `in` on a list, which compares with ==) cannot "
                           "branch on it; use ad.where(cond, a, b) to choose per element, `is` to "
                           "compare tensors by identity, or a Receiver to look at the value")
 
     # --- values and gradients ----------------------------------------------
     def numpy(self) -> np.ndarray:
-        """Value of a persistent tensor (after execute(), the value the run left)."""
-        if self._var is None:
-            raise TraceError(f"{self!r} is an intermediate value of the traced program and has no "
-                             "value on the host: pass it to a Receiver to get its value each time "
-                             "it is computed, or assign it to a persistent tensor")
-        return self._var.value.copy()
+        """The value, as torch gives it. Of a persistent tensor: the value the last run left
+        (in interactive use, after the updates traced so far run). Of an intermediate: the
+        part of the trace it needs runs now, with the updates traced before it (lazy.py)."""
+        from .lazy import read_value
+        return read_value(self)
 
     def item(self) -> float:
+        if self.numel() != 1:   # torch's rule and message
+            raise ValueError(f"a Tensor with {self.numel()} elements cannot be converted to Scalar")
         return self.numpy().item()
 
     @property
@@ -138,6 +168,8 @@ class Tensor:
         if self._var is None:
             raise TraceError(".grad is kept only for persistent tensors; use ad.grad for intermediates")
         self._var.grad = value
+        if value is None and self._program.eager:
+            self._program.boundary = True   # zero_grad(): a training step ends; run it before the next op
 
     @property
     def requires_grad(self) -> bool:
@@ -165,14 +197,16 @@ class Tensor:
     def assign(self, value: TensorLike) -> "Tensor":
         """Overwrite a persistent tensor with `value` (an in-place update node)."""
         if self._var is None:
-            raise TraceError(f"assign: {self!r} is not persistent; only persistent tensors "
+            raise TraceError(f"assign: {self._describe()} is not persistent; only persistent tensors "
                              "(made with ad.Tensor(data)) can be updated in place")
         value = as_tensor(value, self)
         if value.dtype != self.dtype:
             value = value.to(self.dtype)
         value = value.expand_to(self.shape, "assign")
         make_node(Op.ASSIGN, [value.node], O.AssignArgs(self._var))
-        current_program().forget_reads([self._var.id])
+        program = current_program()
+        program.forget_reads([self._var.id])
+        program.assigns[self._var.id] = program.assigns.get(self._var.id, 0) + 1
         return self
 
     def copy_(self, value: TensorLike) -> "Tensor":
