@@ -165,3 +165,33 @@ def test_vectorized_guards_match_numpy(disable, megakernel, rng):
     }
     for name, want in expected.items():
         np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=1e-5, err_msg=name)
+
+
+@needs_opencl
+@pytest.mark.parametrize("megakernel", [True, False], ids=["stages", "single"])
+@pytest.mark.parametrize("disable", [frozenset(), frozenset({"vectorize"})], ids=["vectors", "scalar"])
+def test_vector_reductions_with_a_scalar_tail_match_numpy(disable, megakernel, rng):
+    """Axes no vector width divides (37, 255: the linear example's products) run in vectors
+    with a scalar loop over the last elements; NaN in the tail still wins a maximum."""
+    y = rng.standard_normal((3, 7, 37)).astype(np.float32)
+    y[1, 2, 35] = np.nan
+    x = rng.standard_normal((2, 255)).astype(np.float32)
+    w = rng.standard_normal((255, 3)).astype(np.float32)
+    ty, tx, tw = ad.Tensor(y), ad.Tensor(x), ad.Tensor(w)
+    outputs = {
+        "max_37": ty.max(2),
+        "sum_7x37": ty.sum((1, 2)),
+        "exp_sum_37": (ty * 0.5).exp().sum(2),
+        "rows_255": (tx * tx).sum(1),
+        "product_255": tx @ tw,
+    }
+    got: dict[str, np.ndarray] = {}
+    ad.Receiver(lambda *vs: got.update(zip(outputs, vs)), list(outputs.values()))
+    compiled = ad.compile(device="opencl", disable=disable | (set() if megakernel else {"megakernel"}))
+    assert ("float rest" in _kernel_texts(compiled)) == (not disable)
+    compiled.run()
+    with np.errstate(all="ignore"):
+        expected = {"max_37": y.max(2), "sum_7x37": y.sum((1, 2)), "exp_sum_37": np.exp(y * 0.5).sum(2),
+                    "rows_255": (x * x).sum(1), "product_255": x @ w}
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=1e-5, equal_nan=True, err_msg=name)

@@ -438,24 +438,35 @@ class KernelRenderer:
             form = without_lane(form, lane)
         return form
 
-    def reduction_width(self, e: Reduce) -> int:
-        """Lanes for the innermost axis of a float sum or maximum whose loads are contiguous
-        along it (or do not depend on it); 1 keeps the scalar loop."""
+    def reduction_width(self, e: Reduce) -> tuple[int, int]:
+        """(lanes, tail) for the innermost axis of a float sum or maximum whose loads are
+        contiguous along it (or do not depend on it): the widest width dividing the axis, else
+        the widest that fits with a scalar loop over the last `tail` elements (an axis of 255);
+        (1, 0) keeps the scalar loop. A compensated (long) sum takes no tail: its tail would
+        add up uncompensated."""
         if not self.vectorize or e.op not in (Op.SUM, Op.MAX) or e.dtype != "float32" or not e.variables:
-            return 1
+            return 1, 0
         if self.lane_of(e) is not None:
-            return 1        # already a vector per output lane: its accumulator is a vector
+            return 1, 0     # already a vector per output lane: its accumulator is a vector
         last = e.variables[-1]
 
         def fits(width: int) -> bool:
             body, _, lane = spread(e.body, last, width)
             return vectorizes(body, lane, self.buffers)
-        return widest(last.extent, fits, self.lang.vector_widths)
+        width = widest(last.extent, fits, self.lang.vector_widths)
+        if width > 1 or compensates(e.op, e.dtype, reduction_length(e)):
+            return width, 0
+        for width in self.lang.vector_widths:
+            if last.extent >= 2 * width and fits(width):
+                return width, last.extent % width
+        return 1, 0
 
-    def vector_reduce(self, e: Reduce, scope: _Scope, width: int) -> str:
+    def vector_reduce(self, e: Reduce, scope: _Scope, width: int, tail: int = 0) -> str:
         """The innermost axis in steps of `width` lanes into a vector accumulator, folded to
-        one float at the end (ad_hsum / ad_hmax: halves combined, NaN kept by the max)."""
-        body, outer, lane = spread(e.body, e.variables[-1], width)
+        one float at the end (ad_hsum / ad_hmax: halves combined, NaN kept by the max); the
+        last `tail` elements of the axis (when `width` does not divide it) in a scalar loop."""
+        last = e.variables[-1]
+        body, outer, lane = spread(e.body, last, width)
         self.lanes[lane] = width
         variables = e.variables[:-1] + (outer,)
         for v in variables:
@@ -469,12 +480,25 @@ class KernelRenderer:
         if self.lane_of(body) is None:
             value = f"({vector})({value})"
         inner.lines.append(combine(e.op, lanes, value, vector=True, compensation=compensation, ctype=vector))
-        lines = inner.lines
-        for v in reversed(variables):
-            name = self.var_names[v]
-            lines = [f"for (int {name} = 0; {name} < {v.extent}; {name}++) {{"] + ["    " + x for x in lines] + ["}"]
+        name = self.var_names[outer]
+        lines = [f"for (int {name} = 0; {name} < {outer.extent}; {name}++) {{"] + ["    " + x for x in inner.lines] + ["}"]
+        rest = None
+        if tail:
+            rest = self.fresh("rest")
+            scope.lines.append(f"float {rest} = {start_value(e.op, e.dtype, self.lang)};")
+            step = Var(f"{last.name}_tail", tail)
+            self.var_names[step] = self.fresh("r")
+            at_tail = substitute_vars(e.body, {last: Index.of(step) + outer.extent * width})
+            ends = _Scope(scope, variables=e.variables[:-1] + (step,))
+            end_value = self.value(at_tail, ends)
+            ends.lines.append(combine(e.op, rest, end_value))
+            lines += self.loops((step,), ends.lines)
+        lines = self.loops(e.variables[:-1], lines)
         scope.lines.extend(lines)
-        return self.emit(scope, "float", f"{'ad_hsum' if e.op is Op.SUM else 'ad_hmax'}({lanes})", "acc")
+        acc = self.emit(scope, "float", f"{'ad_hsum' if e.op is Op.SUM else 'ad_hmax'}({lanes})", "acc")
+        if rest is not None:
+            scope.lines.append(combine(e.op, acc, rest))
+        return acc
 
     def compensation(self, e: Reduce, scope: _Scope, ctype: str, length: int) -> str | None:
         """The running compensation of a long float sum (declared here), else None."""
@@ -485,9 +509,9 @@ class KernelRenderer:
         return name
 
     def reduce(self, e: Reduce, scope: _Scope) -> str:
-        width = self.reduction_width(e)
+        width, tail = self.reduction_width(e)
         if width > 1:
-            return self.vector_reduce(e, scope, width)
+            return self.vector_reduce(e, scope, width, tail)
         for v in e.variables:
             self.var_names[v] = self.fresh("r")
         t = self.value_type(e)      # floatW when the body differs per output lane
