@@ -39,6 +39,7 @@ class _World:
     timeout: float = DEFAULT_TIMEOUT
     worker: ThreadPoolExecutor | None = None
     issued: int = 0                # collectives issued so far (named in errors)
+    local_rank: int | None = None  # rank among the processes on this machine, once asked (local_rank())
 
 
 _WORLD = _World()
@@ -103,8 +104,12 @@ def local_rank() -> int:
             return int(os.environ[name])
     if _WORLD.comm is None:
         return 0
-    from mpi4py import MPI
-    return _WORLD.comm.Split_type(MPI.COMM_TYPE_SHARED).rank
+    if _WORLD.local_rank is None:   # a collective call: made once, by every rank at the same point
+        from mpi4py import MPI
+        node = _WORLD.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        _WORLD.local_rank = node.rank
+        node.Free()
+    return _WORLD.local_rank
 
 
 def share_from_root(make: Callable[[], np.ndarray], like: np.ndarray, root: int = 0) -> np.ndarray:

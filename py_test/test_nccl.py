@@ -10,13 +10,23 @@ all_reduce sum/mean/max, broadcast, all_gather and a multi-buffer bucket, and a 
 run against numpy-proc. Also the "nccl" switch and a CuPy without NCCL (the host path, said in
 a log line only), and NCCL's timeout.
 
-Real NCCL across ranks needs GPUs: TODO.md has the command for a multi-GPU machine.
+Under mpiexec (2 and 3 ranks; skipped without mpi4py and mpiexec), `nccl_worker.py` runs
+distributed_worker's scenarios on the emulated GPU with an NCCL made of MPI calls: the CUDA
+executor's NCCL path across ranks (the id exchange, all_gather shares, the mean's division,
+broadcast roots, DDP against one process on the whole batch). Real NCCL needs GPUs: TODO.md
+has the command for a multi-GPU machine.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import re
 import shutil
+import subprocess
 import sys
+import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +37,7 @@ import autodiff.nn.functional as F
 from autodiff import comm, nn
 from autodiff import distributed as dist
 from autodiff.backends import cuda_nccl
-from autodiff.backends.cuda import CUDAExecutor
+from autodiff.backends.cuda import CUDAExecutor, default_device
 from autodiff.errors import DistributedError
 from autodiff.frontend.collectives import all_reduce_flat
 from test_cuda import EmulatedCuPy, FakeNccl, compile_proc, run_against_numpy_proc, trace_effects
@@ -250,3 +260,66 @@ def test_a_hung_nccl_call_times_out_and_aborts(emulated: EmulatedCuPy, monkeypat
     with pytest.raises(DistributedError, match=r"rank 0: .* did not complete within 0.05 s behind \d+ NCCL"):
         compiled.run()
     assert executor.nccl.communicator.aborted and not cuda_nccl._COMMUNICATORS
+
+
+def test_local_rank_picks_the_device(monkeypatch) -> None:
+    for name in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID",
+                 "AUTODIFF_CUDA_DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    cp = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 2)))
+    assert comm.local_rank() == 0 and default_device(cp) == 0
+    monkeypatch.setenv("MPI_LOCALRANKID", "3")      # MPICH's
+    assert comm.local_rank() == 3 and default_device(cp) == 0, "one process: device 0"
+    monkeypatch.setattr(comm._WORLD, "size", 4)
+    assert default_device(cp) == 1, "local rank 3 of 2 GPUs"
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "2")   # Open MPI's comes first
+    assert comm.local_rank() == 2 and default_device(cp) == 0
+    monkeypatch.setenv("AUTODIFF_CUDA_DEVICE", "1")
+    assert default_device(cp) == 1
+
+
+def test_share_from_root_on_one_process() -> None:
+    made = []
+    value = comm.share_from_root(lambda: made.append(1) or np.arange(4), np.zeros(4, np.int64))
+    assert made == [1] and value.dtype == np.int64 and value.tolist() == [0, 1, 2, 3]
+
+
+# --- several ranks under mpiexec: the emulated GPU, NCCL made of MPI ----------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "nccl_worker.py"
+HAS_MPI = importlib.util.find_spec("mpi4py") is not None and shutil.which("mpiexec") is not None
+needs_mpi = pytest.mark.skipif(not HAS_MPI, reason="needs mpi4py and mpiexec (pip install 'autodiff[distributed]')")
+SUBPROCESS_TIMEOUT = 180
+
+
+def _mpiexec(ranks: int, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(["mpiexec", "-n", str(ranks), sys.executable, str(WORKER), *args], capture_output=True,
+                          text=True, timeout=SUBPROCESS_TIMEOUT, env=environment, cwd=ROOT)
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_nccl_collectives_across_ranks(ranks: int) -> None:
+    done = _mpiexec(ranks, "collectives", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(re.findall(r"ok \d", done.stdout)) == [f"ok {r}" for r in range(ranks)]
+    # 2 iterations of 9 collectives (the forward's and their VJPs'), all through NCCL; on the host the id only
+    assert sorted(re.findall(r"rank \d: nccl calls 18, host collectives 1", done.stdout)) == [
+        f"rank {r}: nccl calls 18, host collectives 1" for r in range(ranks)], done.stdout
+
+
+@needs_mpi
+def test_ddp_through_nccl_on_three_ranks_equals_one_process(tmp_path: Path) -> None:
+    out = str(tmp_path / "weights")
+    one = subprocess.run([sys.executable, str(WORKER.parent / "distributed_worker.py"), "ddp", "numpy-proc", "60"],
+                         capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "AUTODIFF_TEST_OUT": out + "-one"})
+    assert one.returncode == 0, one.stderr
+    three = _mpiexec(3, "ddp", "60", env={"AUTODIFF_TEST_OUT": out})
+    assert three.returncode == 0, three.stdout + three.stderr
+    assert len(re.findall(r"nccl calls 16,", three.stdout)) == 3, "4 steps of 4 buckets"
+    reference = np.load(out + "-one.0.npy")
+    for rank in range(3):
+        np.testing.assert_allclose(np.load(f"{out}.{rank}.npy"), reference, rtol=1e-5, atol=1e-6)
