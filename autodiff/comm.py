@@ -39,6 +39,7 @@ class _World:
     timeout: float = DEFAULT_TIMEOUT
     worker: ThreadPoolExecutor | None = None
     issued: int = 0                # collectives issued so far (named in errors)
+    local_rank: int | None = None  # rank among the processes on this machine, once asked (local_rank())
 
 
 _WORLD = _World()
@@ -92,6 +93,30 @@ def world_size() -> int:
 
 def is_distributed() -> bool:
     return _WORLD.size > 1
+
+
+def local_rank() -> int:
+    """This process's rank among those on its machine (one GPU each): Open MPI's
+    OMPI_COMM_WORLD_LOCAL_RANK, MPICH's MPI_LOCALRANKID, or else the rank among the
+    processes sharing memory with it (an MPI split); 0 on one process."""
+    for name in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    if _WORLD.comm is None:
+        return 0
+    if _WORLD.local_rank is None:   # a collective call: made once, by every rank at the same point
+        from mpi4py import MPI
+        node = _WORLD.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        _WORLD.local_rank = node.rank
+        node.Free()
+    return _WORLD.local_rank
+
+
+def share_from_root(make: Callable[[], np.ndarray], like: np.ndarray, root: int = 0) -> np.ndarray:
+    """`make()` called on rank `root` only, its value on every rank (an NCCL unique id: made
+    once, by one rank). `like` gives the shape and dtype the other ranks receive into."""
+    value = np.asarray(make(), like.dtype).reshape(like.shape) if _WORLD.rank == root else np.zeros_like(like)
+    return run("broadcast", value, root=root)
 
 
 def set_timeout(seconds: float) -> None:

@@ -390,14 +390,19 @@ KERNEL = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
 class EmulatedCuPy(types.ModuleType):
     """The CuPy calls CUDAExecutor makes, on the CPU: device memory is host memory, a kernel is its
     CUDA source compiled by g++ and run block by block, thread by thread, in order of the thread id;
-    copies and launches run at once, except while a stream captures a graph."""
+    copies and launches run at once, except while a stream captures a graph. With `nccl`,
+    `cuda.nccl` is a one-rank NCCL (`FakeNccl`). `log` records, in order, the stream operations
+    the collectives' ordering rests on: ("launch", stream, pointer args), ("copy", stream ptr,
+    kind, source pointer), ("record", stream, event), ("wait_event", stream, event), ("divide", stream) and
+    FakeNccl's calls."""
 
-    def __init__(self, folder: str, memory: int = 1 << 34) -> None:
+    def __init__(self, folder: str, memory: int = 1 << 34, nccl: bool = False) -> None:
         super().__init__("cupy")
         self.folder = folder
         self.uint8, self.float32, self.int32 = np.uint8, np.float32, np.int32
         self.current: Any = None                 # the stream of the innermost `with stream:`
         self.graphs_launched = self.captured_launches = 0
+        self.log: list[tuple] = []
         emulator = self
 
         class CompileException(Exception):
@@ -464,7 +469,13 @@ class EmulatedCuPy(types.ModuleType):
 
             def record(self) -> Event:
                 assert self.captured is None, "an event recorded while capturing"
-                return Event()
+                event = Event()
+                emulator.log.append(("record", self, event))
+                return event
+
+            def wait_event(self, event: Event) -> None:
+                assert self.captured is None, "an event waited for while capturing"
+                emulator.log.append(("wait_event", self, event))
 
             def synchronize(self) -> None:
                 assert self.captured is None, "a capturing stream cannot be synchronized"
@@ -479,21 +490,30 @@ class EmulatedCuPy(types.ModuleType):
 
         def memcpy_async(dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
             assert emulator.current is None or emulator.current.captured is None, "a copy inside a graph"
+            emulator.log.append(("copy", stream, kind, src))
             ctypes.memmove(dst, src, nbytes)
 
         runtime = types.SimpleNamespace(
             getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"emulated GPU"},
-            memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyAsync=memcpy_async)
+            memcpyHostToDevice=1, memcpyDeviceToHost=2, memcpyDeviceToDevice=3, memcpyAsync=memcpy_async)
         self.cuda = types.SimpleNamespace(
             runtime=runtime, Device=Device, Stream=Stream, Graph=Graph,
             compiler=types.SimpleNamespace(CompileException=CompileException),
             memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
             alloc_pinned_memory=lambda nbytes: bytearray(nbytes))
         self.DeviceArray = DeviceArray
+        if nccl:
+            self.cuda.nccl = FakeNccl(self)
 
     def empty(self, size: int, dtype) -> Any:
         return self.DeviceArray(np.full(size, 0xFF, np.uint8).view(dtype) if dtype == np.uint8
                                 else np.full(size, np.nan if dtype == np.float32 else -1, dtype))
+
+    def divide(self, a: Any, b: Any, out: Any) -> Any:
+        """On the current stream (the collectives' mean)."""
+        self.log.append(("divide", self.current))
+        np.divide(a.array, b, out=out.array)
+        return out
 
     def RawModule(self, code: str, options: tuple = ()) -> "_EmulatedModule":  # noqa: N802 - CuPy's name
         return _EmulatedModule(self, code)
@@ -538,8 +558,60 @@ class _EmulatedModule:
                       else float(a) if isinstance(a, np.floating) else int(a) for a in args]
             run = lambda: launcher(grid[0], block[0], *values)  # noqa: E731
             stream = emulator.current
+            emulator.log.append(("launch", stream, {a.data.ptr for a in args if hasattr(getattr(a, "data", None), "ptr")}))
             if stream is not None and stream.captured is not None:
                 stream.captured.append(run)
             else:
                 run()
         return launch
+
+
+class FakeNccl(types.SimpleNamespace):
+    """`cupy.cuda.nccl` for one rank: a communicator of world size 1 whose calls do what NCCL
+    defines for one rank (an all_reduce or broadcast copies send to receive, an all_gather
+    copies send to the receive buffer's only share) and are logged on the emulator as
+    ("nccl", call, stream ptr, count, datatype, op or root)."""
+    NCCL_INT32, NCCL_FLOAT32, NCCL_SUM, NCCL_MAX = 2, 7, 0, 2
+    ITEMSIZE = {2: 4, 7: 4}
+
+    def __init__(self, emulator: EmulatedCuPy) -> None:
+        super().__init__()
+        self.emulator = emulator
+        self.communicators: list = []
+        fake = self
+
+        class NcclCommunicator:
+            def __init__(self, ndev: int, commId: tuple, rank: int) -> None:  # noqa: N803 - CuPy's name
+                assert ndev == 1 and rank == 0 and len(commId) == 128, (ndev, rank, len(commId))
+                assert tuple(commId) == fake.get_unique_id(), "the id rank 0 made"
+                self.aborted = False
+                fake.communicators.append(self)
+
+            def _copy(self, call: str, send: int, recv: int, count: int, datatype: int, extra: Any,
+                      stream: int) -> None:
+                assert not self.aborted
+                fake.emulator.log.append(("nccl", call, stream, count, datatype, extra))
+                if send != recv:
+                    ctypes.memmove(recv, send, count * fake.ITEMSIZE[datatype])
+
+            def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int,  # noqa: N802
+                          stream: int) -> None:
+                self._copy("allReduce", sendbuf, recvbuf, count, datatype, op, stream)
+
+            def broadcast(self, sendbuf: int, recvbuf: int, count: int, datatype: int, root: int,  # noqa: N802
+                          stream: int) -> None:
+                assert root == 0, "one rank: the root is 0"
+                self._copy("broadcast", sendbuf, recvbuf, count, datatype, root, stream)
+
+            def allGather(self, sendbuf: int, recvbuf: int, count: int, datatype: int,  # noqa: N802
+                          stream: int) -> None:
+                self._copy("allGather", sendbuf, recvbuf, count, datatype, None, stream)
+
+            def abort(self) -> None:
+                self.aborted = True
+
+        self.NcclCommunicator = NcclCommunicator
+
+    @staticmethod
+    def get_unique_id() -> tuple:
+        return tuple(range(-64, 64))

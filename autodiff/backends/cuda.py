@@ -29,6 +29,12 @@ buffer is refilled only once its last copy has finished). Receivers copy without
 called back in program order once the copy's event has completed; a callback
 that raises stops the run after the stream drains, and the persistent tensors
 keep the values computed so far.
+
+Collectives (data parallelism) run through NCCL on a stream of their own, on device memory
+(`cuda_nccl.py`), when CuPy has NCCL and the "nccl" switch is on; otherwise, as on OpenCL,
+through the host: read back, MPI on the communication thread, written back. Under mpiexec
+each process takes the GPU of its local rank (`comm.local_rank()`, modulo the GPUs it sees)
+unless AUTODIFF_CUDA_DEVICE names one.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import comm
 from ..alloc.plan import MemoryPlan
 from ..codegen.build import build_kernels
 from ..codegen.program import render_program
@@ -46,8 +53,9 @@ from ..codegen.renderer import CUDALanguage, RenderedKernel
 from ..errors import DeviceMemoryError
 from ..ir.dtypes import ITEMSIZE
 from ..proc.index import Var
-from ..proc.ir import Buffer, FeedCmd, LoopCmd, ProcProgram
+from ..proc.ir import Buffer, CollectiveStartCmd, CollectiveWaitCmd, FeedCmd, LoopCmd, ProcProgram
 from .base import DeviceExecutor, Step, feeds_ahead_for, prepare_steps
+from .cuda_nccl import NcclCollectives, nccl_module
 from .registry import Backend, register
 
 BLOCK_SIZE = 256             # threads per block; every kernel returns early past its last element
@@ -124,7 +132,7 @@ class CUDAExecutor(DeviceExecutor):
         self.program = program
         self.plan = plan
         if device_id is None:
-            device_id = int(os.environ.get("AUTODIFF_CUDA_DEVICE", "0"))
+            device_id = default_device(cp)
         self.device = cp.cuda.Device(device_id)
         self.device.use()
         self.device_name = _device_name(cp, device_id)
@@ -136,6 +144,9 @@ class CUDAExecutor(DeviceExecutor):
         self.build_seconds = time.perf_counter() - start
         self.stream = cp.cuda.Stream(non_blocking=True)
         self._allocate()
+        self.nccl = self._nccl(program, disable, device_id)
+        if self.nccl is not None:
+            self.nccl.allocate(self.device_buffers, self.element_offset)
         functions = {name: self.module.get_function(name) for name in dict.fromkeys(self.function_names)}
         self.launch_of: dict[int, _Launch] = {}
         for (kernel, rendered), name in zip(self.rendered_program.singles, self.function_names):
@@ -172,6 +183,16 @@ class CUDAExecutor(DeviceExecutor):
         except cp.cuda.memory.OutOfMemoryError as err:
             raise DeviceMemoryError(f"allocating the program's device memory failed on {self.device_name}: "
                                     f"{err}") from None
+
+    def _nccl(self, program: ProcProgram, disable: frozenset[str], device_id: int) -> NcclCollectives | None:
+        """NCCL for the program's collectives; None without any, with the "nccl" switch off, or
+        when CuPy has no NCCL (the host path)."""
+        if not any(isinstance(cmd, CollectiveStartCmd) for cmd in program.walk()):
+            return None
+        if "nccl" in disable:
+            return None
+        nccl = nccl_module(self.cp)
+        return None if nccl is None else NcclCollectives(self.cp, nccl, device_id, program)
 
     def _prepare(self, kernel, rendered: RenderedKernel, function: Any) -> _Launch:
         args: list[Any] = []
@@ -250,8 +271,7 @@ class CUDAExecutor(DeviceExecutor):
         slots.events[n] = self.stream.record()
 
     def write(self, buffer: Buffer, host: np.ndarray) -> None:
-        """Through pinned memory kept until the queue drains. TODO: NCCL through CuPy on a
-        stream of its own (the NCCL id exchanged over MPI) instead of the host round trip."""
+        """Through pinned memory kept until the queue drains (the host path of collectives)."""
         pinned = self._pinned(buffer.shape, buffer.dtype)
         np.copyto(pinned, host)
         self._copy(self._pointer(buffer), pinned.ctypes.data, buffer.nbytes, to_device=True)
@@ -273,13 +293,30 @@ class CUDAExecutor(DeviceExecutor):
                 np.copyto(array, host)
         return arrays, lambda: event.done, wait
 
+    def start_collective(self, cmd: CollectiveStartCmd) -> None:
+        if self.nccl is None:
+            super().start_collective(cmd)
+        else:
+            self.nccl.start(self, cmd.collective)
+
+    def wait_collective(self, cmd: CollectiveWaitCmd) -> None:
+        if self.nccl is None:
+            super().wait_collective(cmd)
+        else:
+            self.nccl.wait(self, cmd.collective)
+
     def mark(self) -> Any:
         return self.stream.record()
 
     def wait(self, marker: Any) -> None:
+        if self.nccl is not None:   # it may sit behind NCCL calls: bounded by the timeout
+            self.nccl.block_until(marker, "a loop iteration")
         marker.synchronize()
 
     def finish(self) -> None:
+        if self.nccl is not None:   # a run stopped between a start and its wait leaves NCCL work
+            self.nccl.block_until(self.nccl.stream.record(), "the communication stream")
+            self.nccl.block_until(self.stream.record(), "the compute stream")
         self.stream.synchronize()
 
     def release_all(self) -> None:
@@ -386,13 +423,22 @@ class CUDAExecutor(DeviceExecutor):
         return self.stream.end_capture()
 
 
+def default_device(cp) -> int:
+    """AUTODIFF_CUDA_DEVICE, else under mpiexec the local rank (one process per GPU), else 0."""
+    if "AUTODIFF_CUDA_DEVICE" in os.environ:
+        return int(os.environ["AUTODIFF_CUDA_DEVICE"])
+    if not comm.is_distributed():
+        return 0
+    return comm.local_rank() % max(cp.cuda.runtime.getDeviceCount(), 1)
+
+
 def _problem() -> str | None:
     return None if cuda_available() else INSTALL_HINT
 
 
 register(Backend(
     name="cuda", executor=lambda ir, plan, disable: CUDAExecutor(ir, plan, disable), takes_proc=True,
-    problem=_problem, preference=10, language="cuda", switches=("feeder_thread", "collective_overlap"),
+    problem=_problem, preference=10, language="cuda", switches=("feeder_thread", "collective_overlap", "nccl"),
     description="CUDA C kernels through CuPy/NVRTC on an NVIDIA GPU"))
 
 
