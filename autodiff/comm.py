@@ -190,13 +190,23 @@ def _collective(kind: str, value, op: str, root: int, number: int) -> np.ndarray
 
 
 def _wait_request(request, what: str) -> None:
-    """Poll until done; busy at first (small buckets finish in microseconds), then sleeping."""
+    poll_until(request.Test, what)
+
+
+def poll_until(done: Callable[[], bool], what: str, behind: str = "",
+               on_timeout: Callable[[], None] | None = None) -> None:
+    """Poll `done()` until it holds: busy at first (small buckets finish in microseconds), then
+    sleeping. Past the timeout, `on_timeout()` runs and a DistributedError names this rank,
+    `what` (and what it waited `behind`): a rank that died leaves the others waiting forever
+    otherwise."""
     deadline = time.monotonic() + _WORLD.timeout
     pause = 0.0
-    while not request.Test():
+    while not done():
         if time.monotonic() > deadline:
+            if on_timeout is not None:
+                on_timeout()
             raise DistributedError(
-                f"rank {_WORLD.rank}: {what} did not complete within {_WORLD.timeout:g} s; another rank "
+                f"rank {_WORLD.rank}: {what} did not complete within {_WORLD.timeout:g} s{behind}; another rank "
                 f"failed, hung or issued different collectives (the timeout: autodiff.distributed.init(timeout=...) "
                 f"or AUTODIFF_DIST_TIMEOUT)")
         time.sleep(pause)

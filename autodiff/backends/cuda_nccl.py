@@ -24,7 +24,6 @@ once `comm.timeout()` has passed (`DistributedError`).
 from __future__ import annotations
 
 import importlib
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,17 +157,8 @@ class NcclCollectives:
     def block_until(self, event: Any, what: str) -> None:
         """Wait on the host for an event that may sit behind NCCL calls, at most `comm.timeout()`
         seconds: a rank that died leaves NCCL waiting forever otherwise."""
-        deadline = time.monotonic() + comm.timeout()
-        pause = 0.0
-        while not self.aborted and not event.done:
-            if time.monotonic() > deadline:
-                self.abort()
-                raise DistributedError(
-                    f"rank {comm.rank()}: {what} did not complete within {comm.timeout():g} s behind "
-                    f"{self.issued} NCCL collective(s); another rank failed, hung or issued different collectives "
-                    f"(the timeout: autodiff.distributed.init(timeout=...) or AUTODIFF_DIST_TIMEOUT)")
-            time.sleep(pause)
-            pause = min(0.001, pause + 0.00002)
+        comm.poll_until(lambda: self.aborted or event.done, what, f" behind {self.issued} NCCL collective(s)",
+                        on_timeout=self.abort)
 
     def abort(self) -> None:
         """The communicator is unusable after a timeout: abort it and make the next program a new one."""
