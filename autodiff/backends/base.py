@@ -105,6 +105,10 @@ class DeviceExecutor:
         """A persistent tensor's value, once the queue has drained (blocking)."""
         raise NotImplementedError
 
+    def download_all(self, buffers: list[Buffer]) -> list[np.ndarray]:
+        """Every persistent tensor's value after a run (a backend may wait once for all)."""
+        return [self.download(b) for b in buffers]
+
     def launch(self, launch: Any, values: dict[Var, int]) -> None:
         """Enqueue one prepared launch; `values` holds the loop variables it may read."""
         raise NotImplementedError
@@ -174,8 +178,8 @@ class DeviceExecutor:
             self.feeds.close()
             self.finish()
             self.release_all()
-            for b in persistent:
-                b.var.value = self.download(b)
+            for b, value in zip(persistent, self.download_all(persistent)):
+                b.var.value = value
             self.runs += 1
         if self.failure.error is not None:
             raise self.failure.error
