@@ -30,6 +30,9 @@ MAX_PERIOD = 8 * MAX_STAGES
 # so that after a failure the run still stops where every backend stops)
 ITERATED_WORK = 1 << 24
 MAX_ITERATIONS_PER_LAUNCH = 32
+# the Feeder and Receiver values of one launch's iterations, staged in device rings (and twice
+# that many Feeder values held on the host by the feeder thread): at most this many bytes
+MAX_RING_BYTES = 16 << 20
 
 
 def is_small(kernel: Kernel) -> bool:
@@ -186,7 +189,10 @@ def iterated_loops(program: ProcProgram, groups: list[list[KernelCmd]]) -> list[
             if kernels not in group_of:
                 continue
             work = sum(kernel_work(c.kernel) for c in cmd.body if isinstance(c, KernelCmd))
-            per_launch = min(MAX_ITERATIONS_PER_LAUNCH, cmd.count, max(1, ITERATED_WORK // max(work, 1)))
+            staged = sum(c.buffer.nbytes for c in cmd.body if isinstance(c, FeedCmd)) + sum(
+                b.nbytes for c in cmd.body if isinstance(c, ReceiveCmd) for b in c.buffers)
+            per_launch = min(MAX_ITERATIONS_PER_LAUNCH, cmd.count, max(1, ITERATED_WORK // max(work, 1)),
+                             MAX_RING_BYTES // max(staged, 1))
             if per_launch >= 2:
                 found.append((cmd, group_of[kernels], per_launch))
     return found
