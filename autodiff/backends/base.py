@@ -283,8 +283,7 @@ class DeviceExecutor:
         try:
             for i in range(first, last + 1):
                 self.iterations[-1] = i
-                row = [self.feeds.take(cmd, self.iterations) for cmd in feeds]
-                values += row
+                values += [self.feeds.take(cmd, self.iterations) for cmd in feeds]
                 count += 1
         finally:
             if count:
@@ -303,9 +302,13 @@ class DeviceExecutor:
             return
         words, ready, wait = self.read_ring(batch, count)
         outer = tuple(self.iterations[:-1])
+        starts: dict[int, int] = {}   # id of a Receiver -> its first word in an iteration's slot
+        at = 0
+        for cmd in receives:
+            starts[id(cmd)] = at
+            at += sum(b.nbytes // ITEMSIZE for b in cmd.buffers)
         for i, cmd in due:
-            at = (i - first) * batch.out_words + sum(b.nbytes // ITEMSIZE for c in receives[:receives.index(cmd)]
-                                                     for b in c.buffers)
+            at = (i - first) * batch.out_words + starts[id(cmd)]
             arrays = []
             for b in cmd.buffers:
                 arrays.append(words[at:at + b.nbytes // ITEMSIZE].view(b.dtype).reshape(b.shape))

@@ -222,7 +222,7 @@ class OpenCLExecutor(DeviceExecutor):
         self.iterated_launches = prepared[len(singles) + megas:]
         batches = {id(i.loop): IterationBatch(launch, i.per_launch, i.spec.count, i.spec.in_words, i.spec.out_words,
                                               self.rings[i.rendered.name])
-                   for i, launch in zip(self.iterated, prepared[len(singles) + megas:])}
+                   for i, launch in zip(self.iterated, self.iterated_launches)}
         self.steps = prepare_steps(program.commands, launch_for, batches)
         at = time.perf_counter()
         self._warm_up()
@@ -409,6 +409,7 @@ class OpenCLExecutor(DeviceExecutor):
         if host.size:
             events.append(self.cl.enqueue_copy(self.queue, host, batch.rings[1], is_blocking=False))
         return self._pending_copies(host, events)
+
     def write(self, buffer: Buffer, host: np.ndarray) -> None:
         host = np.ascontiguousarray(host, dtype=buffer.dtype)   # its event keeps it alive
         self.feed_copies.append(self.cl.enqueue_copy(self.queue, self._device_buffer(buffer.id), host,

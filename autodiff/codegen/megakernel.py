@@ -120,9 +120,9 @@ def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
     text_lines: list[str] = []
     table: list[int] = []
     constants: list[float] = []
-    for n, stage in enumerate(stages):
+    for position, stage in enumerate(stages):
         if iterated is not None:
-            text_lines += iterated_copies_out(iterated, n, table, language, where, group)
+            text_lines += iterated_copies_out(iterated, position, table, language, where, group)
         binding = {}
         for n, var in enumerate(stage.outer):
             if var not in outer:

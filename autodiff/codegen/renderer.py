@@ -480,8 +480,7 @@ class KernelRenderer:
         if self.lane_of(body) is None:
             value = f"({vector})({value})"
         inner.lines.append(combine(e.op, lanes, value, vector=True, compensation=compensation, ctype=vector))
-        name = self.var_names[outer]
-        lines = [f"for (int {name} = 0; {name} < {outer.extent}; {name}++) {{"] + ["    " + x for x in inner.lines] + ["}"]
+        lines = self.loops((outer,), inner.lines)
         rest = None
         if tail:
             rest = self.fresh("rest")
