@@ -75,9 +75,12 @@ def _abort_on_uncaught_errors() -> None:
     previous = sys.excepthook
 
     def hook(kind, value, tb) -> None:
-        previous(kind, value, tb)
+        # the line naming the rank first: the others may finish and end the job while the
+        # traceback is still being written (mpiexec then cuts this rank's output short)
         sys.stderr.write(f"autodiff.distributed: rank {_WORLD.rank} of {_WORLD.size} failed "
                          f"({kind.__name__}); aborting every rank\n")
+        sys.stderr.flush()
+        previous(kind, value, tb)
         sys.stderr.flush()
         _WORLD.comm.Abort(1)
     sys.excepthook = hook
