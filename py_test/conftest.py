@@ -43,6 +43,13 @@ def device(request) -> str:
     return request.param
 
 
+def devices_slow_on(*slow: str) -> list:
+    """`available_devices()` as parameters for `device`, those in `slow` marked slow: a heavy
+    test's exhaustive device matrix runs in the slow set (`.ci/run` runs it), the cheap devices
+    in the default run."""
+    return [pytest.param(d, marks=pytest.mark.slow) if d in slow else d for d in available_devices()]
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

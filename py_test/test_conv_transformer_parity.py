@@ -10,6 +10,7 @@ import autodiff as ad
 from autodiff import nn
 from autodiff.errors import TraceError
 from autodiff.nn import functional as F
+from conftest import devices_slow_on
 from test_modules import _compare, _x
 
 
@@ -178,6 +179,7 @@ def test_pytorch_defaults():
     assert not model.batch_first and model.encoder.norm is not None and model.decoder.norm is not None
 
 
+@pytest.mark.parametrize("device", devices_slow_on("opencl"))
 def test_transformer_encoder_sequence_first_with_padding(device):
     """PyTorch's default (S, N, E) layout, gelu, and a src_key_padding_mask."""
     ours = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 12, dropout=0.0, activation="gelu"), 2)
@@ -190,6 +192,7 @@ def test_transformer_encoder_sequence_first_with_padding(device):
              run_theirs=lambda m, x, pad: m(x, src_key_padding_mask=pad))
 
 
+@pytest.mark.parametrize("device", devices_slow_on("opencl"))
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_transformer_decoder(device, norm_first):
     """Decoder layers (two post-norm, one pre-norm: OpenCL builds cost) and a final norm,
@@ -212,6 +215,7 @@ def test_transformer_decoder(device, norm_first):
              run_theirs=lambda m, *xs: run(m, *xs, causal))
 
 
+@pytest.mark.parametrize("device", devices_slow_on("opencl"))
 @pytest.mark.filterwarnings("ignore:enable_nested_tensor")
 def test_transformer(device):
     """nn.Transformer in its default (S, N, E) layout, in eval mode (dropout off), with a

@@ -27,7 +27,7 @@ SWITCH_SETS = {"numpy-proc": [set(), {"fusion"}, {"memory_reuse"}],
 ROWS = st.sampled_from([0, 1, 5])
 # programs per device: in the default run, OpenCL's take about 25 s on 2 cores (PoCL builds
 # each new kernel in about a second, and each program is run with three switch sets)
-EXAMPLES = {"numpy-proc": 30, "opencl": 8}
+EXAMPLES = {"numpy-proc": 30, "opencl": 4}
 SLOW_EXAMPLES = {"numpy-proc": 300, "opencl": 40}
 
 

@@ -311,6 +311,7 @@ def test_nccl_collectives_across_ranks(ranks: int) -> None:
 
 
 @needs_mpi
+@pytest.mark.slow
 def test_ddp_through_nccl_on_three_ranks_equals_one_process(tmp_path: Path) -> None:
     out = str(tmp_path / "weights")
     one = subprocess.run([sys.executable, str(WORKER.parent / "distributed_worker.py"), "ddp", "numpy-proc", "60"],

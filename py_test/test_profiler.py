@@ -228,6 +228,7 @@ def test_example_with_profile_writes_a_trace(tmp_path: Path) -> None:
     assert sum(1 for e in spans if e["cat"] == "receiver") >= 1
 
 
+@pytest.mark.slow
 def test_bench_small_agrees_with_torch_and_jax_and_splits_the_loop(tmp_path: Path) -> None:
     """benchmarks/bench_small.py, tiny, on numpy-proc: the frameworks' final losses agree (it
     exits 1 otherwise) and --profile gives each program's loop split."""

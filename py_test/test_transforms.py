@@ -11,6 +11,7 @@ import torch
 import torch.func as tf
 
 import autodiff as ad
+from conftest import devices_slow_on
 
 TOL = dict(atol=1e-4, rtol=1e-3)
 
@@ -235,6 +236,7 @@ def _table_rows() -> list[tuple[Any, list[np.ndarray], list[np.ndarray], list[np
     return rows
 
 
+@pytest.mark.parametrize("device", devices_slow_on("opencl"))
 def test_vjp_jvp_on_the_op_table(device: str) -> None:
     """vjp and jvp of every float row of the op table (one program), against torch's vjp and
     its jvp by double backward (torch's reverse-mode conventions at ties and kinks, as ours)."""
