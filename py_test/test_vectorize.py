@@ -2,6 +2,8 @@
 qualify, and their values on OpenCL against numpy (with the switch off as the control)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -195,3 +197,43 @@ def test_vector_reductions_with_a_scalar_tail_match_numpy(disable, megakernel, r
                     "rows_255": (x * x).sum(1), "product_255": x @ w}
     for name, want in expected.items():
         np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=1e-5, equal_nan=True, err_msg=name)
+
+
+def _unguarded_shifted_loads(source: str) -> list[str]:
+    """Lines that load at a negative constant shift (a concatenation's later part: out of range
+    for the earlier parts' rows) outside an `else` branch."""
+    shifted = re.compile(r"(b\d+\[o\d+ \+[^\]]*\+ -\d+\])|(vload\d+\(0, b\d+ \+ o\d+ \+[^)]*\+ -\d+\))")
+    found, blocks = [], []
+    for line in source.splitlines():
+        text = line.strip()
+        if shifted.search(text) and "else" not in blocks:
+            found.append(text)
+        if text.startswith("} else {"):
+            blocks[-1] = "else"
+        elif text.endswith("{"):
+            blocks.append("block")
+        elif text.startswith("}"):
+            blocks.pop()
+    return found
+
+
+@needs_opencl
+@pytest.mark.parametrize("megakernel", [True, False], ids=["stages", "single"])
+@pytest.mark.parametrize("disable", [frozenset(), frozenset({"vectorize"})], ids=["vectors", "scalar"])
+def test_a_concatenations_last_part_is_read_only_for_its_rows(disable, megakernel, rng):
+    """The last part of a concatenation is the guards' `otherwise`: it is computed in an `else`
+    branch, never for the earlier parts' rows (its index there is before its buffer: on a GPU,
+    a read out of range). Values as numpy's."""
+    a, b, c = (rng.standard_normal((16, 8)).astype(np.float32) for _ in range(3))
+    e, f = rng.standard_normal((24, 20)).astype(np.float32), rng.standard_normal((24, 12)).astype(np.float32)
+    ta, tb, tc, te, tf = (ad.Tensor(v) for v in (a, b, c, e, f))
+    outputs = [ad.cat([ta, tb * 2.0, tc]).exp(), ad.cat([te, tf.relu()], 1) * 3.0]
+    got: list[np.ndarray] = []
+    ad.Receiver(lambda *vs: got.extend(vs), outputs)
+    compiled = ad.compile(device="opencl", disable=disable | (set() if megakernel else {"megakernel"}))
+    texts = _kernel_texts(compiled)
+    assert "} else {" in texts
+    assert _unguarded_shifted_loads(texts) == []
+    compiled.run()
+    np.testing.assert_allclose(got[0], np.exp(np.concatenate([a, b * 2, c])), rtol=2e-6)
+    np.testing.assert_allclose(got[1], np.concatenate([e, np.maximum(f, 0)], 1) * 3.0, rtol=2e-6)

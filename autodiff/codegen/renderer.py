@@ -21,7 +21,7 @@ from enum import StrEnum
 from ..errors import UnsupportedOpError
 from ..ir.ops import Op
 from ..proc.index import Index, Var, flat_index, render_index, unflatten
-from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children,
+from ..proc.ir import (Alu, Const, Expr, Guard, IndexValue, Kernel, Load, RandomBits, Reduce, children, walk_expr,
                        substitute_vars)
 from .lanes import SELECTIONS, VECTOR_WIDTHS, lane_step, spread, vectorizes, widest, without_lane
 
@@ -415,21 +415,30 @@ class KernelRenderer:
 
     def guard(self, e: Guard, scope: _Scope) -> str:
         """`if (valid) name = body;`. Under vector lanes the condition is the same in every lane
-        (lanes.py accepts no other), so it is one scalar test, and a scalar branch is widened."""
+        (lanes.py accepts no other), so it is one scalar test, and a scalar branch is widened.
+        An `otherwise` that reads memory (the last part of a concatenation: its index is out of
+        range for the other parts' rows) is computed in an `else` branch; a constant one
+        (padding) before the test."""
         name = self.fresh("g")
         ctype = self.value_type(e)
 
         def widened(part: Expr, text: str) -> str:
             return text if self.lane_of(part) == self.lane_of(e) else f"({ctype})({text})"
-        otherwise = widened(e.otherwise, self.value(e.otherwise, scope))
+        reads = any(isinstance(x, Load) and x.buffer_id != ACCUMULATOR for x in walk_expr(e.otherwise))
+        other = _Scope(scope, guard=True) if reads else scope
+        otherwise = widened(e.otherwise, self.value(e.otherwise, other))
         cond = " && ".join(f"({lo} <= {v} && {v} < {hi})" for v, lo, hi in
                            ((self.index(self.without_lanes(f), scope), lo, hi) for f, lo, hi in e.valid.ranges))
-        scope.lines.append(f"{ctype} {name} = {otherwise};")
+        scope.lines.append(f"{ctype} {name};" if reads else f"{ctype} {name} = {otherwise};")
         inner = _Scope(scope, guard=True)
         value = widened(e.body, self.value(e.body, inner))
         scope.lines.append(f"if ({cond}) {{")
         scope.lines.extend("    " + line for line in inner.lines)
         scope.lines.append(f"    {name} = {value};")
+        if reads:
+            scope.lines.append("} else {")
+            scope.lines.extend("    " + line for line in other.lines)
+            scope.lines.append(f"    {name} = {otherwise};")
         scope.lines.append("}")
         return name
 
