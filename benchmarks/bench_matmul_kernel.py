@@ -50,14 +50,10 @@ def configure_threads(threads: int | None) -> None:
 
 
 def load_matmul_source() -> ModuleType:
-    """Load the generator by file path: it imports nothing from autodiff, and
-    this keeps the benchmark independent of the rest of the package."""
-    path = REPO / "autodiff" / "device" / "matmul_source.py"
-    spec = importlib.util.spec_from_file_location("matmul_source", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["matmul_source"] = module
-    spec.loader.exec_module(module)
-    return module
+    """The generator, imported only after `configure_threads` (autodiff imports numpy)."""
+    sys.path.insert(0, str(REPO))
+    from autodiff.codegen import matmul_source
+    return matmul_source
 
 
 @dataclass
@@ -104,29 +100,11 @@ def benchmark_cases(ms: ModuleType, quick: bool) -> list[Case]:
     return cases
 
 
-def alternative_tilings(ms: ModuleType, shape) -> list:
-    """Candidates the default rules are measured against in --sweep mode."""
-    tiling = ms.Tiling
-    candidates = [
-        tiling(ms.OUTER, 6, 16, (8, 1), 4),
-        tiling(ms.OUTER, 4, 16, (8, 1), 4),
-        tiling(ms.OUTER, 8, 8, (8, 1), 4),
-        tiling(ms.OUTER, 2, 32, (8, 1), 4),
-        tiling(ms.PACKED, 6, 16, (16, 1), 4, 512),
-        tiling(ms.PACKED, 6, 16, (16, 1), 4, 256),
-        tiling(ms.PACKED, 6, 16, (16, 1), 4, 1024),
-        tiling(ms.PACKED, 6, 16, (8, 1), 4, 512),
-        tiling(ms.PACKED, 6, 16, (32, 1), 4, 512),
-        tiling(ms.PACKED, 6, 16, (8, 2), 4, 512),
-        tiling(ms.PACKED, 4, 24, (16, 1), 4, 512),
-        tiling(ms.PACKED, 6, 16, (16, 1), 1, 512),
-    ]
-    if shape.b_transposed and not shape.a_transposed:
-        candidates += [tiling(ms.DOT, 3, 3, (8, 1)), tiling(ms.DOT, 4, 2, (8, 1)), tiling(ms.DOT, 2, 4, (8, 1))]
-    if max(shape.m, shape.n) <= 128:
-        candidates += [tiling(ms.OUTER, 2, 16, (1, 1), 1), tiling(ms.OUTER, 2, 64, (1, 1), 1),
-                       tiling(ms.OUTER, 8, 16, (1, 1), 1)]
-    return candidates
+def alternative_tilings(shape, vector_width: int) -> list:
+    """Candidates the default rules are measured against in --sweep mode: the autotuner's
+    (`autodiff/backends/tuning.candidate_tilings`), so the sweep shows what it would pick."""
+    from autodiff.backends.tuning import candidate_tilings
+    return candidate_tilings(shape, vector_width)[1:]
 
 
 @dataclass
@@ -159,6 +137,8 @@ class Runner:
         self.ms, self.np, self.cl = ms, np, cl
         self.context = cl.Context(cl.get_platforms()[0].get_devices())
         self.queue = cl.CommandQueue(self.context)
+        from autodiff.schedule.tiling import device_vector_width
+        self.vector_width = device_vector_width(self.context.devices[0].native_vector_width_float)
 
     def operands(self, shape) -> tuple:
         np = self.np
@@ -178,6 +158,9 @@ class Runner:
         """Build the kernel, launch it once (PoCL compiles the work-group
         function then) and check it against numpy."""
         cl, np = self.cl, self.np
+        if tiling is None:
+            tiling = self.ms.choose_tiling(shape.m, shape.n, shape.k, shape.a_transposed, shape.b_transposed,
+                                           self.vector_width)
         spec = self.ms.render_matmul(shape, tiling=tiling)
         start = time.perf_counter()
         program = cl.Program(self.context, spec.source).build(options=spec.build_options)
@@ -223,14 +206,13 @@ def seconds_per_call(launch: Callable[[int], None], reps: int) -> float:
 
 
 def time_case(runner: Runner, case: Case, rounds: int, sweep: bool) -> Timing:
-    ms = runner.ms
     chosen = runner.prepare(case.shape, None)
     tiling = chosen.spec.tiling
     launch = chosen.launch
     numpy_launch = runner.numpy_launcher(case.shape)
     alternatives = {}
     if sweep:
-        for candidate in alternative_tilings(ms, case.shape):
+        for candidate in alternative_tilings(case.shape, runner.vector_width):
             if candidate != tiling:
                 alternatives[describe(candidate)] = runner.prepare(case.shape, candidate).launch
     launch(case.reps)
@@ -267,7 +249,7 @@ def time_case(runner: Runner, case: Case, rounds: int, sweep: bool) -> Timing:
 
 
 def describe(tiling) -> str:
-    text = f"{tiling.strategy} {tiling.rows}x{tiling.cols} wg{tiling.local_size[0]}x{tiling.local_size[1]}"
+    text = f"{tiling.strategy} {tiling.rows}x{tiling.cols} f{tiling.vector_width} wg{tiling.local_size[0]}x{tiling.local_size[1]}"
     if tiling.strategy == "packed":
         text += f" kc{tiling.k_chunk}"
     return text + (f" u{tiling.k_unroll}" if tiling.k_unroll > 1 else "")

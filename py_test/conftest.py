@@ -29,6 +29,11 @@ os.environ["AUTODIFF_DISABLE"] = ",".join(dict.fromkeys(
     [n for n in os.environ.get("AUTODIFF_DISABLE", "").split(",") if n] + ["kernel_cache"]))
 
 
+# The rules' tilings in the suite, not what `python -m autodiff.tune` stored on this machine
+# (test_tune.py checks the tuned path, and that it computes the same numbers).
+os.environ.setdefault("AUTODIFF_TUNE", "0")
+
+
 @pytest.fixture(autouse=True)
 def fresh_program():
     """Every test traces into an empty default program with a fixed seed."""

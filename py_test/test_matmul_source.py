@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from autodiff.backends.tuning import candidate_tilings
 from autodiff.codegen import matmul_source as ms
 
 Shape = ms.MatmulShape
@@ -70,6 +71,19 @@ CASES = [
     Case("epilogue_bias_packed", Shape(7, 24, 600),
          epilogue=ms.Epilogue("acc + bias[b * 24 + n]", ("__global const float* bias",))),
 ]
+
+# The rules at every vector width a device may get (4: no AVX; 16: AVX-512), and every
+# candidate the autotuner may time (backends/tuning.py), with edges in m, n and k.
+_WIDTH_SHAPES = [Shape(17, 33, 19), Shape(1, 3, 5), Shape(70, 50, 600), Shape(17, 33, 19, b_transposed=True),
+                 Shape(20, 40, 700, a_transposed=True), Shape(9, 20, 11, a_transposed=True, b_transposed=True),
+                 Shape(13, 20, 70, batch=2, a_batch_stride=0)]
+for _w in ms.VECTOR_WIDTHS:
+    for _n, _shape in enumerate(_WIDTH_SHAPES):
+        CASES.append(Case(f"rule_float{_w}_{_n}", _shape, ms.choose_tiling(
+            _shape.m, _shape.n, _shape.k, _shape.a_transposed, _shape.b_transposed, _w)))
+for _n, _shape in enumerate(_WIDTH_SHAPES[:5]):
+    for _c, _tiling in enumerate(candidate_tilings(_shape, 16)[1:]):
+        CASES.append(Case(f"candidate_{_n}_{_c}", _shape, _tiling))
 
 
 def _opencl():

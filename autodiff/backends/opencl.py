@@ -31,6 +31,7 @@ from .base import DeviceExecutor, IterationBatch, feeds_ahead_for, prepare_steps
 from . import kernel_cache
 from .opencl_build import BuildProgress, WarmLaunch, build_groups, device_identity, quiet, store_pending
 from .registry import Backend, register
+from .tuning import Tuner, tune_level
 
 # PoCL generates generic (slow) code unless told the CPU; measured ~7x slower without it
 os.environ.setdefault("POCL_CPU_TARGET", "native")
@@ -190,8 +191,10 @@ class OpenCLExecutor(DeviceExecutor):
             features -= {"group_reduce"}
         self.feeds_ahead = feeds_ahead_for(program.commands, disable)
         self.overlap_collectives = "collective_overlap" not in disable
+        self.tuner = Tuner(self.context, self.queue, "\n".join(device_identity(self.device, BUILD_OPTIONS)),
+                           self.device.native_vector_width_float, tune_level(disable))
         self.rendered_program: RenderedProgram = render_program(program, self.language, features,
-                                                                lambda b: self._place(b)[0])
+                                                                lambda b: self._place(b)[0], self.tuner.choose)
         self._place_tables()
         if self.feeds_ahead:   # the feeder thread holds a launch's Feeder values twice over
             self.feeds_ahead = max([self.feeds_ahead] + [2 * i.per_launch * len(i.spec.feeds) for i in self.iterated])
@@ -530,5 +533,6 @@ def _problem() -> str | None:
 
 register(Backend(
     name="opencl", executor=lambda ir, plan, disable: OpenCLExecutor(ir, plan, disable), takes_proc=True,
-    problem=_problem, preference=20, language="opencl", features=FEATURES, switches=("feeder_thread", "kernel_cache", "parallel_build", "collective_overlap"),
+    problem=_problem, preference=20, language="opencl", features=FEATURES,
+    switches=("feeder_thread", "kernel_cache", "parallel_build", "collective_overlap", "autotune"),
     description="OpenCL C kernels on any OpenCL device (PoCL runs them on the CPU)"))

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from ..proc.ir import Kernel, Load, replace_expr
 from ..schedule.matmul import MatmulMatch
+from ..schedule.tiling import Tiling
 from .matmul_source import Epilogue, render_matmul
 from .renderer import ACCUMULATOR, CStyleLanguage, KernelRenderer, Param, RenderedKernel
 
 
 def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLanguage,
-                         buffers: dict) -> RenderedKernel:
-    """The tiled kernel with the rest of the kernel's value as its epilogue function."""
+                         buffers: dict, tiling: Tiling | None = None) -> RenderedKernel:
+    """The tiled kernel with the rest of the kernel's value as its epilogue function;
+    `tiling` defaults to the rules' (`choose_tiling`)."""
     accumulator = Load(ACCUMULATOR, (), "float32")
     epilogue_value = replace_expr(kernel.value, match.product, accumulator)
     *batch, m, n = kernel.variables
@@ -55,7 +57,7 @@ def render_matmul_kernel(kernel: Kernel, match: MatmulMatch, language: CStyleLan
                         tuple(helper_params))
     placeholder = "AUTODIFFMATMULKERNEL"
     tiled = render_matmul(match.shape, Epilogue(epilogue.expression.replace("{name}", placeholder),
-                                                epilogue.parameters), name=placeholder)
+                                                epilogue.parameters), tiling=tiling, name=placeholder)
     body = "\n".join(helper) + "\n" + tiled.source.replace(placeholder, "{name}")
     global_size = tuple(int(g) for g in tiled.global_size)
     local_size = tuple(int(s) for s in tiled.local_size)

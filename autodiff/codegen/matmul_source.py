@@ -13,12 +13,14 @@ Why the kernels look the way they do (PoCL 3.0 / LLVM 14 pthread device on a
 
 * PoCL runs each work-group on one thread and loops over its work-items, so
   speed comes from each work-item computing a register block of outputs with
-  explicit ``float8`` vectors (one AVX2 register each).
+  explicit vectors of the tiling's width (``Tiling.vector_width``: 4, 8 or 16
+  floats, from the device's native float width: one AVX2 register is float8,
+  one AVX-512 register float16).
 * Builtins are out-of-line calls in this PoCL: ``fma``/``mad`` run ~10x
   slower than ``acc += a * b`` (contracted to ``vfmadd`` by
   ``-cl-mad-enable``), and a ``vload8``/``vstore8``/``min`` call makes LLVM
   spill every accumulator around it. Vectors are therefore read and written
-  through a 4-byte-aligned float8 typedef (plain ``vmovups``) and clamps are
+  through a 4-byte-aligned vector typedef (plain ``vmovups``) and clamps are
   conditionals.
 * Shapes, strides and the tiling are literals in the source, so kernels whose
   sizes divide the tile have no edge code; only the buffer offsets are
@@ -29,7 +31,8 @@ Why the kernels look the way they do (PoCL 3.0 / LLVM 14 pthread device on a
 
 The problem (``MatmulShape``) and the choice of tiling (``choose_tiling``) are the
 scheduler's (``autodiff/schedule/tiling.py``); this module only renders them. It imports
-nothing else from ``autodiff``, so it can be used and tested on its own.
+nothing else from ``autodiff``, so it can be used and tested on its own (the autotuner,
+``backends/tuning.py``, and ``benchmarks/bench_matmul_kernel.py`` render it directly).
 """
 from __future__ import annotations
 
@@ -37,22 +40,26 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..schedule.tiling import (DOT, OUTER, PACKED, VECTOR_WIDTH, MatmulShape, Tiling,
-                               choose_tiling)
+from ..schedule.tiling import DOT, OUTER, PACKED, MatmulShape, Tiling, choose_tiling
 
 BUILD_OPTIONS = "-cl-mad-enable"
 """Lets LLVM contract ``acc += a * b`` into fused multiply-adds."""
 
-UNALIGNED_FLOAT8 = "matmul_float8_unaligned"
-"""float8 with 4-byte alignment, so dereferencing it emits vmovups."""
+VECTOR_WIDTHS = (4, 8, 16)
+"""The float vector widths a tiling may use (``Tiling.vector_width``)."""
 
-_UNALIGNED_TYPEDEF = [
+
+def unaligned_vector(width: int) -> str:
+    """floatN with 4-byte alignment, so dereferencing it emits vmovups."""
+    return f"matmul_float{width}_unaligned"
+
+
+def _unaligned_typedef(width: int) -> list[str]:
     # Guarded so several matmul kernels can share one program source.
-    "#ifndef MATMUL_FLOAT8_UNALIGNED_DEFINED",
-    "#define MATMUL_FLOAT8_UNALIGNED_DEFINED",
-    f"typedef float {UNALIGNED_FLOAT8} __attribute__((ext_vector_type(8), aligned(4)));",
-    "#endif",
-]
+    guard = f"MATMUL_FLOAT{width}_UNALIGNED_DEFINED"
+    return [f"#ifndef {guard}", f"#define {guard}",
+            f"typedef float {unaligned_vector(width)} __attribute__((ext_vector_type({width}), aligned(4)));",
+            "#endif"]
 
 @dataclass(frozen=True)
 class Epilogue:
@@ -92,10 +99,11 @@ class MatmulKernel:
 @dataclass(frozen=True)
 class _Output:
     """How a body writes C: through the kernel's epilogue macro, or, when the
-    epilogue is the identity, as whole float8 vectors."""
+    epilogue is the identity, as whole float vectors of ``width``."""
 
     macro: str
     identity: bool
+    width: int
 
 
 def render_matmul(shape: MatmulShape, epilogue: Epilogue = Epilogue(),
@@ -112,7 +120,7 @@ def render_matmul(shape: MatmulShape, epilogue: Epilogue = Epilogue(),
     _check_tiling(shape, tiling)
     if name is None:
         name = default_kernel_name(shape, tiling)
-    output = _Output(f"{name}_EPILOGUE", epilogue.is_identity())
+    output = _Output(f"{name}_EPILOGUE", epilogue.is_identity(), tiling.vector_width)
     body = _BODY_RENDERERS[tiling.strategy](shape, tiling, output)
     local_size = (tiling.local_size[0], tiling.local_size[1], 1)
     global_size = (
@@ -145,7 +153,7 @@ def default_kernel_name(shape: MatmulShape, tiling: Tiling) -> str:
     epilogue or batch strides."""
     layout = ("t" if shape.a_transposed else "n") + ("t" if shape.b_transposed else "n")
     return (f"matmul_{layout}_{shape.batch}x{shape.m}x{shape.n}x{shape.k}"
-            f"_{tiling.strategy}{tiling.rows}x{tiling.cols}")
+            f"_{tiling.strategy}{tiling.rows}x{tiling.cols}v{tiling.vector_width}")
 
 
 def parameter_name(declaration: str) -> str:
@@ -171,12 +179,15 @@ def _check_tiling(shape: MatmulShape, tiling: Tiling) -> None:
     sizes = (tiling.rows, tiling.cols, tiling.k_unroll, tiling.k_chunk, *tiling.local_size)
     if min(sizes) < 1:
         raise ValueError(f"tiling sizes must be positive, got {tiling}")
-    if tiling.strategy in (OUTER, PACKED) and tiling.cols % VECTOR_WIDTH != 0:
-        raise ValueError(f"{tiling.strategy} tiling needs cols divisible by {VECTOR_WIDTH}, got {tiling}")
+    w = tiling.vector_width
+    if w not in VECTOR_WIDTHS:
+        raise ValueError(f"tiling vector width must be one of {VECTOR_WIDTHS}, got {tiling}")
+    if tiling.strategy in (OUTER, PACKED) and tiling.cols % w != 0:
+        raise ValueError(f"{tiling.strategy} tiling needs cols divisible by {w}, got {tiling}")
     if tiling.pack_a and (tiling.strategy != PACKED or not shape.a_transposed
-                          or (tiling.local_size[0] * tiling.rows) % VECTOR_WIDTH != 0):
+                          or (tiling.local_size[0] * tiling.rows) % w != 0):
         raise ValueError("pack_a needs the packed strategy, a transposed A and "
-                         f"work-group rows divisible by {VECTOR_WIDTH}, got {tiling}")
+                         f"work-group rows divisible by {w}, got {tiling}")
     if tiling.strategy == DOT and (shape.a_transposed or not shape.b_transposed):
         raise ValueError("the dot strategy needs A (m, k) and B stored transposed as (n, k)")
 
@@ -203,7 +214,7 @@ def _render_kernel(shape: MatmulShape, tiling: Tiling, epilogue: Epilogue, name:
         f"// C[{shape.batch}] = A @ B with m={shape.m} n={shape.n} k={shape.k}; {layout};",
         f"// batch offsets A {shape.batch_offset('a')}, B {shape.batch_offset('b')}; "
         f"rows {shape.a_ld()} and {shape.b_ld()} apart; tiling {tiling}",
-        *_UNALIGNED_TYPEDEF,
+        *_unaligned_typedef(tiling.vector_width),
         f"#define {macro}(acc, m, n, b) ({epilogue.expression})",
         f"__kernel __attribute__((reqd_work_group_size({local_size[0]}, {local_size[1]}, 1)))",
         f"void {name}(" + ",\n    ".join(parameters) + ") {",
@@ -252,14 +263,14 @@ def _clamped(index: str, limit: int) -> str:
     return f"(({index}) < {limit} ? ({index}) : {limit - 1})"
 
 
-def _load8(pointer: str) -> str:
-    """An unaligned float8 load; ``vload8`` would be an out-of-line call that
+def _load(pointer: str, width: int) -> str:
+    """An unaligned vector load; ``vloadN`` would be an out-of-line call that
     forces every accumulator register to be spilled around it."""
-    return f"*(__global const {UNALIGNED_FLOAT8}*)({pointer})"
+    return f"*(__global const {unaligned_vector(width)}*)({pointer})"
 
 
-def _store8(value: str, pointer: str) -> str:
-    return f"*(__global {UNALIGNED_FLOAT8}*)({pointer}) = {value};"
+def _store(value: str, pointer: str, width: int) -> str:
+    return f"*(__global {unaligned_vector(width)}*)({pointer}) = {value};"
 
 
 def _unroll_pragma(k_unroll: int) -> str:
@@ -270,8 +281,9 @@ def _unroll_pragma(k_unroll: int) -> str:
 
 
 def _render_outer_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> list[str]:
-    rows, vectors = tiling.rows, tiling.cols // VECTOR_WIDTH
-    lines = [f"  float8 acc_{i}_{j} = (float8)(0.0f);"
+    w = tiling.vector_width
+    rows, vectors = tiling.rows, tiling.cols // w
+    lines = [f"  float{w} acc_{i}_{j} = (float{w})(0.0f);"
              for i in range(rows) for j in range(vectors)]
     full_rows = shape.m % rows == 0
     full_cols = shape.n % tiling.cols == 0
@@ -297,7 +309,8 @@ def _render_outer_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> l
 
 
 def _outer_k_loop(shape: MatmulShape, tiling: Tiling, edge: bool) -> list[str]:
-    rows, vectors = tiling.rows, tiling.cols // VECTOR_WIDTH
+    w = tiling.vector_width
+    rows, vectors = tiling.rows, tiling.cols // w
     # Everything that does not depend on k is hoisted into pointers and int
     # offsets: 32-bit index arithmetic mixing m0 and k cannot be strength-
     # reduced by LLVM (signed overflow), and costs a lea+movslq per load.
@@ -308,8 +321,8 @@ def _outer_k_loop(shape: MatmulShape, tiling: Tiling, edge: bool) -> list[str]:
     gathered = edge or shape.b_transposed
     if gathered:
         for j in range(vectors):
-            for lane in range(VECTOR_WIDTH):
-                col = f"n0 + {j * VECTOR_WIDTH + lane}"
+            for lane in range(w):
+                col = f"n0 + {j * w + lane}"
                 if edge:
                     col = _clamped(col, shape.n)
                 lines.append(f"  const int b_{j}_{lane} = {_b_index(shape, '0', col)};")
@@ -320,11 +333,11 @@ def _outer_k_loop(shape: MatmulShape, tiling: Tiling, edge: bool) -> list[str]:
     lines.append(f"    __global const float* b_k = b + k * {b_step};")
     for j in range(vectors):
         if gathered:
-            lanes = ", ".join(f"b_k[b_{j}_{lane}]" for lane in range(VECTOR_WIDTH))
-            vector = f"(float8)({lanes})"
+            lanes = ", ".join(f"b_k[b_{j}_{lane}]" for lane in range(w))
+            vector = f"(float{w})({lanes})"
         else:
-            vector = _load8(f"b_k + n0 + {j * VECTOR_WIDTH}")
-        lines.append(f"    const float8 b_{j} = {vector};")
+            vector = _load(f"b_k + n0 + {j * w}", w)
+        lines.append(f"    const float{w} b_{j} = {vector};")
     a_step = shape.a_ld() if shape.a_transposed else 1
     for i in range(rows):
         # A scalar load feeds a broadcast straight from memory (vbroadcastss).
@@ -336,16 +349,17 @@ def _outer_k_loop(shape: MatmulShape, tiling: Tiling, edge: bool) -> list[str]:
 
 
 def _outer_store(shape: MatmulShape, tiling: Tiling, output: _Output, edge: bool) -> list[str]:
-    rows, vectors = tiling.rows, tiling.cols // VECTOR_WIDTH
+    w = tiling.vector_width
+    rows, vectors = tiling.rows, tiling.cols // w
     lines = []
     for i in range(rows):
         for j in range(vectors):
-            acc, row, first = f"acc_{i}_{j}", f"m0 + {i}", f"n0 + {j * VECTOR_WIDTH}"
+            acc, row, first = f"acc_{i}_{j}", f"m0 + {i}", f"n0 + {j * w}"
             if not edge:
                 lines.append(_store_vector(shape, output, acc, row, first))
                 continue
             lines += [_store_scalar(shape, output, f"{acc}.s{lane:x}", row, f"{first} + {lane}", guarded=True)
-                      for lane in range(VECTOR_WIDTH)]
+                      for lane in range(w)]
     return lines
 
 
@@ -353,12 +367,13 @@ def _outer_store(shape: MatmulShape, tiling: Tiling, output: _Output, edge: bool
 
 
 def _render_packed_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> list[str]:
-    rows, vectors = tiling.rows, tiling.cols // VECTOR_WIDTH
+    w = tiling.vector_width
+    rows, vectors = tiling.rows, tiling.cols // w
     group_m, group_n = tiling.local_size
     chunk = min(tiling.k_chunk, shape.k)
     lines = [
         # The panel holds the whole work-group's columns: group_n blocks of cols.
-        f"  __local float8 panel[{chunk * vectors * group_n}];",
+        f"  __local float{w} panel[{chunk * vectors * group_n}];",
         f"  const int worker = (int)get_local_id(0) + {group_m} * (int)get_local_id(1);",
         f"  const int panel_n0 = (int)get_group_id(1) * {group_n * tiling.cols};",
         f"  const int my_vector0 = (int)get_local_id(1) * {vectors};",
@@ -366,8 +381,8 @@ def _render_packed_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> 
     if tiling.pack_a:
         group_rows = group_m * rows
         lines += [
-            # float8-aligned, so rows are copied as vectors.
-            f"  __local float a_panel[{chunk * group_rows}] __attribute__((aligned(32)));",
+            # vector-aligned, so rows are copied as vectors.
+            f"  __local float a_panel[{chunk * group_rows}] __attribute__((aligned({4 * w})));",
             f"  const int panel_m0 = (int)get_group_id(0) * {group_rows};",
             f"  const int my_row0 = (int)get_local_id(0) * {rows};",
         ]
@@ -375,7 +390,7 @@ def _render_packed_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> 
         for i in range(rows):
             row = _clamped(f"m0 + {i}", shape.m)
             lines.append(f"  __global const float* a_{i} = a + {_a_index(shape, row, '0')};")
-    lines += [f"  float8 acc_{i}_{j} = (float8)(0.0f);" for i in range(rows) for j in range(vectors)]
+    lines += [f"  float{w} acc_{i}_{j} = (float{w})(0.0f);" for i in range(rows) for j in range(vectors)]
     full_chunks = shape.k // chunk
     lines.append(f"  for (int kc = 0; kc < {full_chunks * chunk}; kc += {chunk}) {{")
     lines += _indent(_packed_chunk(shape, tiling, chunk))
@@ -405,7 +420,8 @@ def _render_packed_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> 
 
 def _packed_chunk(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
     """Pack B[kc:kc+length, panel columns] into ``panel``, then accumulate."""
-    rows, vectors = tiling.rows, tiling.cols // VECTOR_WIDTH
+    w = tiling.vector_width
+    rows, vectors = tiling.rows, tiling.cols // w
     group_m, group_n = tiling.local_size
     panel_vectors = vectors * group_n
     lines = [
@@ -416,8 +432,8 @@ def _packed_chunk(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
     b_step = 1 if shape.b_transposed else shape.b_ld()
     lines.append(f"    __global const float* b_k = b + (kc + kk) * {b_step};")
     contiguous = not shape.b_transposed
-    panel_cols = panel_vectors * VECTOR_WIDTH
-    loads = [f"    panel[kk * {panel_vectors} + {j}] = {_load8(f'b_k + panel_n0 + {j * VECTOR_WIDTH}')};"
+    panel_cols = panel_vectors * w
+    loads = [f"    panel[kk * {panel_vectors} + {j}] = {_load(f'b_k + panel_n0 + {j * w}', w)};"
              for j in range(panel_vectors)]
     if contiguous and shape.n % panel_cols == 0:
         lines += loads
@@ -425,11 +441,11 @@ def _packed_chunk(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
         gathers = []
         for j in range(panel_vectors):
             lanes = []
-            for lane in range(VECTOR_WIDTH):
-                col = f"panel_n0 + {j * VECTOR_WIDTH + lane}"
+            for lane in range(w):
+                col = f"panel_n0 + {j * w + lane}"
                 # Columns past the edge are packed as zeros and never stored.
                 lanes.append(f"({col} < {shape.n} ? b_k[{_b_index(shape, '0', _clamped(col, shape.n))}] : 0.0f)")
-            gathers.append(f"    panel[kk * {panel_vectors} + {j}] = (float8)({', '.join(lanes)});")
+            gathers.append(f"    panel[kk * {panel_vectors} + {j}] = (float{w})({', '.join(lanes)});")
         if contiguous:
             lines.append(f"    if (panel_n0 + {panel_cols} <= {shape.n}) {{")
             lines += _indent(loads)
@@ -446,7 +462,7 @@ def _packed_chunk(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
         lines.append(_unroll_pragma(tiling.k_unroll))
     lines.append(f"  for (int kk = 0; kk < {length}; ++kk) {{")
     for j in range(vectors):
-        lines.append(f"    const float8 b_{j} = panel[kk * {panel_vectors} + my_vector0 + {j}];")
+        lines.append(f"    const float{w} b_{j} = panel[kk * {panel_vectors} + my_vector0 + {j}];")
     a_step = shape.a_ld() if shape.a_transposed else 1
     group_rows = group_m * rows
     for i in range(rows):
@@ -464,16 +480,17 @@ def _packed_chunk(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
 def _pack_a_panel(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
     """Copy A[group rows, kc:kc+length] into ``a_panel``, k-major, so that
     each work-item reads its rows' values for one k side by side. Only for a
-    transposed A, whose rows are contiguous along m and copy as float8s."""
+    transposed A, whose rows are contiguous along m and copy as vectors."""
+    w = tiling.vector_width
     group_m, group_n = tiling.local_size
     group_rows = group_m * tiling.rows
-    vectors = group_rows // VECTOR_WIDTH
+    vectors = group_rows // w
     lines = [
         f"  for (int kk = worker; kk < {length}; kk += {group_m * group_n}) {{",
         f"    __global const float* a_k = a + (kc + kk) * {shape.a_ld()} + panel_m0;",
-        f"    __local float8* a_row = (__local float8*)(a_panel + kk * {group_rows});",
+        f"    __local float{w}* a_row = (__local float{w}*)(a_panel + kk * {group_rows});",
     ]
-    copies = [f"    a_row[{v}] = {_load8(f'a_k + {v * VECTOR_WIDTH}')};" for v in range(vectors)]
+    copies = [f"    a_row[{v}] = {_load(f'a_k + {v * w}', w)};" for v in range(vectors)]
     if shape.m % group_rows == 0:
         lines += copies
     else:
@@ -494,8 +511,9 @@ def _pack_a_panel(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
 
 
 def _render_dot_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> list[str]:
+    w = tiling.vector_width
     rows, cols = tiling.rows, tiling.cols
-    full_k = shape.k - shape.k % VECTOR_WIDTH
+    full_k = shape.k - shape.k % w
     lines = []
     # Row pointers are clamped once, so the loop has no edge branches at all.
     for i in range(rows):
@@ -504,21 +522,23 @@ def _render_dot_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> lis
     for j in range(cols):
         col = _clamped(f"n0 + {j}", shape.n)
         lines.append(f"  __global const float* b_{j} = b + {_b_index(shape, '0', col)};")
-    lines += [f"  float8 acc_{i}_{j} = (float8)(0.0f);" for i in range(rows) for j in range(cols)]
+    lines += [f"  float{w} acc_{i}_{j} = (float{w})(0.0f);" for i in range(rows) for j in range(cols)]
     if full_k > 0:
         if _unroll_pragma(tiling.k_unroll):
             lines.append(_unroll_pragma(tiling.k_unroll))
-        lines.append(f"  for (int k = 0; k < {full_k}; k += {VECTOR_WIDTH}) {{")
-        lines += [f"    const float8 av_{i} = {_load8(f'a_{i} + k')};" for i in range(rows)]
-        lines += [f"    const float8 bv_{j} = {_load8(f'b_{j} + k')};" for j in range(cols)]
+        lines.append(f"  for (int k = 0; k < {full_k}; k += {w}) {{")
+        lines += [f"    const float{w} av_{i} = {_load(f'a_{i} + k', w)};" for i in range(rows)]
+        lines += [f"    const float{w} bv_{j} = {_load(f'b_{j} + k', w)};" for j in range(cols)]
         lines += [f"    acc_{i}_{j} += av_{i} * bv_{j};" for i in range(rows) for j in range(cols)]
         lines.append("  }")
     for i in range(rows):
         for j in range(cols):
-            # Pairwise horizontal sum of the eight partial sums.
-            lines.append(f"  const float4 h4_{i}_{j} = acc_{i}_{j}.lo + acc_{i}_{j}.hi;")
-            lines.append(f"  const float2 h2_{i}_{j} = h4_{i}_{j}.lo + h4_{i}_{j}.hi;")
-            lines.append(f"  float sum_{i}_{j} = h2_{i}_{j}.x + h2_{i}_{j}.y;")
+            # Pairwise horizontal sum of the vector's partial sums, halving it each time.
+            half, part = w // 2, f"acc_{i}_{j}"
+            while half > 1:
+                lines.append(f"  const float{half} h{half}_{i}_{j} = {part}.lo + {part}.hi;")
+                half, part = half // 2, f"h{half}_{i}_{j}"
+            lines.append(f"  float sum_{i}_{j} = {part}.x + {part}.y;")
     if full_k < shape.k:
         lines.append(f"  for (int k = {full_k}; k < {shape.k}; ++k) {{")
         lines += [f"    sum_{i}_{j} += a_{i}[k] * b_{j}[k];" for i in range(rows) for j in range(cols)]
@@ -533,13 +553,14 @@ def _render_dot_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> lis
 
 
 def _store_vector(shape: MatmulShape, output: _Output, acc: str, row: str, first_col: str) -> str:
-    """Store eight outputs of one row at once (the tile is inside C)."""
+    """Store one vector of outputs of one row at once (the tile is inside C)."""
+    w = output.width
     value = acc
     if not output.identity:
         lanes = [f"{output.macro}({acc}.s{lane:x}, ({row}), ({first_col} + {lane}), batch)"
-                 for lane in range(VECTOR_WIDTH)]
-        value = f"(float8)({', '.join(lanes)})"
-    return "  " + _store8(value, f"c + ({row}) * {shape.n} + {first_col}")
+                 for lane in range(w)]
+        value = f"(float{w})({', '.join(lanes)})"
+    return "  " + _store(value, f"c + ({row}) * {shape.n} + {first_col}", w)
 
 
 def _store_scalar(shape: MatmulShape, output: _Output, value: str, row: str, col: str,

@@ -20,6 +20,7 @@ from ..proc.index import Var
 from ..proc.ir import FeedCmd, Kernel, KernelCmd, LoopCmd, ProcProgram, ReceiveCmd
 from ..proc.structure import Structure, structure
 from ..schedule.matmul import match_matmul
+from ..schedule.tiling import MatmulShape, Tiling
 from ..schedule.megakernel import is_small, iterated_loops, plan_megakernels
 from .group_reduce import group_reduction, render_group_reduce
 from .matmul import render_matmul_kernel
@@ -57,12 +58,19 @@ class RenderedProgram:
         return {id(cmd): n for n, (group, _) in enumerate(self.megakernels) for cmd in group}
 
 
-def render_single(kernel: Kernel, language: CStyleLanguage, buffers: dict, features: frozenset[str]) -> RenderedKernel:
+ChooseTiling = Callable[[MatmulShape], Tiling]
+"""How a backend tiles a matched product (the autotuner's `Tuner.choose`); without one, the
+rules of `schedule/tiling.choose_tiling`."""
+
+
+def render_single(kernel: Kernel, language: CStyleLanguage, buffers: dict, features: frozenset[str],
+                  tilings: ChooseTiling | None = None) -> RenderedKernel:
     """One kernel launched alone, with the most specific renderer that applies."""
     if "tiled_matmul" in features:
         match = match_matmul(kernel, buffers)
         if match is not None:
-            return render_matmul_kernel(kernel, match, language, buffers)
+            tiling = tilings(match.shape) if tilings is not None else None
+            return render_matmul_kernel(kernel, match, language, buffers, tiling)
     if "group_reduce" in features and group_reduction(kernel) is not None:
         return render_group_reduce(kernel, language, buffers)
     return renderer_for(kernel, language, buffers, "vectorize" in features).render()
@@ -104,8 +112,10 @@ def _receives_by_position(loop: LoopCmd) -> list[tuple[int, int, int]]:
 
 
 def render_program(program: ProcProgram, language: CStyleLanguage, features: frozenset[str],
-                   where: Callable[[int], str] = lambda buffer_id: "arena") -> RenderedProgram:
-    """`where(buffer id)` names the device buffer a megakernel stage reads a buffer from."""
+                   where: Callable[[int], str] = lambda buffer_id: "arena",
+                   tilings: ChooseTiling | None = None) -> RenderedProgram:
+    """`where(buffer id)` names the device buffer a megakernel stage reads a buffer from;
+    `tilings` tiles the matched products."""
     unknown = set(features) - set(FEATURES)
     assert not unknown, f"unknown codegen features {sorted(unknown)}"
     buffers = {b.id: b for b in program.buffers}
@@ -117,7 +127,7 @@ def render_program(program: ProcProgram, language: CStyleLanguage, features: fro
         stages = {id(k): render(k) for k in kernels if is_small(k)}
         groups = plan_megakernels(program, lambda k: stages[id(k)].signature)
     grouped = {id(cmd.kernel) for group in groups for cmd in group}
-    singles = [(k, render_single(k, language, buffers, features)) for k in kernels if id(k) not in grouped]
+    singles = [(k, render_single(k, language, buffers, features, tilings)) for k in kernels if id(k) not in grouped]
     megakernels = [(group, render_megakernel(f"stages_{n}_{group[0].kernel.name}",
                                              [stages[id(c.kernel)] for c in group], language))
                    for n, group in enumerate(groups)]

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 
 VECTOR_WIDTH = 8
-"""Floats per vector: one 256-bit AVX2 register, the widest PoCL emits here."""
+"""Floats per vector when the device is not known: one 256-bit AVX2 register. A device's
+own is `device_vector_width` of its CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT."""
 
 SMALL_PROBLEM_FLOPS = 64 * 64 * 64
 """m*n*k at or below which a kernel is all launch overhead (a few microseconds)."""
@@ -83,8 +84,8 @@ class MatmulShape:
 class Tiling:
     """How the output is cut into work.
 
-    Each work-item computes a block of ``rows`` x ``cols`` outputs (``cols``
-    a multiple of ``VECTOR_WIDTH`` for ``OUTER`` and ``PACKED``);
+    Each work-item computes a block of ``rows`` x ``cols`` outputs in float
+    vectors of ``vector_width`` (``cols`` a multiple of it for ``OUTER`` and ``PACKED``);
     ``local_size`` counts work-items along (m, n); the k loop is unrolled
     ``k_unroll`` times. ``PACKED`` copies ``k_chunk`` rows of the group's B
     panel at a time to local memory, and with ``pack_a`` (transposed A only)
@@ -98,33 +99,50 @@ class Tiling:
     k_unroll: int = 1
     k_chunk: int = 512
     pack_a: bool = False
+    vector_width: int = VECTOR_WIDTH
+
+
+def device_vector_width(native_float_width: int) -> int:
+    """The float vector width of a device's tilings: its native width (one register), at
+    least 4 and at most 16 (the OpenCL vector types)."""
+    return max(4, min(16, native_float_width))
 
 
 def choose_tiling(m: int, n: int, k: int, a_transposed: bool = False,
-                  b_transposed: bool = False) -> Tiling:
-    """Pick the tiling for one problem.
+                  b_transposed: bool = False, vector_width: int = VECTOR_WIDTH) -> Tiling:
+    """Pick the tiling for one problem by rule (the autotuner, `backends/tuning.py`, may
+    measure a better one on the device).
 
     The rules and their numbers come from ``benchmarks/bench_matmul_kernel.py
-    --sweep`` on a 2-core Zen CPU with PoCL 3.0 (see the module docstring).
+    --sweep`` on a 2-core Zen CPU with PoCL 3.0 (see the module docstring); blocks are
+    counted in vectors of ``vector_width``, so a wider register gets wider blocks.
     """
+    w = vector_width
     if b_transposed and not a_transposed:
         # Both operands run along k in memory: float8 dot products need no
         # packing (1024^2: ~105 GFLOP/s against ~90 for the packed panel).
         rows, cols = min(2, m), min(4, n)
-        return Tiling(DOT, rows, cols, (_work_group_extent(m, rows, 8), 1))
+        return Tiling(DOT, rows, cols, (_work_group_extent(m, rows, 8), 1), vector_width=w)
+    if w >= 16 and not b_transposed:
+        # AVX-512 (float16 registers, 32 of them; machine F, Zen 4, PoCL 3.1): the autotuner
+        # found 8 rows x one float16 read in place fastest for most of the larger
+        # transformer's products (1.05-1.6x the AVX2 rules' blocks at float16, which packed
+        # B's panel); the AVX2 rules scaled to float16 ran its step 20% slower than float8.
+        rows = min(8, m)
+        return Tiling(OUTER, rows, w, (_work_group_extent(m, rows, 8), 1), k_unroll=4, vector_width=w)
     if m * n * k <= SMALL_PROBLEM_FLOPS:
         # Launch overhead dominates; small blocks give both threads work.
         rows = min(2, m)
-        cols = VECTOR_WIDTH * min(4, math.ceil(n / VECTOR_WIDTH))
-        return Tiling(OUTER, rows, cols, (_work_group_extent(m, rows, 8), 1), k_unroll=4)
-    # 6 rows x 16 columns = 12 float8 accumulators + 2 B vectors + 1 broadcast
+        cols = w * min(max(1, 32 // w), math.ceil(n / w))
+        return Tiling(OUTER, rows, cols, (_work_group_extent(m, rows, 8), 1), k_unroll=4, vector_width=w)
+    # 6 rows x 2 vectors = 12 accumulators + 2 B vectors + 1 broadcast
     # A value: the largest block that fits the 16 AVX2 registers.
     rows = min(6, m)
-    cols = VECTOR_WIDTH if n <= VECTOR_WIDTH else 2 * VECTOR_WIDTH
+    cols = w if n <= w else 2 * w
     if m <= rows:
         # One block of rows reads each B panel once: nothing to gain from
         # packing it (2x2048x2048: 9.5 vs 7.6 GFLOP/s, memory bound).
-        return Tiling(OUTER, rows, cols, (1, 1), k_unroll=4)
+        return Tiling(OUTER, rows, cols, (1, 1), k_unroll=4, vector_width=w)
     # B's panel is copied to local memory in chunks of 512 k and shared by
     # the 16 work-items of a group: read in place, rows N*4 bytes apart fall
     # into the same cache sets (1024^2: 104 vs 127 GFLOP/s), and a transposed
@@ -135,7 +153,7 @@ def choose_tiling(m: int, n: int, k: int, a_transposed: bool = False,
     # an AVX-512 Xeon PoCL 3.0 computed wrong columns for some shapes with edges in
     # both m and n (20x40x700, 30x30x30), and was no faster there (1024^2: 144-150
     # vs 150-155 GFLOP/s). Explicit tilings may still ask for it.
-    return Tiling(PACKED, rows, cols, (group_m, 1), k_unroll=4, k_chunk=512)
+    return Tiling(PACKED, rows, cols, (group_m, 1), k_unroll=4, k_chunk=512, vector_width=w)
 
 
 def _work_group_extent(size: int, block: int, preferred: int) -> int:

@@ -1,0 +1,233 @@
+"""The matmul autotuner: time a few tilings of one product on the device, keep the fastest.
+
+The tiling rules (`schedule/tiling.choose_tiling`) were measured on a few CPUs; a device
+they were not measured on may run another register block, vector width or panel faster.
+For every tiled product of a program the tuner can build a handful of candidate tilings
+(`candidate_tilings`) as one OpenCL program, run each on random operands of the product's
+shape and layout, check that each gives the rule's numbers, and time them in interleaved
+rounds. The winner is stored on disk, keyed by the device (platform, device and driver
+versions) and the product's shape and layout, so a product is searched once per device.
+
+    AUTODIFF_TUNE=0   rules only (the stored results are not read)
+    AUTODIFF_TUNE=1   default: a stored result where there is one, else the rule
+    AUTODIFF_TUNE=2   search every product without a stored result, and store it
+    AUTODIFF_DISABLE=autotune   the same as 0 (the suite agrees either way)
+    python -m autodiff.tune script.py [args]   runs a script at level 2 (tunes it ahead)
+
+Results live in `tuning.json` in the kernel cache's folder (`AUTODIFF_CACHE_DIR`). A file
+that cannot be read or parsed counts as empty, never a crash; entries are written through a
+temporary file and a rename. The epilogue (bias, activation, update) does not take part
+in the key: it costs the same under every tiling.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from ..codegen.matmul_source import VECTOR_WIDTHS, render_matmul
+from ..schedule.tiling import DOT, OUTER, PACKED, MatmulShape, Tiling, choose_tiling, device_vector_width
+from . import kernel_cache
+
+FILE_NAME = "tuning.json"
+VERSION = 1
+ROUNDS = 5
+"""Interleaved timing rounds per candidate; the median round counts."""
+ROUND_SECONDS = 2e-3
+"""Launches per round are chosen so a round lasts about this long."""
+MARGIN = 0.03
+"""A candidate replaces the rule only when it is faster by more than this fraction
+(timings on a shared CPU vary by a few percent)."""
+
+
+def tune_level(disable: frozenset[str] = frozenset()) -> int:
+    if "autotune" in disable:
+        return 0
+    text = os.environ.get("AUTODIFF_TUNE", "1")
+    if text not in ("0", "1", "2"):
+        raise ValueError(f"AUTODIFF_TUNE must be 0, 1 or 2, got {text!r}")
+    return int(text)
+
+
+def tuning_path() -> Path:
+    return kernel_cache.cache_dir() / FILE_NAME
+
+
+def shape_key(shape: MatmulShape) -> str:
+    return json.dumps(asdict(shape), sort_keys=True)
+
+
+def read_results() -> dict[str, dict[str, dict]]:
+    """{device key: {shape key: entry}}; an unreadable or foreign file reads as empty."""
+    try:
+        data = json.loads(tuning_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("devices"), dict):
+        return {}
+    return data["devices"]
+
+
+def write_result(device_key: str, key: str, entry: dict) -> None:
+    """Merge one entry into the file (read again first: another process may have added
+    some); a file that cannot be written is skipped: it is only a cache."""
+    devices = read_results()
+    devices.setdefault(device_key, {})[key] = entry
+    path = tuning_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(handle, "w") as out:
+            json.dump({"version": VERSION, "devices": devices}, out, indent=1, sort_keys=True)
+        os.replace(temporary, path)
+    except OSError:
+        pass
+
+
+def clear_results() -> bool:
+    try:
+        tuning_path().unlink()
+        return True
+    except OSError:
+        return False
+
+
+def tiling_from(entry: dict) -> Tiling | None:
+    """The stored tiling, or None where the entry is not a valid one."""
+    try:
+        fields = dict(entry["tiling"])
+        fields["local_size"] = tuple(fields["local_size"])
+        tiling = Tiling(**fields)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return tiling if tiling.vector_width in VECTOR_WIDTHS else None
+
+
+def candidate_tilings(shape: MatmulShape, vector_width: int) -> list[Tiling]:
+    """The rule's tiling first, then a small space around it: register blocks of 2-8 rows
+    by 1-4 vectors, the device's vector width and half of it, B's panel in local memory or
+    read in place, and for the dot strategy blocks of 1-4 x 2-4 outputs."""
+    rule = choose_tiling(shape.m, shape.n, shape.k, shape.a_transposed, shape.b_transposed, vector_width)
+    widths = sorted({vector_width, max(4, vector_width // 2)}, reverse=True)
+    found = [rule]
+    if rule.strategy == DOT:
+        for w in widths:
+            for rows, cols in ((2, 4), (4, 2), (3, 3), (1, 4), (4, 4), (2, 2)):
+                r, c = min(rows, shape.m), min(cols, shape.n)
+                found.append(Tiling(DOT, r, c, (max(1, min(8, math.ceil(shape.m / r))), 1), vector_width=w))
+    else:
+        for w in widths:
+            for rows, vectors in ((6, 2), (4, 2), (8, 1), (4, 4), (2, 4), (6, 1), (8, 2)):
+                rows = min(rows, shape.m)
+                cols = w * min(vectors, max(1, math.ceil(shape.n / w)))
+                blocks = math.ceil(shape.m / rows)
+                found.append(Tiling(OUTER, rows, cols, (max(1, min(8, blocks)), 1), k_unroll=4, vector_width=w))
+                if blocks > 1:
+                    found.append(Tiling(PACKED, rows, cols, (min(16, blocks), 1), k_unroll=4, vector_width=w))
+    unique: list[Tiling] = []
+    for tiling in found:
+        if tiling not in unique:
+            unique.append(tiling)
+    return unique
+
+
+def _operand_elements(shape: MatmulShape, operand: str) -> int:
+    """Elements an operand's buffer must hold for every batch's rows at their distance."""
+    transposed = shape.a_transposed if operand == "a" else shape.b_transposed
+    if operand == "a":
+        rows, lead, outer, inner = (shape.k if transposed else shape.m), shape.a_ld(), shape.a_stride(), shape.a_inner_stride
+    else:
+        rows, lead, outer, inner = (shape.n if transposed else shape.k), shape.b_ld(), shape.b_stride(), shape.b_inner_stride
+    last_batch = (shape.batch - 1) // shape.batch_inner * outer + (shape.batch_inner - 1) * inner
+    return last_batch + rows * lead
+
+
+class Tuner:
+    """Chooses the tiling of every product of one OpenCL device (see the module docstring).
+    `choose(shape)` is what code generation calls; `searched` counts the searches run."""
+
+    def __init__(self, context: Any, queue: Any, device_key: str, native_float_width: int, level: int) -> None:
+        self.context, self.queue = context, queue
+        self.device_key = device_key
+        self.vector_width = device_vector_width(native_float_width)
+        self.level = level
+        self.stored = read_results().get(device_key, {}) if level >= 1 else {}
+        self.chosen: dict[str, Tiling] = {}
+        self.searched = 0
+
+    def rule(self, shape: MatmulShape) -> Tiling:
+        return choose_tiling(shape.m, shape.n, shape.k, shape.a_transposed, shape.b_transposed, self.vector_width)
+
+    def choose(self, shape: MatmulShape) -> Tiling:
+        key = shape_key(shape)
+        if key not in self.chosen:
+            tiling = tiling_from(self.stored[key]) if key in self.stored else None
+            if tiling is None and self.level >= 2:
+                tiling, entry = self.search(shape)
+                write_result(self.device_key, key, entry)
+            self.chosen[key] = tiling or self.rule(shape)
+        return self.chosen[key]
+
+    def search(self, shape: MatmulShape) -> tuple[Tiling, dict]:
+        """Time every candidate; the fastest that gives the rule's numbers, with the
+        timings for the record."""
+        import numpy as np
+        import pyopencl as cl
+        self.searched += 1
+        candidates = candidate_tilings(shape, self.vector_width)
+        specs = [render_matmul(shape, tiling=t, name=f"tune{i}") for i, t in enumerate(candidates)]
+        program = cl.Program(self.context, "\n".join(s.source for s in specs)).build(options=specs[0].build_options)
+        rng = np.random.default_rng(0)
+        flags = cl.mem_flags
+        a = rng.standard_normal(_operand_elements(shape, "a"), dtype=np.float32)
+        b = rng.standard_normal(_operand_elements(shape, "b"), dtype=np.float32)
+        a_buffer = cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=a)
+        b_buffer = cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=b)
+        outputs = shape.batch * shape.m * shape.n
+        c_buffer = cl.Buffer(self.context, flags.READ_WRITE, 4 * outputs)
+        launchers: list[Callable[[int], None]] = []
+        reference = None
+        kept: list[int] = []
+        for index, spec in enumerate(specs):
+            kernel = cl.Kernel(program, spec.name)
+            kernel.set_args(c_buffer, np.int64(0), a_buffer, np.int64(0), b_buffer, np.int64(0))
+
+            def launch(reps: int, kernel: Any = kernel, spec: Any = spec) -> None:
+                for _ in range(reps):
+                    cl.enqueue_nd_range_kernel(self.queue, kernel, spec.global_size, spec.local_size)
+                self.queue.finish()
+            launch(1)   # PoCL builds the work-group function at the first launch
+            result = np.empty(outputs, np.float32)
+            cl.enqueue_copy(self.queue, result, c_buffer)
+            if reference is None:
+                reference = result
+                tolerance = 1e-4 * math.sqrt(shape.k) * max(1.0, float(np.abs(reference).max()))
+            elif not np.allclose(result, reference, rtol=1e-4, atol=tolerance):
+                continue   # never chosen: it does not compute the product here
+            kept.append(index)
+            launchers.append(launch)
+        start = time.perf_counter()
+        launchers[0](1)
+        reps = max(1, min(1000, int(ROUND_SECONDS / max(time.perf_counter() - start, 1e-6))))
+        times: list[list[float]] = [[] for _ in launchers]
+        for round_index in range(ROUNDS):
+            order = list(range(len(launchers)))
+            shift = round_index % len(order)
+            for position in order[shift:] + order[:shift]:
+                start = time.perf_counter()
+                launchers[position](reps)
+                times[position].append((time.perf_counter() - start) / reps)
+        medians = [statistics.median(t) for t in times]
+        best = min(range(len(medians)), key=medians.__getitem__)
+        if medians[best] > medians[0] * (1 - MARGIN):
+            best = 0   # the rule, unless clearly beaten
+        winner = candidates[kept[best]]
+        entry = {"tiling": asdict(winner), "seconds": medians[best], "rule_seconds": medians[0],
+                 "candidates": {str(candidates[kept[i]]): medians[i] for i in range(len(kept))}}
+        return winner, entry
