@@ -125,11 +125,15 @@ def choose_tiling(m: int, n: int, k: int, a_transposed: bool = False,
         return Tiling(DOT, rows, cols, (_work_group_extent(m, rows, 8), 1), vector_width=w)
     if w >= 16 and not b_transposed:
         # AVX-512 (float16 registers, 32 of them; machine F, Zen 4, PoCL 3.1): the autotuner
-        # found 8 rows x one float16 read in place fastest for most of the larger
+        # found 8 rows x one or two float16 read in place fastest for the larger
         # transformer's products (1.05-1.6x the AVX2 rules' blocks at float16, which packed
-        # B's panel); the AVX2 rules scaled to float16 ran its step 20% slower than float8.
+        # B's panel; one and two vectors within 3% there); the AVX2 rules scaled to float16
+        # ran its step 20% slower than float8. Two vectors (16 accumulators) win on wide
+        # products (256^2: 197 vs 144 GFLOP/s, 1024^2: 198 vs 116, 1024^2 A^T@B: 191 vs 99)
+        # and lose up to 5% on the model's n = 128 ones.
         rows = min(8, m)
-        return Tiling(OUTER, rows, w, (_work_group_extent(m, rows, 8), 1), k_unroll=4, vector_width=w)
+        cols = 2 * w if n >= 16 * w else w
+        return Tiling(OUTER, rows, cols, (_work_group_extent(m, rows, 8), 1), k_unroll=4, vector_width=w)
     if m * n * k <= SMALL_PROBLEM_FLOPS:
         # Launch overhead dominates; small blocks give both threads work.
         rows = min(2, m)
