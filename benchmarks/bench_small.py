@@ -40,6 +40,7 @@ import autodiff as ad  # noqa: E402
 import autodiff.nn.functional as F  # noqa: E402
 from autodiff import nn  # noqa: E402
 from bench_reference import jax_available, print_rows  # noqa: E402
+from timing import wait_for_kernel_storing  # noqa: E402
 
 # final losses of the frameworks agree to this tolerance, |a - b| <= ATOL + RTOL |b| (float32,
 # hundreds of steps; mnist's loss ends near 1e-3)
@@ -109,6 +110,7 @@ def run_autodiff(p: Program, device: str, profile: bool) -> tuple[dict[str, np.n
     compiled = ad.compile(device=device)
     compile_s = time.perf_counter() - start
     report = compiled.run()
+    wait_for_kernel_storing()   # else it builds beside the profiled run and the next framework
     row = dict(framework=f"autodiff {device}", compile_s=compile_s, ms_per_step=1000 * report.run_seconds / p.steps,
                final_loss=losses[-1], launches_per_step=report.kernels_launched / p.steps)
     if profile:
