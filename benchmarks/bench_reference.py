@@ -2,6 +2,7 @@
 
     python benchmarks/bench_reference.py [--layers 1 2 4 6] [--steps 500] [--no-compile] [--no-jax] [--json out.json]
     python benchmarks/bench_reference.py --large        # batch 8, seq 64, d 128, ff 512, 2 layers, 200 steps
+    python benchmarks/bench_reference.py --large --repeat 5   # every framework 5 times in turn, medians
 
 L post-norm encoder layers (d_model 64, 4 heads, ff 128, ReLU, no dropout), input
 (2, 64) filled with 0.3, loss = sum(output) / 1000, SGD lr 0.01; every framework
@@ -105,6 +106,35 @@ def print_rows(rows: list[dict], key: str, title: str) -> None:
               f"{r['vs_eager']:>16.2f} {r['final_loss']:>12.6f}")
 
 
+def run_frameworks(config: dict, args: argparse.Namespace, with_jax: bool, with_tinygrad: bool) -> list[dict]:
+    """One row per framework, autodiff first and torch eager second."""
+    state, ours = run_autodiff(config, args.device)
+    results = [ours, run_torch(state, config, False)]
+    if not args.no_compile:
+        results.append(run_torch(state, config, True))
+    if with_jax:
+        from jax_reference import run_jax
+        data = reference_input(config["d_model"], config["seq"], config.get("batch"))
+        for fori_loop in (False, True):
+            results.append(run_jax(state, data, config["layers"], config["heads"], config["steps"], 0.01,
+                                   fori_loop))
+    if with_tinygrad:
+        from tinygrad_reference import run_tinygrad
+        data = reference_input(config["d_model"], config["seq"], config.get("batch"))
+        results.append(run_tinygrad(state, data, config["layers"], config["heads"], config["steps"], 0.01))
+    return results
+
+
+def median_of_repeats(repeats: list[list[dict]]) -> list[dict]:
+    """Each framework's row of the first repeat, with the median ms/step over the repeats and
+    their range (`ms_range`); compile seconds are the first repeat's (the later ones are warm)."""
+    rows = []
+    for position, first in enumerate(repeats[0]):
+        times = [repeat[position]["ms_per_step"] for repeat in repeats]
+        rows.append(dict(first, ms_per_step=statistics.median(times), ms_range=(min(times), max(times))))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 4, 6])
@@ -114,6 +144,9 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
     parser.add_argument("--no-jax", action="store_true", help="skip JAX")
     parser.add_argument("--no-tinygrad", action="store_true", help="skip tinygrad")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every framework this many times in turn and report each one's median "
+                             "(a noisy machine slows the frameworks alike only when they alternate)")
     parser.add_argument("--json")
     args = parser.parse_args()
     configs = ([dict(LARGE)] if args.large else
@@ -122,20 +155,8 @@ def main() -> None:
     with_tinygrad = not args.no_tinygrad and tinygrad_available()
     rows = []
     for config in configs:
-        state, ours = run_autodiff(config, args.device)
-        results = [ours, run_torch(state, config, False)]
-        if not args.no_compile:
-            results.append(run_torch(state, config, True))
-        if with_jax:
-            from jax_reference import run_jax
-            data = reference_input(config["d_model"], config["seq"], config.get("batch"))
-            for fori_loop in (False, True):
-                results.append(run_jax(state, data, config["layers"], config["heads"], config["steps"], 0.01,
-                                       fori_loop))
-        if with_tinygrad:
-            from tinygrad_reference import run_tinygrad
-            data = reference_input(config["d_model"], config["seq"], config.get("batch"))
-            results.append(run_tinygrad(state, data, config["layers"], config["heads"], config["steps"], 0.01))
+        results = median_of_repeats([run_frameworks(config, args, with_jax, with_tinygrad)
+                                     for _ in range(args.repeat)])
         eager_ms = results[1]["ms_per_step"]
         for r in results:
             r.update(layers=config["layers"], vs_eager=eager_ms / r["ms_per_step"])
@@ -144,6 +165,9 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {platform.python_version()}; {shape}; steps {configs[0]['steps']}"
           + ("" if with_jax else "; JAX not installed") + ("" if with_tinygrad else "; tinygrad not available"))
     print_rows(rows, "layers", "L")
+    if args.repeat > 1:
+        print(f"ms/step: the median of {args.repeat} repeats, the frameworks in turn; ranges: "
+              + "; ".join(f"{r['framework']} {r['ms_range'][0]:.3f}-{r['ms_range'][1]:.3f}" for r in rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

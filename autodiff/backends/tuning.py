@@ -112,7 +112,8 @@ def tiling_from(entry: dict) -> Tiling | None:
 def candidate_tilings(shape: MatmulShape, vector_width: int) -> list[Tiling]:
     """The rule's tiling first, then a small space around it: register blocks of 2-8 rows
     by 1-4 vectors, the device's vector width and half of it, B's panel in local memory or
-    read in place, and for the dot strategy blocks of 1-4 x 2-4 outputs."""
+    read in place; for A @ B^T dot-product blocks of 1-4 x 2-4 outputs and B^T's panel
+    transposed into local memory."""
     rule = choose_tiling(shape.m, shape.n, shape.k, shape.a_transposed, shape.b_transposed, vector_width)
     widths = sorted({vector_width, max(4, vector_width // 2)}, reverse=True)
     found = [rule]
@@ -121,6 +122,15 @@ def candidate_tilings(shape: MatmulShape, vector_width: int) -> list[Tiling]:
             for rows, cols in ((2, 4), (4, 2), (3, 3), (1, 4), (4, 4), (2, 2)):
                 r, c = min(rows, shape.m), min(cols, shape.n)
                 found.append(Tiling(DOT, r, c, (max(1, min(8, math.ceil(shape.m / r))), 1), vector_width=w))
+        # B^T's panel transposed into local memory, then outer products: on machine F 1.5x
+        # the dot products on some of the larger model's shapes, slower on others
+        for rows, vectors in ((8, 1), (8, 2), (4, 2)):
+            rows = min(rows, shape.m)
+            cols = vector_width * min(vectors, max(1, math.ceil(shape.n / vector_width)))
+            blocks = math.ceil(shape.m / rows)
+            for group in (8, 16):
+                found.append(Tiling(PACKED, rows, cols, (max(1, min(group, blocks)), 1), k_unroll=4,
+                                    vector_width=vector_width))
     else:
         for w in widths:
             for rows, vectors in ((6, 2), (4, 2), (8, 1), (4, 4), (2, 4), (6, 1), (8, 2)):
