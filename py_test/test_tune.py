@@ -84,6 +84,14 @@ def test_a_damaged_entry_gives_the_rule(cache: Path) -> None:
     assert tuning.tiling_from(json.loads(json.dumps({"tiling": tuning.asdict(good)}))) == good
 
 
+def test_a_stored_tiling_the_generator_cannot_render_gives_the_rule(cache: Path) -> None:
+    shape = MatmulShape(40, 48, 72)
+    dot = Tiling(DOT, 2, 4, (8, 1), vector_width=16)   # the dot strategy needs B stored transposed
+    tuning.write_result("test device", tuning.shape_key(shape), {"tiling": tuning.asdict(dot)})
+    tuner = tuning.Tuner(None, None, "test device", 16, 1)
+    assert tuner.choose(shape) == tuner.rule(shape) != dot
+
+
 @needs_opencl
 def test_a_search_is_stored_and_read_back_at_level_one_only(cache: Path) -> None:
     shape = MatmulShape(40, 48, 72, a_transposed=True)

@@ -109,6 +109,18 @@ def tiling_from(entry: dict) -> Tiling | None:
     return tiling if tiling.vector_width in VECTOR_WIDTHS else None
 
 
+def renderable(shape: MatmulShape, tiling: Tiling | None) -> Tiling | None:
+    """The tiling where the generator can render it for the shape, else None (a stored entry
+    edited by hand, or written by a version whose generator allowed more)."""
+    if tiling is None:
+        return None
+    try:
+        render_matmul(shape, tiling=tiling)
+    except ValueError:
+        return None
+    return tiling
+
+
 def candidate_tilings(shape: MatmulShape, vector_width: int) -> list[Tiling]:
     """The rule's tiling first, then a small space around it: register blocks of 2-8 rows
     by 1-4 vectors, the device's vector width and half of it, B's panel in local memory or
@@ -177,7 +189,7 @@ class Tuner:
     def choose(self, shape: MatmulShape) -> Tiling:
         key = shape_key(shape)
         if key not in self.chosen:
-            tiling = tiling_from(self.stored[key]) if key in self.stored else None
+            tiling = renderable(shape, tiling_from(self.stored[key])) if key in self.stored else None
             if tiling is None and self.level >= 2:
                 tiling, entry = self.search(shape)
                 write_result(self.device_key, key, entry)
