@@ -28,6 +28,11 @@ import warnings
 
 def main() -> int:
     job = pickle.load(sys.stdin.buffer)
+    if job["store"]:
+        # before PoCL starts its threads: on Linux a thread's priority is its own, and
+        # threads inherit their creator's; lowered later, the kernels this worker launches
+        # ran on PoCL's threads at normal priority beside the parent's run
+        os.nice(19)
     import importlib.util
 
     import numpy as np
@@ -53,8 +58,6 @@ def main() -> int:
             return zeroed[size]
         return value
 
-    if job["store"]:
-        os.nice(19)
     built = []
     for group in job["groups"]:
         program = cl.Program(context, group["source"]).build(options=job["options"])
