@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "autodiff"
 
 # top to bottom: a module may import its own folder and the folders above it, never below
 LAYERS = ["errors", "loggers", "comm", "ir", "frontend", "opt", "proc", "fusion", "schedule", "alloc", "codegen",
-          "backends", "profiler", "compiler", "visualize", "printing", "distributed", "checkpoint", "export", "nn",
+          "backends", "tune", "profiler", "compiler", "visualize", "printing", "distributed", "checkpoint", "export", "nn",
           "__init__"]
 # circles allowed inside one folder, and why: Tensor's methods delegate to the functions,
 # indexing, autodiff and VJP modules, which build Tensors
