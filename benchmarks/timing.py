@@ -8,9 +8,8 @@ from typing import Any, Callable
 
 def wait_for_kernel_storing() -> None:
     """After a run, autodiff stores the kernels it built from a background process that
-    builds them all once more (`opencl_build.store_pending`). Measured on machine F, that
-    process running beside a profiled step made it 2.3x slower (25.0 vs 10.8 ms of kernel
-    time): wait for it before timing anything, autodiff or another framework."""
+    builds them all once more (`opencl_build.store_pending`). It runs at the lowest priority,
+    but on 2 cores it still takes time from what is timed beside it: wait for it first."""
     from autodiff.backends.opencl_build import finish_storing
     finish_storing()
 
