@@ -77,8 +77,9 @@ def _abort_on_uncaught_errors() -> None:
     def hook(kind, value, tb) -> None:
         # the line naming the rank first: the others may finish and end the job while the
         # traceback is still being written (mpiexec then cuts this rank's output short)
+        # (the error's own text in that line too: the traceback's last line may be the part cut)
         sys.stderr.write(f"autodiff.distributed: rank {_WORLD.rank} of {_WORLD.size} failed "
-                         f"({kind.__name__}); aborting every rank\n")
+                         f"({kind.__name__}: {value}); aborting every rank\n")
         sys.stderr.flush()
         previous(kind, value, tb)
         sys.stderr.flush()
