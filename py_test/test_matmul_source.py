@@ -81,10 +81,10 @@ for _w in ms.VECTOR_WIDTHS:
     for _n, _shape in enumerate(_WIDTH_SHAPES):
         CASES.append(Case(f"rule_float{_w}_{_n}", _shape, ms.choose_tiling(
             _shape.m, _shape.n, _shape.k, _shape.a_transposed, _shape.b_transposed, _w)))
-for _n in (0, 1, 3, 4):   # (the tuner also drops a candidate that disagrees with the rule)
-    _shape = _WIDTH_SHAPES[_n]
-    for _c, _tiling in enumerate(candidate_tilings(_shape, 16)[1:]):
-        CASES.append(Case(f"candidate_{_n}_{_c}", _shape, _tiling))
+# In the slow set: each kernel's first launch costs PoCL ~0.5 s cold (work-group function
+# generation), and the tuner also drops a candidate that disagrees with the rule.
+CANDIDATE_CASES = [Case(f"candidate_{n}_{c}", _WIDTH_SHAPES[n], tiling) for n in (0, 1, 3, 4)
+                   for c, tiling in enumerate(candidate_tilings(_WIDTH_SHAPES[n], 16)[1:])]
 
 
 def _opencl():
@@ -100,19 +100,28 @@ def _opencl():
     return cl, devices[0]
 
 
-@pytest.fixture(scope="module")
-def built():
+def _build(cases: list[Case]):
     """Context, queue and every case's (kernel spec, cl.Kernel), from one build."""
     os.environ.setdefault("POCL_CPU_TARGET", "native")
     cl, device = _opencl()
     context = cl.Context([device])
     queue = cl.CommandQueue(context)
     specs = {case.id: ms.render_matmul(case.shape, case.epilogue, case.tiling, name=f"mm_{case.id}")
-             for case in CASES}
+             for case in cases}
     source = "\n".join(spec.source for spec in specs.values())
     program = cl.Program(context, source).build(options=ms.BUILD_OPTIONS)
     kernels = {case_id: (spec, cl.Kernel(program, spec.name)) for case_id, spec in specs.items()}
     return cl, context, queue, kernels
+
+
+@pytest.fixture(scope="module")
+def built():
+    return _build(CASES)
+
+
+@pytest.fixture(scope="module")
+def built_candidates():
+    return _build(CANDIDATE_CASES)
 
 
 def _operands(shape: ms.MatmulShape, rng: np.random.Generator):
@@ -133,6 +142,16 @@ def _assert_close(actual: np.ndarray, expected: np.ndarray, k: int) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_matches_numpy(built, case: Case) -> None:
+    _check(built, case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CANDIDATE_CASES, ids=[case.id for case in CANDIDATE_CASES])
+def test_every_tuner_candidate_matches_numpy(built_candidates, case: Case) -> None:
+    _check(built_candidates, case)
+
+
+def _check(built, case: Case) -> None:
     cl, context, queue, kernels = built
     spec, kernel = kernels[case.id]
     shape = case.shape
