@@ -36,7 +36,7 @@ def show() -> None:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(__doc__, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] == "--show":
         show()
@@ -44,6 +44,10 @@ def main(argv: list[str]) -> int:
     if argv[0] == "--clear":
         print(f"removed {tuning.tuning_path()}" if tuning.clear_results() else "nothing stored")
         return 0
+    if not os.path.isfile(argv[0]):
+        print(f"autodiff.tune: no script {argv[0]!r} (usage: python -m autodiff.tune script.py [args])",
+              file=sys.stderr)
+        return 2
     os.environ["AUTODIFF_TUNE"] = "2"
     sys.argv = list(argv)
     runpy.run_path(argv[0], run_name="__main__")

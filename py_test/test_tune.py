@@ -200,3 +200,9 @@ def test_the_tune_command_tunes_a_script_ahead(cache: Path, tmp_path: Path) -> N
     assert "1x200x96x160" in tune("--show")
     assert "removed" in tune("--clear")
     assert tuning.read_results() == {}
+
+
+def test_the_tune_command_names_a_missing_script(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "autodiff.tune", str(tmp_path / "missing.py")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no script" in proc.stderr and "missing.py" in proc.stderr
