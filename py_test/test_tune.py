@@ -132,6 +132,24 @@ def test_a_candidate_with_wrong_numbers_is_never_chosen(cache: Path, monkeypatch
     assert len(entry["candidates"]) == 1
 
 
+@needs_opencl
+def test_a_candidate_that_does_not_build_is_left_out(cache: Path, monkeypatch) -> None:
+    render = tuning.render_matmul
+
+    def broken(shape, tiling=None, name=None, **kwargs):
+        spec = render(shape, tiling=tiling, name=name, **kwargs)
+        if name != "tune1":
+            return spec
+        return ms.MatmulKernel(**{**spec.__dict__, "source": spec.source + "\nnot a declaration;\n"})
+    monkeypatch.setattr(tuning, "render_matmul", broken)
+    tuner = opencl_tuner(2)
+    shape = MatmulShape(2, 32, 40)
+    candidates = tuning.candidate_tilings(shape, tuner.vector_width)
+    tuner.choose(shape)
+    timed = tuning.read_results()["test device"][tuning.shape_key(shape)]["candidates"]
+    assert str(candidates[1]) not in timed and len(timed) == len(candidates) - 1
+
+
 def _train(disable: frozenset[str]) -> tuple[list[float], np.ndarray]:
     ad.reset()
     rng = np.random.default_rng(0)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 from ..codegen.matmul_source import VECTOR_WIDTHS, render_matmul
 from ..schedule.tiling import DOT, OUTER, PACKED, MatmulShape, Tiling, choose_tiling, device_vector_width
 from . import kernel_cache
+from .opencl_build import quiet
 
 FILE_NAME = "tuning.json"
 VERSION = 1
@@ -191,10 +192,29 @@ class Tuner:
         if key not in self.chosen:
             tiling = renderable(shape, tiling_from(self.stored[key])) if key in self.stored else None
             if tiling is None and self.level >= 2:
-                tiling, entry = self.search(shape)
+                with quiet([]):   # compiler output of the candidates' builds: not the user's
+                    tiling, entry = self.search(shape)
                 write_result(self.device_key, key, entry)
             self.chosen[key] = tiling or self.rule(shape)
         return self.chosen[key]
+
+    def _build(self, specs: list) -> dict[str, Any]:
+        """{kernel name: built program}: all candidates as one program, or, where that fails
+        on this device, each alone, leaving out those that do not build."""
+        import pyopencl as cl
+        options = specs[0].build_options
+        try:
+            program = cl.Program(self.context, "\n".join(s.source for s in specs)).build(options=options)
+            return {spec.name: program for spec in specs}
+        except cl.Error:
+            pass
+        built = {}
+        for spec in specs:
+            try:
+                built[spec.name] = cl.Program(self.context, spec.source).build(options=options)
+            except cl.Error:
+                continue
+        return built
 
     def search(self, shape: MatmulShape) -> tuple[Tiling, dict]:
         """Time every candidate; the fastest that gives the rule's numbers, with the
@@ -204,7 +224,7 @@ class Tuner:
         self.searched += 1
         candidates = candidate_tilings(shape, self.vector_width)
         specs = [render_matmul(shape, tiling=t, name=f"tune{i}") for i, t in enumerate(candidates)]
-        program = cl.Program(self.context, "\n".join(s.source for s in specs)).build(options=specs[0].build_options)
+        programs = self._build(specs)
         rng = np.random.default_rng(0)
         flags = cl.mem_flags
         a = rng.standard_normal(_operand_elements(shape, "a"), dtype=np.float32)
@@ -217,16 +237,23 @@ class Tuner:
         reference = None
         kept: list[int] = []
         for index, spec in enumerate(specs):
-            kernel = cl.Kernel(program, spec.name)
+            if spec.name not in programs:
+                continue   # it did not build on this device
+            kernel = cl.Kernel(programs[spec.name], spec.name)
             kernel.set_args(c_buffer, np.int64(0), a_buffer, np.int64(0), b_buffer, np.int64(0))
 
             def launch(reps: int, kernel: Any = kernel, spec: Any = spec) -> None:
                 for _ in range(reps):
                     cl.enqueue_nd_range_kernel(self.queue, kernel, spec.global_size, spec.local_size)
                 self.queue.finish()
-            launch(1)   # PoCL builds the work-group function at the first launch
+            try:
+                launch(1)   # PoCL builds the work-group function at the first launch
+            except cl.Error:
+                continue    # a limit of this device (a work-group too large, say)
             result = np.empty(outputs, np.float32)
             cl.enqueue_copy(self.queue, result, c_buffer)
+            if reference is None and index != 0:
+                break       # the rule itself did not run: nothing to compare with
             if reference is None:
                 reference = result
                 tolerance = 1e-4 * math.sqrt(shape.k) * max(1.0, float(np.abs(reference).max()))
@@ -234,6 +261,8 @@ class Tuner:
                 continue   # never chosen: it does not compute the product here
             kept.append(index)
             launchers.append(launch)
+        if not launchers:
+            return candidates[0], {"tiling": asdict(candidates[0]), "candidates": {}}
         start = time.perf_counter()
         launchers[0](1)
         reps = max(1, min(1000, int(ROUND_SECONDS / max(time.perf_counter() - start, 1e-6))))
