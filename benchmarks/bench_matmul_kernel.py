@@ -159,8 +159,7 @@ class Runner:
         function then) and check it against numpy."""
         cl, np = self.cl, self.np
         if tiling is None:
-            tiling = self.ms.choose_tiling(shape.m, shape.n, shape.k, shape.a_transposed, shape.b_transposed,
-                                           self.vector_width)
+            tiling = self.ms.rule_tiling(shape, self.vector_width)
         spec = self.ms.render_matmul(shape, tiling=tiling)
         start = time.perf_counter()
         program = cl.Program(self.context, spec.source).build(options=spec.build_options)

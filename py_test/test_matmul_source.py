@@ -79,8 +79,7 @@ _WIDTH_SHAPES = [Shape(17, 33, 19), Shape(1, 3, 5), Shape(70, 50, 600), Shape(17
                  Shape(13, 20, 70, batch=2, a_batch_stride=0)]
 for _w in ms.VECTOR_WIDTHS:
     for _n, _shape in enumerate(_WIDTH_SHAPES):
-        CASES.append(Case(f"rule_float{_w}_{_n}", _shape, ms.choose_tiling(
-            _shape.m, _shape.n, _shape.k, _shape.a_transposed, _shape.b_transposed, _w)))
+        CASES.append(Case(f"rule_float{_w}_{_n}", _shape, ms.rule_tiling(_shape, _w)))
 # In the slow set: each kernel's first launch costs PoCL ~0.5 s cold (work-group function
 # generation), and the tuner also drops a candidate that disagrees with the rule.
 CANDIDATE_CASES = [Case(f"candidate_{n}_{c}", _WIDTH_SHAPES[n], tiling) for n in (0, 1, 3, 4)

@@ -31,8 +31,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from ..codegen.matmul_source import VECTOR_WIDTHS, render_matmul
-from ..schedule.tiling import DOT, OUTER, PACKED, MatmulShape, Tiling, choose_tiling, device_vector_width
+from ..codegen.matmul_source import check_tiling, render_matmul
+from ..schedule.tiling import (DOT, OUTER, PACKED, VECTOR_WIDTHS, MatmulShape, Tiling, device_vector_width,
+                               rule_tiling)
 from . import kernel_cache
 from .opencl_build import quiet
 
@@ -116,7 +117,7 @@ def renderable(shape: MatmulShape, tiling: Tiling | None) -> Tiling | None:
     if tiling is None:
         return None
     try:
-        render_matmul(shape, tiling=tiling)
+        check_tiling(shape, tiling)
     except ValueError:
         return None
     return tiling
@@ -127,7 +128,7 @@ def candidate_tilings(shape: MatmulShape, vector_width: int) -> list[Tiling]:
     by 1-4 vectors, the device's vector width and half of it, B's panel in local memory or
     read in place; for A @ B^T dot-product blocks of 1-4 x 2-4 outputs and B^T's panel
     transposed into local memory."""
-    rule = choose_tiling(shape.m, shape.n, shape.k, shape.a_transposed, shape.b_transposed, vector_width)
+    rule = rule_tiling(shape, vector_width)
     widths = sorted({vector_width, max(4, vector_width // 2)}, reverse=True)
     found = [rule]
     if rule.strategy == DOT:
@@ -160,17 +161,6 @@ def candidate_tilings(shape: MatmulShape, vector_width: int) -> list[Tiling]:
     return unique
 
 
-def _operand_elements(shape: MatmulShape, operand: str) -> int:
-    """Elements an operand's buffer must hold for every batch's rows at their distance."""
-    transposed = shape.a_transposed if operand == "a" else shape.b_transposed
-    if operand == "a":
-        rows, lead, outer, inner = (shape.k if transposed else shape.m), shape.a_ld(), shape.a_stride(), shape.a_inner_stride
-    else:
-        rows, lead, outer, inner = (shape.n if transposed else shape.k), shape.b_ld(), shape.b_stride(), shape.b_inner_stride
-    last_batch = (shape.batch - 1) // shape.batch_inner * outer + (shape.batch_inner - 1) * inner
-    return last_batch + rows * lead
-
-
 class Tuner:
     """Chooses the tiling of every product of one OpenCL device (see the module docstring).
     `choose(shape)` is what code generation calls; `searched` counts the searches run."""
@@ -185,7 +175,7 @@ class Tuner:
         self.searched = 0
 
     def rule(self, shape: MatmulShape) -> Tiling:
-        return choose_tiling(shape.m, shape.n, shape.k, shape.a_transposed, shape.b_transposed, self.vector_width)
+        return rule_tiling(shape, self.vector_width)
 
     def choose(self, shape: MatmulShape) -> Tiling:
         key = shape_key(shape)
@@ -227,8 +217,8 @@ class Tuner:
         programs = self._build(specs)
         rng = np.random.default_rng(0)
         flags = cl.mem_flags
-        a = rng.standard_normal(_operand_elements(shape, "a"), dtype=np.float32)
-        b = rng.standard_normal(_operand_elements(shape, "b"), dtype=np.float32)
+        a = rng.standard_normal(shape.operand_elements("a"), dtype=np.float32)
+        b = rng.standard_normal(shape.operand_elements("b"), dtype=np.float32)
         a_buffer = cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=a)
         b_buffer = cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=b)
         outputs = shape.batch * shape.m * shape.n

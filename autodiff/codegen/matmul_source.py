@@ -40,14 +40,10 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..schedule.tiling import DOT, OUTER, PACKED, MatmulShape, Tiling, choose_tiling
+from ..schedule.tiling import DOT, OUTER, PACKED, VECTOR_WIDTHS, MatmulShape, Tiling, choose_tiling, rule_tiling
 
 BUILD_OPTIONS = "-cl-mad-enable"
 """Lets LLVM contract ``acc += a * b`` into fused multiply-adds."""
-
-VECTOR_WIDTHS = (4, 8, 16)
-"""The float vector widths a tiling may use (``Tiling.vector_width``)."""
-
 
 def unaligned_vector(width: int) -> str:
     """floatN with 4-byte alignment, so dereferencing it emits vmovups."""
@@ -116,8 +112,8 @@ def render_matmul(shape: MatmulShape, epilogue: Epilogue = Epilogue(),
     """
     _check_shape(shape)
     if tiling is None:
-        tiling = choose_tiling(shape.m, shape.n, shape.k, shape.a_transposed, shape.b_transposed)
-    _check_tiling(shape, tiling)
+        tiling = rule_tiling(shape)
+    check_tiling(shape, tiling)
     if name is None:
         name = default_kernel_name(shape, tiling)
     output = _Output(f"{name}_EPILOGUE", epilogue.is_identity(), tiling.vector_width)
@@ -173,7 +169,7 @@ def _check_shape(shape: MatmulShape) -> None:
         raise ValueError(f"matrix of {largest} elements is too large for int indices")
 
 
-def _check_tiling(shape: MatmulShape, tiling: Tiling) -> None:
+def check_tiling(shape: MatmulShape, tiling: Tiling) -> None:
     if tiling.strategy not in _BODY_RENDERERS:
         raise ValueError(f"unknown matmul strategy {tiling.strategy!r}")
     sizes = (tiling.rows, tiling.cols, tiling.k_unroll, tiling.k_chunk, *tiling.local_size)

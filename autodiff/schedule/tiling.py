@@ -14,6 +14,9 @@ VECTOR_WIDTH = 8
 """Floats per vector when the device is not known: one 256-bit AVX2 register. A device's
 own is `device_vector_width` of its CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT."""
 
+VECTOR_WIDTHS = (4, 8, 16)
+"""The float vector widths a tiling may use (``Tiling.vector_width``)."""
+
 SMALL_PROBLEM_FLOPS = 64 * 64 * 64
 """m*n*k at or below which a kernel is all launch overhead (a few microseconds)."""
 
@@ -76,6 +79,17 @@ class MatmulShape:
             return f"(long)batch * {outer}"
         return f"(long)(batch / {self.batch_inner}) * {outer} + (long)(batch % {self.batch_inner}) * {inner}"
 
+    def operand_elements(self, operand: str) -> int:
+        """Elements operand "a" or "b"'s buffer must hold: every batch's rows at their distance."""
+        if operand == "a":
+            rows = self.k if self.a_transposed else self.m
+            lead, outer, inner = self.a_ld(), self.a_stride(), self.a_inner_stride
+        else:
+            rows = self.n if self.b_transposed else self.k
+            lead, outer, inner = self.b_ld(), self.b_stride(), self.b_inner_stride
+        farthest_batch = (self.batch - 1) // self.batch_inner * outer + (self.batch_inner - 1) * inner
+        return farthest_batch + rows * lead
+
     def flops(self) -> int:
         return 2 * self.batch * self.m * self.n * self.k
 
@@ -103,9 +117,14 @@ class Tiling:
 
 
 def device_vector_width(native_float_width: int) -> int:
-    """The float vector width of a device's tilings: its native width (one register), at
-    least 4 and at most 16 (the OpenCL vector types)."""
-    return max(4, min(16, native_float_width))
+    """The float vector width of a device's tilings: its native width (one register), within
+    the widths a tiling may use (the OpenCL vector types from 4 to 16)."""
+    return max(VECTOR_WIDTHS[0], min(VECTOR_WIDTHS[-1], native_float_width))
+
+
+def rule_tiling(shape: MatmulShape, vector_width: int = VECTOR_WIDTH) -> Tiling:
+    """`choose_tiling`'s rule for one problem."""
+    return choose_tiling(shape.m, shape.n, shape.k, shape.a_transposed, shape.b_transposed, vector_width)
 
 
 def choose_tiling(m: int, n: int, k: int, a_transposed: bool = False,
