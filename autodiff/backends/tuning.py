@@ -129,7 +129,14 @@ def candidate_tilings(shape: MatmulShape, vector_width: int) -> list[Tiling]:
     read in place; for A @ B^T dot-product blocks of 1-4 x 2-4 outputs and B^T's panel
     transposed into local memory."""
     rule = rule_tiling(shape, vector_width)
-    widths = sorted({vector_width, max(4, vector_width // 2)}, reverse=True)
+    widths = sorted({vector_width, max(VECTOR_WIDTHS[0], vector_width // 2)}, reverse=True)
+
+    def block(rows: int, vectors: int, w: int) -> tuple[int, int, int]:
+        """Rows and columns of a register block of `rows` x `vectors` vectors cut to the
+        product, and how many blocks of rows the product has."""
+        rows = min(rows, shape.m)
+        return rows, w * min(vectors, max(1, math.ceil(shape.n / w))), math.ceil(shape.m / rows)
+
     found = [rule]
     if rule.strategy == DOT:
         for w in widths:
@@ -139,26 +146,18 @@ def candidate_tilings(shape: MatmulShape, vector_width: int) -> list[Tiling]:
         # B^T's panel transposed into local memory, then outer products: on machine F 1.5x
         # the dot products on some of the larger model's shapes, slower on others
         for rows, vectors in ((8, 1), (8, 2), (4, 2)):
-            rows = min(rows, shape.m)
-            cols = vector_width * min(vectors, max(1, math.ceil(shape.n / vector_width)))
-            blocks = math.ceil(shape.m / rows)
+            rows, cols, blocks = block(rows, vectors, vector_width)
             for group in (8, 16):
                 found.append(Tiling(PACKED, rows, cols, (max(1, min(group, blocks)), 1), k_unroll=4,
                                     vector_width=vector_width))
     else:
         for w in widths:
             for rows, vectors in ((6, 2), (4, 2), (8, 1), (4, 4), (2, 4), (6, 1), (8, 2)):
-                rows = min(rows, shape.m)
-                cols = w * min(vectors, max(1, math.ceil(shape.n / w)))
-                blocks = math.ceil(shape.m / rows)
+                rows, cols, blocks = block(rows, vectors, w)
                 found.append(Tiling(OUTER, rows, cols, (max(1, min(8, blocks)), 1), k_unroll=4, vector_width=w))
                 if blocks > 1:
                     found.append(Tiling(PACKED, rows, cols, (min(16, blocks), 1), k_unroll=4, vector_width=w))
-    unique: list[Tiling] = []
-    for tiling in found:
-        if tiling not in unique:
-            unique.append(tiling)
-    return unique
+    return list(dict.fromkeys(found))   # each once, in order
 
 
 class Tuner:
