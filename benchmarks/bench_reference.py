@@ -46,7 +46,9 @@ def run_autodiff(config: dict, device: str) -> tuple[dict, dict]:
                        kernels=report.kernels_after_fusion, launches_per_step=report.kernels_launched / steps)
 
 
-def run_torch(state: dict, config: dict, compiled: bool) -> dict:
+def run_torch(state: dict, config: dict, compiled: bool, device: str = "cpu") -> dict:
+    """PyTorch on `device` ("cpu", or "cuda" beside autodiff's CUDA backend); on a GPU each
+    step is timed to its end (synchronized), as JAX's steps are (block_until_ready)."""
     import torch
     torch.manual_seed(0)
     steps = config["steps"]
@@ -54,8 +56,10 @@ def run_torch(state: dict, config: dict, compiled: bool) -> dict:
                                              batch_first=True)
     model = torch.nn.TransformerEncoder(layer, config["layers"], enable_nested_tensor=False)
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.from_numpy(reference_input(config["d_model"], config["seq"], config.get("batch")))
+    x = torch.from_numpy(reference_input(config["d_model"], config["seq"], config.get("batch"))).to(device)
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def step() -> torch.Tensor:
         opt.zero_grad()
@@ -67,13 +71,16 @@ def run_torch(state: dict, config: dict, compiled: bool) -> dict:
     fn = torch.compile(step) if compiled else step
     start = time.perf_counter()
     loss = fn()
+    synchronize()
     first = time.perf_counter() - start
     times = []
     for _ in range(steps - 1):
         t = time.perf_counter()
         loss = fn()
+        synchronize()
         times.append(time.perf_counter() - t)
-    return dict(framework="torch.compile" if compiled else "torch eager", compile_s=first,
+    name = "torch.compile" if compiled else "torch eager"
+    return dict(framework=name if device == "cpu" else f"{name} {device}", compile_s=first,
                 ms_per_step=1000 * statistics.median(times), final_loss=float(loss.detach()))
 
 
@@ -109,9 +116,9 @@ def print_rows(rows: list[dict], key: str, title: str) -> None:
 def run_frameworks(config: dict, args: argparse.Namespace, with_jax: bool, with_tinygrad: bool) -> list[dict]:
     """One row per framework, autodiff first and torch eager second."""
     state, ours = run_autodiff(config, args.device)
-    results = [ours, run_torch(state, config, False)]
+    results = [ours, run_torch(state, config, False, args.torch_device)]
     if not args.no_compile:
-        results.append(run_torch(state, config, True))
+        results.append(run_torch(state, config, True, args.torch_device))
     if with_jax:
         from jax_reference import run_jax
         data = reference_input(config["d_model"], config["seq"], config.get("batch"))
@@ -141,6 +148,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--large", action="store_true", help="the larger model (its own layers and steps)")
     parser.add_argument("--device", default="opencl")
+    parser.add_argument("--torch-device", help="PyTorch's device (default: cuda beside --device cuda, else cpu)")
+    parser.add_argument("--shape", metavar="B,S,D,FF,L",
+                        help="another model: batch, sequence, d_model, ff and layers (4 heads; --steps steps)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile)")
     parser.add_argument("--no-jax", action="store_true", help="skip JAX")
     parser.add_argument("--no-tinygrad", action="store_true", help="skip tinygrad")
@@ -149,8 +159,13 @@ def main() -> None:
                              "(a noisy machine slows the frameworks alike only when they alternate)")
     parser.add_argument("--json")
     args = parser.parse_args()
-    configs = ([dict(LARGE)] if args.large else
-               [dict(layers=n, steps=args.steps, d_model=64, heads=4, ff=128, seq=2) for n in args.layers])
+    args.torch_device = args.torch_device or ("cuda" if args.device == "cuda" else "cpu")
+    if args.shape:
+        batch, seq, d_model, ff, layers = (int(v) for v in args.shape.split(","))
+        configs = [dict(layers=layers, steps=args.steps, d_model=d_model, heads=4, ff=ff, seq=seq, batch=batch)]
+    else:
+        configs = ([dict(LARGE)] if args.large else
+                   [dict(layers=n, steps=args.steps, d_model=64, heads=4, ff=128, seq=2) for n in args.layers])
     with_jax = not args.no_jax and jax_available()
     with_tinygrad = not args.no_tinygrad and tinygrad_available()
     rows = []
@@ -161,7 +176,9 @@ def main() -> None:
         for r in results:
             r.update(layers=config["layers"], vs_eager=eager_ms / r["ms_per_step"])
             rows.append(r)
-    shape = "batch 8, seq 64, d 128, ff 512" if args.large else "(2, 64), d 64, ff 128"
+    first = configs[0]
+    shape = (f"batch {first['batch']}, seq {first['seq']}, d {first['d_model']}, ff {first['ff']}"
+             if "batch" in first else "(2, 64), d 64, ff 128")
     print(f"machine: {platform.machine()}, {platform.python_version()}; {shape}; steps {configs[0]['steps']}"
           + ("" if with_jax else "; JAX not installed") + ("" if with_tinygrad else "; tinygrad not available"))
     print_rows(rows, "layers", "L")

@@ -36,6 +36,8 @@ class MpiNccl(types.SimpleNamespace):
 
         class NcclCommunicator:
             def __init__(self, ndev: int, commId: tuple, rank: int) -> None:  # noqa: N803 - CuPy's name
+                if not isinstance(commId, tuple):   # as the typed argument of CuPy before 14
+                    raise TypeError(f"Argument 'commId' has incorrect type (expected tuple, got {type(commId)})")
                 world = MPI.COMM_WORLD
                 assert ndev == world.size and rank == world.rank, (ndev, rank)
                 ids = world.allgather(tuple(commId))

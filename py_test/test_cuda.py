@@ -502,8 +502,7 @@ class EmulatedCuPy(types.ModuleType):
             memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
             alloc_pinned_memory=lambda nbytes: bytearray(nbytes))
         self.DeviceArray = DeviceArray
-        if nccl:
-            self.cuda.nccl = FakeNccl(self)
+        self.cuda.nccl = FakeNccl(self) if nccl else None   # None: CuPy without NCCL (not the real one)
 
     def empty(self, size: int, dtype) -> Any:
         return self.DeviceArray(np.full(size, 0xFF, np.uint8).view(dtype) if dtype == np.uint8
@@ -581,9 +580,11 @@ class FakeNccl(types.SimpleNamespace):
         fake = self
 
         class NcclCommunicator:
-            def __init__(self, ndev: int, commId: tuple, rank: int) -> None:  # noqa: N803 - CuPy's name
+            def __init__(self, ndev: int, commId: bytes, rank: int) -> None:  # noqa: N803 - CuPy's name
+                if not isinstance(commId, bytes):   # as CuPy 14's typed argument
+                    raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got {type(commId)})")
                 assert ndev == 1 and rank == 0 and len(commId) == 128, (ndev, rank, len(commId))
-                assert tuple(commId) == fake.get_unique_id(), "the id rank 0 made"
+                assert commId == fake.get_unique_id(), "the id rank 0 made"
                 self.aborted = False
                 fake.communicators.append(self)
 
@@ -613,5 +614,6 @@ class FakeNccl(types.SimpleNamespace):
         self.NcclCommunicator = NcclCommunicator
 
     @staticmethod
-    def get_unique_id() -> tuple:
-        return tuple(range(-64, 64))
+    def get_unique_id() -> bytes:
+        """CuPy 14's: bytes (py_test/nccl_worker.py's fake has the tuple of earlier CuPy)."""
+        return bytes(range(64, 192))

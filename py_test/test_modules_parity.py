@@ -207,6 +207,17 @@ def test_batch_norm_training_loop_then_eval(device, config):
     np.testing.assert_allclose(got_eval[0], t_eval, rtol=1e-4, atol=1e-5, err_msg="eval output")
 
 
+def _torch_batch_norm_without_bias(features: int) -> torch.nn.Module:
+    """torch.nn.BatchNorm1d(features, bias=False); torch before 2.13 (2.11 on the GPU machine)
+    has no `bias=`, so there the bias parameter is taken away (F.batch_norm takes None)."""
+    try:
+        return torch.nn.BatchNorm1d(features, bias=False)
+    except TypeError:
+        module = torch.nn.BatchNorm1d(features)
+        module.register_parameter("bias", None)
+        return module
+
+
 def test_batch_norm_variants_one_program(device):
     """No affine / no bias, no running statistics (batch statistics in eval too), an eval
     forward from loaded statistics, and the functional forms, against torch in one program."""
@@ -225,7 +236,7 @@ def test_batch_norm_variants_one_program(device):
     no_stats = nn.BatchNorm2d(3, affine=False, track_running_stats=False).eval()
     cases = [
         (nn.BatchNorm1d(5, affine=False), torch.nn.BatchNorm1d(5, affine=False), _x(7, 5)),
-        (nn.BatchNorm1d(5, bias=False), torch.nn.BatchNorm1d(5, bias=False), _x(2, 5, 1)),
+        (nn.BatchNorm1d(5, bias=False), _torch_batch_norm_without_bias(5), _x(2, 5, 1)),
         (no_stats, torch.nn.BatchNorm2d(3, affine=False, track_running_stats=False).eval(), _x(2, 3, 2, 3)),
         (ours_loaded, loaded, _x(5, 4, 3)),
         (lambda t: F.batch_norm(t, a_mean, a_var, a_w, a_b, False, 0.1, 1e-3),

@@ -36,6 +36,7 @@ from ..loggers import get_logger
 from ..proc.ir import Collective, CollectiveStartCmd, ProcProgram
 
 UNIQUE_ID_BYTES = 128                    # NCCL_UNIQUE_ID_BYTES
+_NOT_IMPORTED = object()
 DATATYPES = {"float32": "NCCL_FLOAT32", "int32": "NCCL_INT32"}
 LOG = get_logger("run")
 
@@ -45,10 +46,12 @@ _COMMUNICATORS: dict[tuple[int, int], tuple[Any, Any]] = {}
 
 def nccl_module(cp: Any) -> Any | None:
     """CuPy's NCCL binding, or None (and a log line) when CuPy was built without NCCL or
-    the library is missing: collectives then take the host path."""
-    nccl = getattr(cp.cuda, "nccl", None)
-    problem = ""
-    if nccl is None:
+    the library is missing: collectives then take the host path. A `cp.cuda.nccl` that is
+    None (a stand-in for CuPy without NCCL) means none, without importing the real one."""
+    nccl = getattr(cp.cuda, "nccl", _NOT_IMPORTED)
+    problem = "" if nccl is not None else "cupy.cuda.nccl is None"
+    if nccl is _NOT_IMPORTED:
+        nccl = None
         try:
             nccl = importlib.import_module("cupy.cuda.nccl")
         except Exception as err:   # ImportError, or a missing libnccl raising at import
@@ -66,11 +69,22 @@ def communicator(nccl: Any, device_id: int) -> Any:
     rank makes its own at the same point)."""
     key = (id(nccl), device_id)
     if key not in _COMMUNICATORS:
-        unique_id = comm.share_from_root(lambda: np.array(nccl.get_unique_id(), np.int64),
+        unique_id = comm.share_from_root(lambda: unique_id_values(nccl.get_unique_id()),
                                          np.zeros(UNIQUE_ID_BYTES, np.int64))
-        _COMMUNICATORS[key] = (nccl, nccl.NcclCommunicator(comm.world_size(), tuple(int(v) for v in unique_id),
-                                                           comm.rank()))
+        try:   # CuPy 14 takes the id as bytes
+            made = nccl.NcclCommunicator(comm.world_size(), unique_id.astype(np.int8).tobytes(), comm.rank())
+        except TypeError:   # earlier CuPy as a tuple of ints
+            made = nccl.NcclCommunicator(comm.world_size(), tuple(int(v) for v in unique_id), comm.rank())
+        _COMMUNICATORS[key] = (nccl, made)
     return _COMMUNICATORS[key][1]
+
+
+def unique_id_values(unique_id: bytes | tuple) -> np.ndarray:
+    """NCCL's unique id as its 128 byte values (int64, to travel through MPI): CuPy 14 gives
+    bytes, earlier CuPy a tuple of ints."""
+    if isinstance(unique_id, (bytes, bytearray)):
+        return np.frombuffer(bytes(unique_id), np.int8).astype(np.int64)
+    return np.array(unique_id, np.int64)
 
 
 @dataclass
