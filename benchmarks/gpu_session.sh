@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared pass over a lent NVIDIA GPU: the machine, the test suite (cuda is the default
-# device there), then the reference benchmarks with PyTorch and JAX on the same GPU.
+# One prepared pass over a lent NVIDIA GPU: the machine, the main example, the tests whose
+# names say cuda (the CUDA runtime on the GPU, and every device-parametrized test's cuda
+# case), then matrix products and the reference benchmarks with PyTorch and JAX on the same GPU.
 #
 #     OUT=/tmp/gpu bash benchmarks/gpu_session.sh [TEST_SECONDS] [BENCH_SECONDS]
 #
@@ -26,24 +27,23 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false   # JAX would take 75% of the GPU's m
 } 2>&1 | tee "$OUT/machine.txt"
 
 echo "== main example on the default device"
-timeout 60 python3 examples/mnist.py 2>&1 | tail -5 | tee "$OUT/example.txt"
+timeout 60 python3 examples/mnist.py 2>&1 | tail -2 | tee "$OUT/example.txt"
 
 echo "== test suite (${TEST_SECONDS} s at most)"
 workers=$(( $(nproc) > 16 ? 16 : $(nproc) ))
 timeout "$TEST_SECONDS" python3 -m pytest -q -n "$workers" --dist loadfile -p no:cacheprovider --timeout 120 \
     --junitxml="$OUT/junit.xml" -o junit_family=xunit1 py_test -k "cuda" > "$OUT/tests_cuda.log" 2>&1
-echo "cuda-named tests exit $?"; tail -3 "$OUT/tests_cuda.log"
-timeout 60 python3 -m pytest -q -n "$workers" --dist loadfile -p no:cacheprovider --timeout 60 \
-    py_test/test_examples.py py_test/test_training.py > "$OUT/tests_default_device.log" 2>&1
-echo "examples and training on the default device exit $?"; tail -3 "$OUT/tests_default_device.log"
+echo "cuda-named tests exit $?"; tail -2 "$OUT/tests_cuda.log"
 
 echo "== benchmarks (${BENCH_SECONDS} s at most each)"
-timeout "$BENCH_SECONDS" python3 benchmarks/bench_reference.py --device cuda --layers 1 6 --steps 200 --no-compile \
-    --no-tinygrad 2>&1 | tee "$OUT/bench_small.txt" | tail -8
+timeout "$BENCH_SECONDS" python3 benchmarks/bench_dot.py --device cuda --sizes 1024 2048 4096 --no-numpy 2>&1 \
+    | tee "$OUT/bench_dot.txt" | tail -16
 timeout "$BENCH_SECONDS" python3 benchmarks/bench_reference.py --device cuda --large --no-compile --no-tinygrad \
-    2>&1 | tee "$OUT/bench_large.txt" | tail -7
+    2>&1 | tee "$OUT/bench_large.txt" | tail -6
 timeout "$BENCH_SECONDS" python3 benchmarks/bench_reference.py --device cuda --shape 32,256,512,2048,4 --steps 20 \
-    --no-compile --no-tinygrad 2>&1 | tee "$OUT/bench_xl.txt" | tail -7
+    --no-compile --no-tinygrad 2>&1 | tee "$OUT/bench_xl.txt" | tail -6
+timeout "$BENCH_SECONDS" python3 benchmarks/bench_reference.py --device cuda --layers 1 6 --steps 200 --no-compile \
+    --no-tinygrad 2>&1 | tee "$OUT/bench_small.txt" | tail -10
 
 echo "== failures"
 python3 - "$OUT/junit.xml" <<'EOF' | tee "$OUT/failures.txt" | head -60

@@ -35,9 +35,13 @@ from autodiff import nn
 from autodiff.backends.cuda import CUDAExecutor, cuda_available
 from autodiff.errors import KernelBuildError
 from autodiff.codegen.build import unique_kernels
-from autodiff.codegen.renderer import CUDALanguage, render_kernel
+from autodiff.codegen.matmul_cuda import TILES, cuda_matmul_fits, cuda_tile, render_cuda_matmul
+from autodiff.codegen.matmul_source import Epilogue
+from autodiff.codegen.program import render_program
+from autodiff.codegen.renderer import CUDALanguage
 from autodiff.errors import DeviceMemoryError, ReceiverError
 from autodiff.ir.ops import Op
+from autodiff.schedule.tiling import MatmulShape
 from op_cases import CASES
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -189,9 +193,15 @@ def trace_reference(got: list) -> None:
     trace_reference_step(layers=2, steps=2, losses=_LossesInto(got))
 
 
+def trace_reference_tiled(got: list) -> None:
+    """The reference transformer at sizes whose products are tiled (batch 4, seq 16: 64 tokens)."""
+    trace_reference_step(layers=1, steps=2, d_model=64, heads=4, ff=128, seq=16, batch=4, losses=_LossesInto(got))
+
+
 PROGRAMS: dict[str, Trace] = {"effects": trace_effects, "mlp_adam_feeders": trace_mlp,
                               "replayed_loops": trace_replayed_loops, "modules": trace_modules,
-                              "reference_transformer": trace_reference}
+                              "reference_transformer": trace_reference,
+                              "reference_transformer_tiled": trace_reference_tiled}
 
 
 def compile_proc(trace: Trace, got: list) -> tuple[ad.Program, Any]:
@@ -208,8 +218,7 @@ def compile_proc(trace: Trace, got: list) -> tuple[ad.Program, Any]:
 def cuda_sources(prefix: str, trace: Trace) -> tuple[list[str], set[Op]]:
     """The distinct CUDA kernels of a program, renamed `prefix_name`, and the ops it traced."""
     program, compiled = compile_proc(trace, [])
-    buffers = {b.id: b for b in compiled.proc.buffers}
-    rendered = [render_kernel(k, LANGUAGE, buffers) for k in compiled.proc.kernels()]
+    rendered = [r for _, r in render_program(compiled.proc, LANGUAGE, CUDAExecutor.features).singles]
     for r in rendered:
         r.name = f"{prefix}_{r.name}"
     _, kernels = unique_kernels(rendered)
@@ -277,7 +286,7 @@ def test_cuda_sources_compile_with_nvcc(nvcc_results, group: str) -> None:
     assert rc == 0, f"nvcc failed on {group}:\n{failing_kernels(path, log)}"
     ptx = open(path + ".ptx").read()
     entries = re.findall(r"\.entry (\w+)\(", ptx)
-    names = [s.split("(")[0].split()[-1] for s in sources]
+    names = [name for s in sources for name, _ in KERNEL.findall(s)]
     assert sorted(entries) == sorted(names), "every kernel is an entry point under its own (C) name"
 
 
@@ -326,6 +335,8 @@ def check_runtime(make_executor: Callable[..., Any], broken_executor: Callable[.
     run_against_numpy_proc(trace_mlp, make_executor)
     run_against_numpy_proc(trace_modules, make_executor)
     run_against_numpy_proc(trace_reference, make_executor)
+    tiled = run_against_numpy_proc(trace_reference_tiled, make_executor)
+    assert "__syncthreads" in tiled.source, "tiled products in the program"
     executor = run_against_numpy_proc(trace_replayed_loops, make_executor)
     assert executor.graph_launches == 3 * 5, "each inner iteration is one graph launch"
 
@@ -375,16 +386,52 @@ def test_cuda_runtime_matches_numpy_proc_emulated(monkeypatch, tmp_path) -> None
 
 CPU_PRELUDE = """#include <math.h>
 #include <string.h>
+#include <pthread.h>
+#include <thread>
+#include <vector>
 struct ad_uint3 { unsigned int x, y, z; };
-static ad_uint3 blockIdx, blockDim, threadIdx;
+static ad_uint3 blockIdx, blockDim, gridDim;
+static thread_local ad_uint3 threadIdx;
+static pthread_barrier_t ad_block_barrier;
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __syncthreads()
+#define __restrict__ __restrict
+#define __launch_bounds__(threads)
+#define __shared__ static
+#define __syncthreads() pthread_barrier_wait(&ad_block_barrier)
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
 """
 
-KERNEL = re.compile(r'extern "C" __global__ void (\w+)\(([^)]*)\)')
+KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(([^)]*)\)')
+
+
+def kernel_bodies(code: str) -> dict[str, str]:
+    """Each kernel's name and its text up to the next kernel."""
+    found = list(KERNEL.finditer(code))
+    return {m.group(1): code[m.start():found[n + 1].start() if n + 1 < len(found) else len(code)]
+            for n, m in enumerate(found)}
+
+
+def block_launcher(name: str, params: list[str], barriers: bool) -> str:
+    """C++ that runs a grid of blocks one after another; a block's threads one after another,
+    or, in kernels with barriers, as threads of their own meeting at a pthread barrier
+    (`__shared__` arrays are `static`: one copy, which the block's threads share)."""
+    args = ", ".join(p.split()[-1].lstrip("*") for p in params)
+    head = (f'extern "C" void launch_{name}(unsigned int gx, unsigned int gy, unsigned int gz, '
+            f'unsigned int block, {", ".join(params)}) {{\n'
+            "    blockDim = {block, 1, 1}; gridDim = {gx, gy, gz};\n"
+            "    for (unsigned int z = 0; z < gz; z++) for (unsigned int y = 0; y < gy; y++)\n"
+            "    for (unsigned int x = 0; x < gx; x++) {\n"
+            "        blockIdx = {x, y, z};\n")
+    if not barriers:
+        return head + f"        for (unsigned int t = 0; t < block; t++) {{ threadIdx = {{t, 0, 0}}; {name}({args}); }}\n    }}\n}}"
+    return head + ("        pthread_barrier_init(&ad_block_barrier, 0, block);\n"
+                   "        std::vector<std::thread> threads;\n"
+                   "        for (unsigned int t = 0; t < block; t++)\n"
+                   f"            threads.emplace_back([=] {{ threadIdx = {{t, 0, 0}}; {name}({args}); }});\n"
+                   "        for (std::thread& thread : threads) thread.join();\n"
+                   "        pthread_barrier_destroy(&ad_block_barrier);\n    }\n}")
 
 
 class EmulatedCuPy(types.ModuleType):
@@ -526,19 +573,15 @@ class _EmulatedModule:
     def compile(self) -> None:
         if self.library is not None:
             return
-        launchers = []
-        for name, params in self.signatures.items():
-            args = ", ".join(p.split()[-1].lstrip("*") for p in params)
-            launchers.append(f'extern "C" void launch_{name}(unsigned int grid, unsigned int block, '
-                             f'{", ".join(params)}) {{\n    blockDim.x = block;\n'
-                             f'    for (unsigned int b = 0; b < grid; b++) for (unsigned int t = 0; t < block; '
-                             f't++) {{ blockIdx.x = b; threadIdx.x = t; {name}({args}); }}\n}}')
+        bodies = kernel_bodies(self.code)
+        launchers = [block_launcher(name, params, "__syncthreads" in bodies[name])
+                     for name, params in self.signatures.items()]
         text = CPU_PRELUDE + self.code + "\n" + "\n".join(launchers) + "\n"
         digest = hashlib.sha1(text.encode()).hexdigest()[:16]
         source, library = (os.path.join(self.emulator.folder, f"{digest}{ext}") for ext in (".cpp", ".so"))
         with open(source, "w") as f:
             f.write(text)
-        done = subprocess.run([GXX, "-O1", "-w", "-shared", "-fPIC", source, "-o", library],
+        done = subprocess.run([GXX, "-O1", "-w", "-shared", "-fPIC", "-pthread", source, "-o", library],
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise self.emulator.cuda.compiler.CompileException(done.stderr)
@@ -547,15 +590,18 @@ class _EmulatedModule:
     def get_function(self, name: str) -> Callable[..., None]:
         self.compile()
         launcher = getattr(self.library, f"launch_{name}")
-        launcher.argtypes = [ctypes.c_uint, ctypes.c_uint] + [
-            ctypes.c_void_p if "*" in p else ctypes.c_float if p.split()[-2] == "float" else ctypes.c_int
+        launcher.argtypes = [ctypes.c_uint] * 4 + [
+            ctypes.c_void_p if "*" in p else ctypes.c_float if p.split()[-2] == "float"
+            else ctypes.c_int64 if p.split()[-2] == "long" else ctypes.c_int
             for p in self.signatures[name]]
         emulator = self.emulator
 
         def launch(grid: tuple, block: tuple, args: tuple) -> None:
             values = [a.data.ptr if hasattr(a, "data") and hasattr(a.data, "ptr")
                       else float(a) if isinstance(a, np.floating) else int(a) for a in args]
-            run = lambda: launcher(grid[0], block[0], *values)  # noqa: E731
+            gx, gy, gz = tuple(grid) + (1,) * (3 - len(grid))
+            assert len(block) == 1 or all(b == 1 for b in block[1:]), "blocks are one-dimensional"
+            run = lambda: launcher(gx, gy, gz, block[0], *values)  # noqa: E731
             stream = emulator.current
             emulator.log.append(("launch", stream, {a.data.ptr for a in args if hasattr(getattr(a, "data", None), "ptr")}))
             if stream is not None and stream.captured is not None:
@@ -617,3 +663,54 @@ class FakeNccl(types.SimpleNamespace):
     def get_unique_id() -> bytes:
         """CuPy 14's: bytes (py_test/nccl_worker.py's fake has the tuple of earlier CuPy)."""
         return bytes(range(64, 192))
+
+
+# --- the tiled products, kernel by kernel on the emulated GPU -----------------------------------
+
+def _stored(logical: np.ndarray, transposed: bool, lead: int) -> np.ndarray:
+    """One batch's operand as it is stored: rows (of the transpose when `transposed`) `lead` apart."""
+    rows = logical.T if transposed else logical
+    out = np.full((rows.shape[0], lead), np.nan, np.float32)   # the gap between rows is never read
+    out[:, :rows.shape[1]] = rows
+    return out.ravel()
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ is not installed: the emulated GPU compiles kernels with it")
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: f"{t.block_m}x{t.block_n}x{t.block_k}")
+def test_cuda_tiled_matmul_every_layout_emulated(tile, tmp_path) -> None:
+    """Each tile, both operands plain and transposed, rows farther apart than packed, a batch
+    that broadcasts B, edges that the tile does not divide, an epilogue reading m, n and b:
+    against numpy; C's elements outside the product are left as they were."""
+    emulated = EmulatedCuPy(str(tmp_path))
+    rng = np.random.default_rng(7)
+    m, n, k, batch = 37, 45, 19, 2
+    for a_t, b_t in [(False, False), (True, False), (False, True), (True, True)]:
+        a = rng.standard_normal((batch, m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        a_lead, b_lead = (m if a_t else k) + 3, (k if b_t else n) + 2
+        a_rows = [_stored(a[i], a_t, a_lead) for i in range(batch)]
+        shape = MatmulShape(m, n, k, batch, a_t, b_t, a_batch_stride=a_rows[0].size, b_batch_stride=0,
+                            a_lead=a_lead, b_lead=b_lead)
+        kernel = render_cuda_matmul(shape, Epilogue("acc * 2.0f + (float)(n - m) + 100.0f * b"), "product",
+                                    tile)
+        module = emulated.RawModule(LANGUAGE.preamble() + kernel.source)
+        c = np.full(5 + batch * m * n + 5, -7.0, np.float32)
+        a_data = np.concatenate([np.zeros(3, np.float32)] + a_rows)
+        b_data = np.concatenate([np.zeros(1, np.float32), _stored(b, b_t, b_lead)])
+        grid = tuple(g // s for g, s in zip(kernel.global_size, kernel.local_size))
+        module.get_function("product")(grid, kernel.local_size, (
+            emulated.DeviceArray(c), np.int64(5), emulated.DeviceArray(a_data), np.int64(3),
+            emulated.DeviceArray(b_data), np.int64(1)))
+        rows, cols = np.arange(m)[:, None], np.arange(n)[None, :]
+        want = (a @ b) * 2 + (cols - rows) + 100.0 * np.arange(batch)[:, None, None]
+        np.testing.assert_allclose(c[5:-5].reshape(batch, m, n), want, rtol=1e-5, atol=1e-4,
+                                   err_msg=f"A transposed {a_t}, B transposed {b_t}")
+        assert (c[:5] == -7).all() and (c[-5:] == -7).all(), "written outside C"
+
+
+def test_cuda_tile_fills_the_multiprocessors() -> None:
+    big = MatmulShape(4096, 4096, 64)
+    assert cuda_tile(big, 132) == TILES[0]                       # 1,024 blocks of 128 x 128
+    assert cuda_tile(MatmulShape(1024, 1024, 8192), 132) == TILES[1]   # 64 blocks of 128; 256 of 64
+    assert cuda_tile(MatmulShape(64, 64, 64), 132) == TILES[-1]  # nothing fills it: the smallest
+    assert not cuda_matmul_fits(MatmulShape(4, 4, 4, batch=70_000))

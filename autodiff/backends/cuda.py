@@ -1,9 +1,9 @@
 """The CUDA backend on CuPy: one NVRTC module, one arena, one stream, loop bodies as CUDA Graphs.
 
 Code generation is `codegen.render_program` with the features CUDA's runtime has been
-checked with (none yet beyond the C renderer: megakernels, float vectors, tiled matmuls and
-work-group reductions need a GPU to verify; see TODO.md); the run loop is
-`base.DeviceExecutor`'s.
+checked with on a GPU: tiled matrix products (`codegen/matmul_cuda.py`, the tile sized to
+the device's multiprocessors); megakernels, float vectors and work-group reductions are
+OpenCL's only (TODO.md). The run loop is `base.DeviceExecutor`'s.
 
 Every distinct kernel source is compiled once, all in one module (CuPy caches
 the binary on disk). Temporaries live in one arena allocation and each kernel
@@ -48,6 +48,7 @@ import numpy as np
 from .. import comm
 from ..alloc.plan import MemoryPlan
 from ..codegen.build import build_kernels
+from ..codegen.matmul_cuda import cuda_tile
 from ..codegen.program import render_program
 from ..codegen.renderer import CUDALanguage, RenderedKernel
 from ..errors import DeviceMemoryError
@@ -96,7 +97,8 @@ def build_module(cp, language: CUDALanguage, rendered: list[RenderedKernel]) -> 
 @dataclass
 class _Launch:
     function: Any                        # cupy.RawKernel
-    grid: tuple[int]
+    grid: tuple[int, ...]
+    block: tuple[int, ...]
     args: tuple                          # prepared arguments; loop variables replaced at each launch
     var_args: list[tuple[int, Var]]      # (argument index, loop variable)
     empty: bool                          # a zero-size output: nothing to compute
@@ -121,7 +123,7 @@ class _FeedSlots:
 
 class CUDAExecutor(DeviceExecutor):
     language = CUDALanguage()
-    features: frozenset[str] = frozenset()   # codegen features used here (none checked on a GPU yet)
+    features: frozenset[str] = frozenset({"tiled_matmul"})   # codegen features checked on a GPU
 
     def __init__(self, program: ProcProgram, plan: MemoryPlan, disable: frozenset[str] = frozenset(),
                  device_id: int | None = None) -> None:
@@ -138,7 +140,9 @@ class CUDAExecutor(DeviceExecutor):
         self.device_name = _device_name(cp, device_id)
         self._check_memory()
         start = time.perf_counter()
-        self.rendered_program = render_program(program, self.language, self.features - disable)
+        multiprocessors = _device_property(cp, device_id, "multiProcessorCount", 1)
+        self.rendered_program = render_program(program, self.language, self.features - disable,
+                                               tilings=lambda shape: cuda_tile(shape, multiprocessors))
         self.module, self.function_names, self.source = build_module(cp, self.language,
                                                                      self.rendered_program.rendered)
         self.build_seconds = time.perf_counter() - start
@@ -202,6 +206,8 @@ class CUDAExecutor(DeviceExecutor):
                 args.append(self.device_buffers[param.buffer_id])
             elif param.kind == "offset":
                 args.append(np.int32(self.element_offset[param.buffer_id] + param.extra))
+            elif param.kind == "offset64":
+                args.append(np.int64(self.element_offset[param.buffer_id] + param.extra))
             elif param.kind == "constant":
                 args.append(np.float32(param.value))
             elif param.kind == "var":
@@ -210,8 +216,12 @@ class CUDAExecutor(DeviceExecutor):
             else:
                 raise AssertionError(f"the CUDA runtime cannot bind a '{param.kind}' argument")
         size = kernel.out.size
-        grid = ((max(size, 1) + BLOCK_SIZE - 1) // BLOCK_SIZE,)
-        return _Launch(function, grid, tuple(args), var_args, empty=size == 0)
+        if isinstance(rendered.local_size, tuple):   # a kernel of its own geometry (tiled products)
+            block = rendered.local_size
+            grid = tuple(g // b for g, b in zip(rendered.global_size, block))
+        else:   # one thread per output element
+            block, grid = (BLOCK_SIZE,), ((max(size, 1) + BLOCK_SIZE - 1) // BLOCK_SIZE,)
+        return _Launch(function, grid, block, tuple(args), var_args, empty=size == 0)
 
     def _pointer(self, b: Buffer) -> int:
         return self.device_buffers[b.id].data.ptr + self.element_offset[b.id] * ITEMSIZE
@@ -253,7 +263,7 @@ class CUDAExecutor(DeviceExecutor):
             for position, var in launch.var_args:
                 args[position] = np.int32(values[var])
             args = tuple(args)
-        launch.function(launch.grid, (BLOCK_SIZE,), args)   # on the current stream: self.stream
+        launch.function(launch.grid, launch.block, args)   # on the current stream: self.stream
         self.kernels_launched += 1
 
     def feed(self, cmd: FeedCmd, value: np.ndarray) -> None:
@@ -438,13 +448,18 @@ def _problem() -> str | None:
 
 register(Backend(
     name="cuda", executor=lambda ir, plan, disable: CUDAExecutor(ir, plan, disable), takes_proc=True,
-    problem=_problem, preference=10, language="cuda", switches=("feeder_thread", "collective_overlap", "nccl"),
+    problem=_problem, preference=10, language="cuda", features=tuple(sorted(CUDAExecutor.features)),
+    switches=("feeder_thread", "collective_overlap", "nccl"),
     description="CUDA C kernels through CuPy/NVRTC on an NVIDIA GPU"))
 
 
 def _device_name(cp, device_id: int) -> str:
+    name = _device_property(cp, device_id, "name", f"CUDA device {device_id}")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _device_property(cp, device_id: int, key: str, default: Any) -> Any:
     try:
-        name = cp.cuda.runtime.getDeviceProperties(device_id)["name"]
-        return name.decode() if isinstance(name, bytes) else str(name)
+        return cp.cuda.runtime.getDeviceProperties(device_id)[key]
     except Exception:
-        return f"CUDA device {device_id}"
+        return default

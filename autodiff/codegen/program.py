@@ -24,6 +24,7 @@ from ..schedule.tiling import MatmulShape, Tiling
 from ..schedule.megakernel import is_small, iterated_loops, plan_megakernels
 from .group_reduce import group_reduction, render_group_reduce
 from .matmul import render_matmul_kernel
+from .matmul_cuda import CudaTile
 from .megakernel import Iterated, Stage, render_megakernel, render_stage
 from .renderer import CStyleLanguage, RenderedKernel
 from .vector import renderer_for
@@ -58,9 +59,9 @@ class RenderedProgram:
         return {id(cmd): n for n, (group, _) in enumerate(self.megakernels) for cmd in group}
 
 
-ChooseTiling = Callable[[MatmulShape], Tiling]
-"""How a backend tiles a matched product (the autotuner's `Tuner.choose`); without one, the
-rules of `schedule/tiling.choose_tiling`."""
+ChooseTiling = Callable[[MatmulShape], "Tiling | CudaTile"]
+"""How a backend tiles a matched product (OpenCL: the autotuner's `Tuner.choose`; CUDA:
+`cuda_tile` for the device's multiprocessors); without one, the language's rules."""
 
 
 def render_single(kernel: Kernel, language: CStyleLanguage, buffers: dict, features: frozenset[str],
@@ -70,7 +71,9 @@ def render_single(kernel: Kernel, language: CStyleLanguage, buffers: dict, featu
         match = match_matmul(kernel, buffers)
         if match is not None:
             tiling = tilings(match.shape) if tilings is not None else None
-            return render_matmul_kernel(kernel, match, language, buffers, tiling)
+            tiled = render_matmul_kernel(kernel, match, language, buffers, tiling)
+            if tiled is not None:
+                return tiled
     if "group_reduce" in features and group_reduction(kernel) is not None:
         return render_group_reduce(kernel, language, buffers)
     return renderer_for(kernel, language, buffers, "vectorize" in features).render()
