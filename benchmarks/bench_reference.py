@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import autodiff as ad  # noqa: E402
-from reference_model import LARGE, reference_input, trace_reference_step  # noqa: E402
+from reference_model import LARGE, reference_input, shape_config, trace_reference_step  # noqa: E402
 from timing import wait_for_kernel_storing  # noqa: E402
 
 
@@ -161,8 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     args.torch_device = args.torch_device or ("cuda" if args.device == "cuda" else "cpu")
     if args.shape:
-        batch, seq, d_model, ff, layers = (int(v) for v in args.shape.split(","))
-        configs = [dict(layers=layers, steps=args.steps, d_model=d_model, heads=4, ff=ff, seq=seq, batch=batch)]
+        configs = [shape_config(args.shape, args.steps)]
     else:
         configs = ([dict(LARGE)] if args.large else
                    [dict(layers=n, steps=args.steps, d_model=64, heads=4, ff=128, seq=2) for n in args.layers])

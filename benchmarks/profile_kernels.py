@@ -1,6 +1,6 @@
 """Where the time of one training step goes: the reference model's run profiled per kernel.
 
-    python benchmarks/profile_kernels.py [--large] [--layers 6] [--rounds 20] [--top 25]
+    python benchmarks/profile_kernels.py [--large | --shape B,S,D,FF,L] [--layers 6] [--rounds 20] [--top 25]
                                          [--disable vectorize] [--device opencl] [--trace trace.json]
 
 The reference program is traced with `--rounds` loop iterations, compiled, run once (so
@@ -18,13 +18,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import autodiff as ad  # noqa: E402
-from reference_model import LARGE, trace_reference_step  # noqa: E402
+from reference_model import LARGE, shape_config, trace_reference_step  # noqa: E402
 from timing import wait_for_kernel_storing  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--large", action="store_true")
+    parser.add_argument("--shape", metavar="B,S,D,FF,L", help="another model (as bench_reference.py's)")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=20, help="training steps profiled")
     parser.add_argument("--top", type=int, default=25)
@@ -33,7 +34,8 @@ def main() -> None:
     parser.add_argument("--trace", help="also write the run's Chrome trace (Perfetto) here")
     args = parser.parse_args()
 
-    config = dict(LARGE) if args.large else {"layers": args.layers}
+    config = (shape_config(args.shape, args.rounds) if args.shape else dict(LARGE) if args.large
+              else {"layers": args.layers})
     trace_reference_step(**dict(config, steps=args.rounds))
     compiled = ad.compile(device=args.device, disable=set(args.disable))
     compiled.run()

@@ -16,6 +16,12 @@ from autodiff import nn
 LARGE = dict(layers=2, steps=200, d_model=128, heads=4, ff=512, seq=64, batch=8)
 
 
+def shape_config(text: str, steps: int) -> dict:
+    """The model of a --shape B,S,D,FF,L option: batch, sequence, d_model, ff and layers, 4 heads."""
+    batch, seq, d_model, ff, layers = (int(v) for v in text.split(","))
+    return dict(layers=layers, steps=steps, d_model=d_model, heads=4, ff=ff, seq=seq, batch=batch)
+
+
 def reference_input(d_model: int = 64, seq: int = 2, batch: int | None = None) -> np.ndarray:
     """(seq, d_model) filled with 0.3 as in the reference; with a batch, (batch, seq, d_model)
     drawn from a fixed normal distribution (equal tokens would make attention uniform)."""

@@ -198,10 +198,19 @@ def trace_reference_tiled(got: list) -> None:
     trace_reference_step(layers=1, steps=2, d_model=64, heads=4, ff=128, seq=16, batch=4, losses=_LossesInto(got))
 
 
+def trace_long_reductions(got: list) -> None:
+    """Sums and maxima long enough for a block per output (codegen/group_reduce.py), with epilogues."""
+    rng = np.random.default_rng(9)
+    x = ad.Tensor(rng.standard_normal((6, 3001)).astype(np.float32), name="x")
+    w = ad.Tensor(rng.standard_normal((2500, 3)).astype(np.float32), name="w")
+    _receive(got, [(x * 2.0).sum(1) + 1.0, x.max(), (w.exp() - 1.0).sum(0) * 0.5, x.abs().sum()], "sums")
+
+
 PROGRAMS: dict[str, Trace] = {"effects": trace_effects, "mlp_adam_feeders": trace_mlp,
                               "replayed_loops": trace_replayed_loops, "modules": trace_modules,
                               "reference_transformer": trace_reference,
-                              "reference_transformer_tiled": trace_reference_tiled}
+                              "reference_transformer_tiled": trace_reference_tiled,
+                              "long_reductions": trace_long_reductions}
 
 
 def compile_proc(trace: Trace, got: list) -> tuple[ad.Program, Any]:
@@ -337,6 +346,8 @@ def check_runtime(make_executor: Callable[..., Any], broken_executor: Callable[.
     run_against_numpy_proc(trace_reference, make_executor)
     tiled = run_against_numpy_proc(trace_reference_tiled, make_executor)
     assert "__syncthreads" in tiled.source, "tiled products in the program"
+    reductions = run_against_numpy_proc(trace_long_reductions, make_executor)
+    assert "partial[" in reductions.source, "a block per output"
     executor = run_against_numpy_proc(trace_replayed_loops, make_executor)
     assert executor.graph_launches == 3 * 5, "each inner iteration is one graph launch"
 

@@ -2,8 +2,9 @@
 
 Code generation is `codegen.render_program` with the features CUDA's runtime has been
 checked with on a GPU: tiled matrix products (`codegen/matmul_cuda.py`, the tile sized to
-the device's multiprocessors); megakernels, float vectors and work-group reductions are
-OpenCL's only (TODO.md). The run loop is `base.DeviceExecutor`'s.
+the device's multiprocessors) and work-group reductions (`codegen/group_reduce.py`);
+megakernels and float vectors are OpenCL's only (TODO.md). Every kernel launches with the
+geometry its renderer gives. The run loop is `base.DeviceExecutor`'s.
 
 Every distinct kernel source is compiled once, all in one module (CuPy caches
 the binary on disk). Temporaries live in one arena allocation and each kernel
@@ -59,7 +60,6 @@ from .base import DeviceExecutor, Step, feeds_ahead_for, prepare_steps
 from .cuda_nccl import NcclCollectives, nccl_module
 from .registry import Backend, register
 
-BLOCK_SIZE = 256             # threads per block; every kernel returns early past its last element
 MAX_GRAPH_LAUNCHES = 20_000  # a body that unrolls into more launches (nested loops) is not captured whole
 FEED_SLOTS = 4               # pinned staging buffers per Feeder, used in turn
 NVRTC_OPTIONS = ("--std=c++14",)
@@ -123,7 +123,7 @@ class _FeedSlots:
 
 class CUDAExecutor(DeviceExecutor):
     language = CUDALanguage()
-    features: frozenset[str] = frozenset({"tiled_matmul"})   # codegen features checked on a GPU
+    features: frozenset[str] = frozenset({"tiled_matmul", "group_reduce"})   # codegen features checked on a GPU
 
     def __init__(self, program: ProcProgram, plan: MemoryPlan, disable: frozenset[str] = frozenset(),
                  device_id: int | None = None) -> None:
@@ -215,13 +215,13 @@ class CUDAExecutor(DeviceExecutor):
                 var_args.append((position, param.var))
             else:
                 raise AssertionError(f"the CUDA runtime cannot bind a '{param.kind}' argument")
-        size = kernel.out.size
-        if isinstance(rendered.local_size, tuple):   # a kernel of its own geometry (tiled products)
-            block = rendered.local_size
-            grid = tuple(g // b for g, b in zip(rendered.global_size, block))
-        else:   # one thread per output element
-            block, grid = (BLOCK_SIZE,), ((max(size, 1) + BLOCK_SIZE - 1) // BLOCK_SIZE,)
-        return _Launch(function, grid, block, tuple(args), var_args, empty=size == 0)
+        # the renderer's geometry, in OpenCL's terms (threads in all, threads per block): an
+        # elementwise kernel returns early past its last element, a work-group reduction is a
+        # block per output, a tiled product a block per tile
+        sizes = [s if isinstance(s, tuple) else (s,) for s in (rendered.global_size, rendered.local_size)]
+        block = sizes[1]
+        grid = tuple(max(g, b) // b for g, b in zip(*sizes))
+        return _Launch(function, grid, block, tuple(args), var_args, empty=kernel.out.size == 0)
 
     def _pointer(self, b: Buffer) -> int:
         return self.device_buffers[b.id].data.ptr + self.element_offset[b.id] * ITEMSIZE
