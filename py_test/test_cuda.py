@@ -592,7 +592,7 @@ class _EmulatedModule:
         source, library = (os.path.join(self.emulator.folder, f"{digest}{ext}") for ext in (".cpp", ".so"))
         with open(source, "w") as f:
             f.write(text)
-        done = subprocess.run([GXX, "-O1", "-w", "-shared", "-fPIC", "-pthread", source, "-o", library],
+        done = subprocess.run([GXX, "-O0", "-w", "-shared", "-fPIC", "-pthread", source, "-o", library],
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise self.emulator.cuda.compiler.CompileException(done.stderr)
