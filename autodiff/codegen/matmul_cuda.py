@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 from ..schedule.tiling import MatmulShape
-from .matmul_source import Epilogue
+from .matmul_source import Epilogue, a_index, b_index
 
 THREADS = 256
 MAX_GRID_YZ = 65_535   # CUDA's limit on gridDim.y and gridDim.z
@@ -76,40 +76,25 @@ def cuda_matmul_fits(shape: MatmulShape) -> bool:
     return 1 <= shape.batch <= MAX_GRID_YZ and math.ceil(shape.m / TILES[-1].block_m) <= MAX_GRID_YZ
 
 
-def _a_index(shape: MatmulShape, row: str, k: str) -> str:
-    if shape.a_transposed:
-        return f"(long)({k}) * {shape.a_ld()} + ({row})"
-    return f"(long)({row}) * {shape.a_ld()} + ({k})"
-
-
-def _b_index(shape: MatmulShape, k: str, col: str) -> str:
-    if shape.b_transposed:
-        return f"(long)({col}) * {shape.b_ld()} + ({k})"
-    return f"(long)({k}) * {shape.b_ld()} + ({col})"
-
-
-def _panel_loads(shape: MatmulShape, tile: CudaTile) -> list[str]:
-    """Every thread copies its share of the A and B panels of chunk k0 into shared memory."""
-    bm, bn, bk = tile.block_m, tile.block_n, tile.block_k
+def _panel_copy(shape: MatmulShape, tile: CudaTile, operand: str) -> list[str]:
+    """The block's threads copy operand "a" or "b"'s panel of chunk k0 into shared memory
+    (`a_panel[kk][row]`, `b_panel[kk][column]`), reading along the operand's stored rows:
+    along the tile's rows or columns, or along k. Out-of-range elements are 0."""
+    if operand == "a":
+        extent, origin, limit, along_tile = tile.block_m, "m0", shape.m, shape.a_transposed
+        element = a_index(shape, "g", "gk")
+    else:
+        extent, origin, limit, along_tile = tile.block_n, "n0", shape.n, not shape.b_transposed
+        element = b_index(shape, "gk", "g")
     lines = []
-    # A[row, k]: along k when A is stored (m, k), along m when stored transposed
-    rows_fast = shape.a_transposed
-    for p in range(bm * bk // THREADS):
-        l = f"(tid + {p * THREADS})"
-        r, kk = (f"{l} % {bm}", f"{l} / {bm}") if rows_fast else (f"{l} / {bk}", f"{l} % {bk}")
+    for p in range(extent * tile.block_k // THREADS):
+        at = f"(tid + {p * THREADS})"
+        t, kk = ((f"{at} % {extent}", f"{at} / {extent}") if along_tile
+                 else (f"{at} / {tile.block_k}", f"{at} % {tile.block_k}"))
         lines += ["    {",
-                  f"      const int r = {r}, kk = {kk};",
-                  f"      const int gm = m0 + r, gk = k0 + kk;",
-                  f"      a_panel[kk][r] = (gm < {shape.m} && gk < {shape.k}) ? a[{_a_index(shape, 'gm', 'gk')}] : 0.0f;",
-                  "    }"]
-    cols_fast = not shape.b_transposed
-    for p in range(bk * bn // THREADS):
-        l = f"(tid + {p * THREADS})"
-        c, kk = (f"{l} % {bn}", f"{l} / {bn}") if cols_fast else (f"{l} / {bk}", f"{l} % {bk}")
-        lines += ["    {",
-                  f"      const int c = {c}, kk = {kk};",
-                  f"      const int gn = n0 + c, gk = k0 + kk;",
-                  f"      b_panel[kk][c] = (gn < {shape.n} && gk < {shape.k}) ? b[{_b_index(shape, 'gk', 'gn')}] : 0.0f;",
+                  f"      const int t = {t}, kk = {kk};",
+                  f"      const long g = {origin} + t, gk = k0 + kk;   // long: the index may pass 2^31",
+                  f"      {operand}_panel[kk][t] = (g < {limit} && gk < {shape.k}) ? {operand}[{element}] : 0.0f;",
                   "    }"]
     return lines
 
@@ -147,7 +132,8 @@ def render_cuda_matmul(shape: MatmulShape, epilogue: Epilogue, name: str, tile: 
         "    #pragma unroll",
         f"    for (int j = 0; j < {tn}; j++) acc[i][j] = 0.0f;",
         f"  for (int k0 = 0; k0 < {shape.k}; k0 += {bk}) {{",
-        *_panel_loads(shape, tile),
+        *_panel_copy(shape, tile, "a"),
+        *_panel_copy(shape, tile, "b"),
         "    __syncthreads();",
         "    #pragma unroll",
         f"    for (int kk = 0; kk < {bk}; kk++) {{",

@@ -238,14 +238,14 @@ def _early_exit(shape: MatmulShape, tiling: Tiling) -> list[str]:
     return [f"  if (m0 >= {shape.m} || n0 >= {shape.n}) return;"]
 
 
-def _a_index(shape: MatmulShape, row: str, k: str) -> str:
+def a_index(shape: MatmulShape, row: str, k: str) -> str:
     """Element index of A[row, k] relative to the batch's A."""
     if shape.a_transposed:
         return f"({k}) * {shape.a_ld()} + ({row})"
     return f"({row}) * {shape.a_ld()} + ({k})"
 
 
-def _b_index(shape: MatmulShape, k: str, col: str) -> str:
+def b_index(shape: MatmulShape, k: str, col: str) -> str:
     """Element index of B[k, col] relative to the batch's B."""
     if shape.b_transposed:
         return f"({col}) * {shape.b_ld()} + ({k})"
@@ -313,7 +313,7 @@ def _outer_k_loop(shape: MatmulShape, tiling: Tiling, edge: bool) -> list[str]:
     lines = []
     for i in range(rows):
         row = _clamped(f"m0 + {i}", shape.m) if edge else f"m0 + {i}"
-        lines.append(f"  __global const float* a_{i} = a + {_a_index(shape, row, '0')};")
+        lines.append(f"  __global const float* a_{i} = a + {a_index(shape, row, '0')};")
     gathered = edge or shape.b_transposed
     if gathered:
         for j in range(vectors):
@@ -321,7 +321,7 @@ def _outer_k_loop(shape: MatmulShape, tiling: Tiling, edge: bool) -> list[str]:
                 col = f"n0 + {j * w + lane}"
                 if edge:
                     col = _clamped(col, shape.n)
-                lines.append(f"  const int b_{j}_{lane} = {_b_index(shape, '0', col)};")
+                lines.append(f"  const int b_{j}_{lane} = {b_index(shape, '0', col)};")
     if _unroll_pragma(tiling.k_unroll):
         lines.append(_unroll_pragma(tiling.k_unroll))
     lines.append(f"  for (int k = 0; k < {shape.k}; ++k) {{")
@@ -385,7 +385,7 @@ def _render_packed_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> 
     else:
         for i in range(rows):
             row = _clamped(f"m0 + {i}", shape.m)
-            lines.append(f"  __global const float* a_{i} = a + {_a_index(shape, row, '0')};")
+            lines.append(f"  __global const float* a_{i} = a + {a_index(shape, row, '0')};")
     lines += [f"  float{w} acc_{i}_{j} = (float{w})(0.0f);" for i in range(rows) for j in range(vectors)]
     full_chunks = shape.k // chunk
     lines.append(f"  for (int kc = 0; kc < {full_chunks * chunk}; kc += {chunk}) {{")
@@ -440,7 +440,7 @@ def _packed_chunk(shape: MatmulShape, tiling: Tiling, length: int) -> list[str]:
             for lane in range(w):
                 col = f"panel_n0 + {j * w + lane}"
                 # Columns past the edge are packed as zeros and never stored.
-                lanes.append(f"({col} < {shape.n} ? b_k[{_b_index(shape, '0', _clamped(col, shape.n))}] : 0.0f)")
+                lanes.append(f"({col} < {shape.n} ? b_k[{b_index(shape, '0', _clamped(col, shape.n))}] : 0.0f)")
             gathers.append(f"    panel[kk * {panel_vectors} + {j}] = (float{w})({', '.join(lanes)});")
         if contiguous:
             lines.append(f"    if (panel_n0 + {panel_cols} <= {shape.n}) {{")
@@ -514,10 +514,10 @@ def _render_dot_body(shape: MatmulShape, tiling: Tiling, output: _Output) -> lis
     # Row pointers are clamped once, so the loop has no edge branches at all.
     for i in range(rows):
         row = _clamped(f"m0 + {i}", shape.m)
-        lines.append(f"  __global const float* a_{i} = a + {_a_index(shape, row, '0')};")
+        lines.append(f"  __global const float* a_{i} = a + {a_index(shape, row, '0')};")
     for j in range(cols):
         col = _clamped(f"n0 + {j}", shape.n)
-        lines.append(f"  __global const float* b_{j} = b + {_b_index(shape, '0', col)};")
+        lines.append(f"  __global const float* b_{j} = b + {b_index(shape, '0', col)};")
     lines += [f"  float{w} acc_{i}_{j} = (float{w})(0.0f);" for i in range(rows) for j in range(cols)]
     if full_k > 0:
         if _unroll_pragma(tiling.k_unroll):
