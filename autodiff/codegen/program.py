@@ -27,10 +27,11 @@ from .matmul import render_matmul_kernel
 from .matmul_cuda import CudaTile
 from .megakernel import Iterated, Stage, render_megakernel, render_stage
 from .renderer import CStyleLanguage, RenderedKernel
+from .transpose import render_transpose, transpose_axes
 from .vector import renderer_for
 
 # what render_program can be asked to use; a backend declares the ones its runtime supports
-FEATURES = ("megakernel", "tiled_matmul", "vectorize", "group_reduce", "iterations_per_launch")
+FEATURES = ("megakernel", "tiled_matmul", "vectorize", "group_reduce", "iterations_per_launch", "tiled_transpose")
 
 
 @dataclass
@@ -76,6 +77,10 @@ def render_single(kernel: Kernel, language: CStyleLanguage, buffers: dict, featu
                 return tiled
     if "group_reduce" in features and group_reduction(kernel) is not None:
         return render_group_reduce(kernel, language, buffers)
+    if "tiled_transpose" in features and language.vector_loads:
+        axes = transpose_axes(kernel, buffers, language.vector_widths)
+        if axes is not None:
+            return render_transpose(kernel, language, buffers, *axes)
     return renderer_for(kernel, language, buffers, "vectorize" in features).render()
 
 
