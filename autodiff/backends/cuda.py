@@ -12,17 +12,15 @@ gets a typed pointer to it plus an element offset, as on OpenCL; persistent
 tensors and Feeder staging are CuPy arrays of their own. Launch arguments are
 prepared at compile time; kernels go to one non-blocking stream in order.
 
-Loops: the body of an `ir_for` is captured once as a CUDA Graph and replayed
-every iteration, one launch instead of one per kernel, when
-
-- nothing in the body (nested loops included) is a Feeder or a Receiver: they
-  call back into Python, which a graph cannot do;
-- no kernel in the body reads the loop's own index: a kernel argument is baked
-  into the graph, and the renderer passes loop indices as arguments. Loop
-  variables of enclosing loops and the run counter may be read: the graph is
-  captured again whenever their values differ from those it was captured with.
-
-Other bodies launch kernel by kernel, as do loops of one iteration.
+Loops: the body of an `ir_for` is cut at its host steps (Feeders, Receivers,
+collectives, and nested loops holding one: they call back into Python, which a graph
+cannot do), and each stretch of launches between them is captured once as a CUDA
+Graph and replayed every iteration, one launch instead of one per kernel, when no
+kernel in it reads the loop's own index: a kernel argument is baked into the graph,
+and the renderer passes loop indices as arguments. Loop variables of enclosing loops
+and the run counter may be read: the graph is captured again whenever their values
+differ from those it was captured with. Other stretches launch kernel by kernel, as
+do loops of one iteration.
 
 Feeders are called in program order on a background thread ahead of the host
 (host.Feeds) and copied without blocking from pinned staging buffers (a staging
@@ -156,7 +154,7 @@ class CUDAExecutor(DeviceExecutor):
         for (kernel, rendered), name in zip(self.rendered_program.singles, self.function_names):
             self.launch_of[id(kernel)] = self._prepare(kernel, rendered, functions[name])
         self.steps = prepare_steps(program.commands, lambda cmd: self.launch_of[id(cmd.kernel)])
-        self.graph_plans: dict[int, _GraphPlan] = {}
+        self.graph_plans: dict[int, list[tuple[list[Step], _GraphPlan]]] = {}   # a loop body's pieces
         self.feed_slots: dict[int, _FeedSlots] = {}
         self.capturing = False
         self.graph_launches = 0
@@ -336,11 +334,14 @@ class CUDAExecutor(DeviceExecutor):
         return not self.capturing   # a nested loop being recorded: nothing runs yet
 
     def run_iteration(self, loop: LoopCmd, body: list[Step]) -> None:
-        plan = None if self.capturing or loop.count < 2 else self._graph_plan(loop, body)
-        if plan is not None and plan.replayable:
-            self._replay(body, plan)
-        else:
+        if self.capturing or loop.count < 2:
             self.run_steps(body)
+            return
+        for steps, plan in self._body_plan(loop, body):
+            if plan.replayable:
+                self._replay(steps, plan)
+            else:
+                self.run_steps(steps)
 
     # --- profiling (autodiff/profiler.py): on the instance, for one run only ----------------
     def start_profile(self, recorder: Any) -> None:
@@ -377,23 +378,37 @@ class CUDAExecutor(DeviceExecutor):
         self.profiled = []
 
     # --- CUDA Graphs ----------------------------------------------------------------------
-    def _graph_plan(self, loop: LoopCmd, body: list[Step]) -> _GraphPlan:
-        plan = self.graph_plans.get(id(loop))
-        if plan is None:
-            plan = self.graph_plans[id(loop)] = self._plan_graph(loop, body)
-        return plan
+    def _body_plan(self, loop: LoopCmd, body: list[Step]) -> list[tuple[list[Step], _GraphPlan]]:
+        """The body cut at its host steps (Feeders, Receivers, collectives, loops holding one)
+        and at the launches that read the loop's own index: each stretch of launches between
+        them is captured and replayed as a graph of its own, the others run as they come.
+        Made once per loop."""
+        pieces = self.graph_plans.get(id(loop))
+        if pieces is None:
+            pieces, stretch = [], []
+            for step in body + [None]:   # None closes the last stretch
+                if step is None or _holds_host_steps([step]) or _reads([step], loop.variable):
+                    if stretch:
+                        pieces.append((stretch, self._plan_stretch(loop, stretch)))
+                        stretch = []
+                    if step is not None:
+                        pieces.append(([step], _GraphPlan(False)))
+                else:
+                    stretch.append(step)
+            self.graph_plans[id(loop)] = pieces
+        return pieces
 
-    def _plan_graph(self, loop: LoopCmd, body: list[Step]) -> _GraphPlan:
-        """Walk the body once: Feeders/Receivers, the variables its kernels read, its launches."""
+    def _plan_stretch(self, loop: LoopCmd, steps: list[Step]) -> _GraphPlan:
+        """Walk a stretch of launches (nested loops of launches too) once: the variables its
+        kernels read, its launches. Not replayable where a kernel reads the loop's own index
+        (an argument is baked into the graph) or it unrolls into too many launches."""
         inside: list[Var] = []
         used: list[Var] = []
         launches = 0
-        stack: list[tuple[list[Step], int]] = [(body, 1)]
+        stack: list[tuple[list[Step], int]] = [(steps, 1)]
         while stack:
-            steps, repeat = stack.pop()
-            for step in steps:
-                if step[0] in ("feed", "receive", "collective_start", "collective_wait"):
-                    return _GraphPlan(False)
+            current, repeat = stack.pop()
+            for step in current:
                 if step[0] == "loop":
                     inside.append(step[1].variable)
                     stack.append((step[2], repeat * step[1].count))
@@ -431,6 +446,33 @@ class CUDAExecutor(DeviceExecutor):
         self.capturing = False
         self.kernels_launched = launched
         return self.stream.end_capture()
+
+
+HOST_STEPS = ("feed", "receive", "collective_start", "collective_wait")
+
+
+def _holds_host_steps(steps: list[Step]) -> bool:
+    """Whether any of `steps`, nested loops' bodies included, calls back into the host."""
+    stack = [steps]
+    while stack:
+        for step in stack.pop():
+            if step[0] in HOST_STEPS:
+                return True
+            if step[0] == "loop":
+                stack.append(step[2])
+    return False
+
+
+def _reads(steps: list[Step], var: Var) -> bool:
+    """Whether a launch among `steps`, nested loops' bodies included, takes `var` as an argument."""
+    stack = [steps]
+    while stack:
+        for step in stack.pop():
+            if step[0] == "loop":
+                stack.append(step[2])
+            elif step[0] == "launch" and any(v == var for _, v in step[1].var_args):
+                return True
+    return False
 
 
 def default_device(cp) -> int:
