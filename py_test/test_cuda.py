@@ -352,6 +352,8 @@ def check_runtime(make_executor: Callable[..., Any], broken_executor: Callable[.
     assert executor.graph_launches == 3, "each outer iteration replays its inner loop whole as one graph"
     fed = run_against_numpy_proc(trace_mlp, make_executor)
     assert fed.graph_launches == 4, "the kernels between the Feeders and the Receiver: a graph per iteration"
+    plain = run_against_numpy_proc(trace_mlp, lambda proc, plan: make_executor(proc, plan, frozenset({"cuda_graphs"})))
+    assert plain.graph_launches == 0, "the switch off: kernel by kernel"
 
     # a Receiver that raises: the error names it, the device work done so far is kept
     with ad.Program():

@@ -20,7 +20,7 @@ kernel in it reads the loop's own index: a kernel argument is baked into the gra
 and the renderer passes loop indices as arguments. Loop variables of enclosing loops
 and the run counter may be read: the graph is captured again whenever their values
 differ from those it was captured with. Other stretches launch kernel by kernel, as
-do loops of one iteration.
+do loops of one iteration and every loop with the `cuda_graphs` switch off.
 
 Feeders are called in program order on a background thread ahead of the host
 (host.Feeds) and copied without blocking from pinned staging buffers (a staging
@@ -128,6 +128,7 @@ class CUDAExecutor(DeviceExecutor):
         cp = _cupy()
         self.feeds_ahead = feeds_ahead_for(program.commands, disable)
         self.overlap_collectives = "collective_overlap" not in disable
+        self.graphs = "cuda_graphs" not in disable   # loop bodies' stretches of launches replayed as graphs
         self.cp = cp
         self.program = program
         self.plan = plan
@@ -334,7 +335,7 @@ class CUDAExecutor(DeviceExecutor):
         return not self.capturing   # a nested loop being recorded: nothing runs yet
 
     def run_iteration(self, loop: LoopCmd, body: list[Step]) -> None:
-        if self.capturing or loop.count < 2:
+        if self.capturing or loop.count < 2 or not self.graphs:
             self.run_steps(body)
             return
         for steps, plan in self._body_plan(loop, body):
@@ -491,7 +492,7 @@ def _problem() -> str | None:
 register(Backend(
     name="cuda", executor=lambda ir, plan, disable: CUDAExecutor(ir, plan, disable), takes_proc=True,
     problem=_problem, preference=10, language="cuda", features=tuple(sorted(CUDAExecutor.features)),
-    switches=("feeder_thread", "collective_overlap", "nccl"),
+    switches=("feeder_thread", "collective_overlap", "nccl", "cuda_graphs"),
     description="CUDA C kernels through CuPy/NVRTC on an NVIDIA GPU"))
 
 
