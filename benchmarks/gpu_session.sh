@@ -40,6 +40,9 @@ timeout "$BENCH_SECONDS" python3 benchmarks/bench_dot.py --device cuda --sizes 1
     | tee "$OUT/bench_dot.txt" | tail -16
 timeout "$BENCH_SECONDS" python3 benchmarks/bench_reference.py --device cuda --large --no-compile --no-tinygrad \
     2>&1 | tee "$OUT/bench_large.txt" | tail -6
+echo "-- the same with CUDA graphs off (a launch per kernel)"
+AUTODIFF_DISABLE=cuda_graphs timeout "$BENCH_SECONDS" python3 benchmarks/bench_reference.py --device cuda --large \
+    --no-compile --no-tinygrad --no-jax 2>&1 | tee "$OUT/bench_large_no_graphs.txt" | tail -3
 timeout "$BENCH_SECONDS" python3 benchmarks/bench_reference.py --device cuda --shape 32,256,512,2048,4 --steps 20 \
     --no-compile --no-tinygrad 2>&1 | tee "$OUT/bench_xl.txt" | tail -6
 timeout "$BENCH_SECONDS" python3 benchmarks/bench_reference.py --device cuda --layers 1 6 --steps 200 --no-compile \
