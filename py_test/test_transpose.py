@@ -25,6 +25,7 @@ CASES = [
     ((48, 32, 3), lambda t: t.permute(2, 1, 0), False),          # the output's rows are 3 long
     ((5, 7), lambda t: t.T, False),                               # no width divides
     ((32, 64), lambda t: t + 0.0, False),                         # not a transpose: a plain vector copy
+    ((0, 16), lambda t: t.T, False),                              # nothing to copy
 ]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..proc.index import Index, Var, flat_index, unflatten
 from ..proc.ir import Kernel, Load, substitute_vars
 from .lanes import lane_step, spread
-from .renderer import LOCAL_SIZE, CStyleLanguage, KernelRenderer, RenderedKernel, _Scope
+from .renderer import CStyleLanguage, KernelRenderer, RenderedKernel, _Scope
 
 COMPONENTS = "0123456789abcdef"   # OpenCL's .s0 ... .sf
 MAX_BLOCK_WIDTH = 8
@@ -36,7 +36,7 @@ def transpose_axes(kernel: Kernel, buffers: dict, widths: tuple[int, ...]) -> tu
     the vector renderer's plain vector copy applies); else None."""
     value = kernel.value
     if not isinstance(value, Load) or value.dtype != "float32" or len(kernel.variables) < 2 \
-            or value.buffer_id not in buffers:
+            or value.buffer_id not in buffers or kernel.out.size == 0:
         return None
     j = kernel.variables[-1]
     for width in (w for w in widths if w <= MAX_BLOCK_WIDTH):
@@ -73,17 +73,18 @@ class TransposeRenderer(KernelRenderer):
         for c in range(w):
             at = {**digits, self.i: i_first + lane, self.j: j_first + c}
             columns.append(self.emit(root, f"float{w}", self.load(substitute_vars(kernel.value, at), root)))
-        out_form = lambda row: flat_index(tuple(i_first + row if v is self.i else j_first if v is self.j  # noqa: E731
-                                                else digits[v] for v in kernel.variables), kernel.out.shape)
+        def row_start(row: int) -> Index:
+            """The output element (i_first + row, j_first): where the block's row `row` starts."""
+            at = {**digits, self.i: i_first + row, self.j: j_first}
+            return flat_index(tuple(at[v] for v in kernel.variables), kernel.out.shape)
+
         lines = list(root.lines)
         for row in range(w):   # row r of the output block: component r of every column
             vector = ", ".join(f"{column}.s{COMPONENTS[row]}" for column in columns)
-            lines.append(f"vstore{w}((float{w})({vector}), 0, b0 + o0 + {self.index(out_form(row), root)});")
+            lines.append(f"vstore{w}((float{w})({vector}), 0, b0 + o0 + {self.index(row_start(row), root)});")
         return lines, blocks
 
 
 def render_transpose(kernel: Kernel, language: CStyleLanguage, buffers: dict, i: Var, j: Var,
                      width: int) -> RenderedKernel:
-    rendered = TransposeRenderer(kernel, language, buffers, i, j, width).render()
-    assert rendered.local_size == LOCAL_SIZE
-    return rendered
+    return TransposeRenderer(kernel, language, buffers, i, j, width).render()
