@@ -217,9 +217,8 @@ class CUDAExecutor(DeviceExecutor):
         # the renderer's geometry, in OpenCL's terms (threads in all, threads per block): an
         # elementwise kernel returns early past its last element, a work-group reduction is a
         # block per output, a tiled product a block per tile
-        sizes = [s if isinstance(s, tuple) else (s,) for s in (rendered.global_size, rendered.local_size)]
-        block = sizes[1]
-        grid = tuple(max(g, b) // b for g, b in zip(*sizes))
+        threads, block = rendered.sizes()
+        grid = tuple(max(g, b) // b for g, b in zip(threads, block))
         return _Launch(function, grid, block, tuple(args), var_args, empty=kernel.out.size == 0)
 
     def _pointer(self, b: Buffer) -> int:
@@ -401,8 +400,7 @@ class CUDAExecutor(DeviceExecutor):
 
     def _plan_stretch(self, loop: LoopCmd, steps: list[Step]) -> _GraphPlan:
         """Walk a stretch of launches (nested loops of launches too) once: the variables its
-        kernels read, its launches. Not replayable where a kernel reads the loop's own index
-        (an argument is baked into the graph) or it unrolls into too many launches."""
+        kernels read, its launches. Not replayable where it unrolls into too many launches."""
         inside: list[Var] = []
         used: list[Var] = []
         launches = 0
@@ -417,7 +415,7 @@ class CUDAExecutor(DeviceExecutor):
                     launch = step[1]
                     launches += 0 if launch.empty else repeat
                     used += [var for _, var in launch.var_args if var not in used]
-        if loop.variable in used or launches > MAX_GRAPH_LAUNCHES:
+        if launches > MAX_GRAPH_LAUNCHES:   # (a launch reading the loop's index cut the stretch already)
             return _GraphPlan(False)
         outside = tuple(v for v in used if v not in inside)
         return _GraphPlan(True, outside, launches)

@@ -325,15 +325,12 @@ class OpenCLExecutor(DeviceExecutor):
         }
         return [param.var if param.kind == "var" else fixed[param.kind](param) for param in rendered.params]
 
-    @staticmethod
-    def _sizes(rendered: RenderedKernel) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        return tuple(s if isinstance(s, tuple) else (s,) for s in (rendered.global_size, rendered.local_size))
 
     def _warm_launch(self, rendered: RenderedKernel, function: str, table_bases: tuple[int, int]) -> WarmLaunch:
         """The kernel's first launch as a build worker makes it: zeroed buffers of the same sizes."""
         args = [np.int32(0) if isinstance(value, Var) else ("buffer", value.size)
                 if isinstance(value, self.cl.Buffer) else value for value in self._arguments(rendered, table_bases)]
-        return WarmLaunch(function, *self._sizes(rendered), args)
+        return WarmLaunch(function, *rendered.sizes(), args)
 
     def _prepare(self, rendered: RenderedKernel, function: str, table_bases: tuple[int, int]) -> _Launch:
         kernel = self.cl.Kernel(self.built.programs[function], function)
@@ -343,7 +340,7 @@ class OpenCLExecutor(DeviceExecutor):
                 var_args.append((position, value))
                 value = np.int32(0)
             kernel.set_arg(position, value)
-        return _Launch(kernel, *self._sizes(rendered), var_args)
+        return _Launch(kernel, *rendered.sizes(), var_args)
 
     def _warm_up(self) -> None:
         """Launch each distinct kernel once on zeroed buffers: PoCL generates a kernel's code at

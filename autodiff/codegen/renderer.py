@@ -222,6 +222,10 @@ class RenderedKernel:
     def source(self) -> str:
         return self.body.replace("{name}", self.name)
 
+    def sizes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(global size, local size), each a tuple: work-items in all, per work-group."""
+        return tuple(s if isinstance(s, tuple) else (s,) for s in (self.global_size, self.local_size))
+
 
 @dataclass(eq=False)
 class _Scope:
