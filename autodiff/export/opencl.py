@@ -39,7 +39,7 @@ def describe(ex: OpenCLExecutor) -> tuple[dict[str, Any], str, Callable[[KernelC
     buffers = {id(ex.arena): "arena", id(ex.state): "state", id(ex.table): "table", id(ex.constant_table): "constants"}
     launches = []
     for r, function, bases in kernels:
-        global_size, local_size = ex._sizes(r)
+        global_size, local_size = r.sizes()
         launches.append({"function": function, "global_size": list(global_size), "local_size": list(local_size),
                          "args": [_argument(value, buffers) for value in ex._arguments(r, bases)]})
     single_index = {id(kernel): i for i, (kernel, _) in enumerate(singles)}
