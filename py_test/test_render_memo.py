@@ -1,6 +1,11 @@
-"""Megakernel stages rendered once per kernel structure (codegen/program.py `memoized_stages`)
-give exactly the source, offset tables and constants of rendering every stage."""
+"""Megakernel stages and single kernels rendered once per kernel structure (codegen/program.py
+`memoized_stages`, `memoized_singles`) give exactly the source, offset tables, constants and
+parameters of rendering every kernel."""
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -12,6 +17,9 @@ from autodiff.codegen.renderer import OpenCLLanguage
 from autodiff.compiler import STAGES, Compilation
 from autodiff.backends.registry import backend
 from autodiff.proc.structure import structure
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from reference_model import trace_reference_step  # noqa: E402
 
 
 def _trace_layers(layers: int) -> None:
@@ -36,26 +44,49 @@ def _trace_layers(layers: int) -> None:
     ad.ir_for(3, step)
 
 
-def _render(layers: int, memo: str, monkeypatch) -> list:
+def _render(layers: int, memo: str, monkeypatch, features: frozenset[str] = frozenset(FEATURES),
+            trace: Callable[[int], None] = _trace_layers) -> list:
     monkeypatch.setenv("AUTODIFF_RENDER_MEMO", memo)
     ad.reset()
     ad.manual_seed(0)
-    _trace_layers(layers)
+    trace(layers)
     c = Compilation(ad.current_program(), backend("numpy-proc"), frozenset(), None, False)
     for stage in STAGES:
         if stage.name != "device build":
             stage.run(c)
     kinds = {b.id: b.kind for b in c.proc.buffers}
-    program = render_program(c.proc, OpenCLLanguage(8), frozenset(FEATURES),
+    program = render_program(c.proc, OpenCLLanguage(8), features,
                              lambda b: "arena" if kinds[b] == "temp" else "state")
-    assert program.megakernels, "no megakernel: the test would compare nothing memoized"
-    return [(r.name, r.body, r.table, r.constants, [(p.kind, p.buffer_id, p.value) for p in r.params])
-            for r in program.rendered]
+    assert program.megakernels or "megakernel" not in features, "no megakernel: nothing memoized to compare"
+    return [(r.name, r.body, r.table, r.constants, r.sizes(),
+             [(p.kind, p.buffer_id, p.var, p.extra, p.value) for p in r.params]) for r in program.rendered]
 
 
 @pytest.mark.parametrize("layers", [1, 3])
 def test_memoized_stages_render_exactly_what_rendering_each_does(layers, monkeypatch):
     assert _render(layers, "1", monkeypatch) == _render(layers, "0", monkeypatch)
+
+
+def test_memoized_single_kernels_render_exactly_what_rendering_each_does(monkeypatch):
+    """Without megakernels every kernel is rendered alone: tiled products, vector and transposing
+    copies, reductions; three equal layers repeat most of them."""
+    features = frozenset(FEATURES) - {"megakernel", "iterations_per_launch"}
+    memoized = _render(3, "1", monkeypatch, features)
+    assert len({body for _, body, *_ in memoized}) < len(memoized)   # the layers' kernels repeat
+    assert memoized == _render(3, "0", monkeypatch, features)
+
+
+def _trace_transformer(layers: int) -> None:
+    trace_reference_step(layers=layers, steps=2, d_model=32, heads=4, ff=64, seq=16, batch=2)
+
+
+def test_memoized_tiled_products_render_exactly_what_rendering_each_does(monkeypatch):
+    """A small transformer's kernels alone: its products are tiled (their epilogues read
+    other buffers and the loop's variables), its attention packs transpose."""
+    features = frozenset(FEATURES) - {"megakernel", "iterations_per_launch"}
+    memoized = _render(2, "1", monkeypatch, features, _trace_transformer)
+    assert sum("acc_0_0" in body for _, body, *_ in memoized) >= 8      # tiled products
+    assert memoized == _render(2, "0", monkeypatch, features, _trace_transformer)
 
 
 def test_equal_layers_have_equal_structures_and_different_ones_do_not():

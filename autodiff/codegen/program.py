@@ -12,7 +12,7 @@ Receivers) also gets that megakernel as a loop over several iterations (`Iterate
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..ir.dtypes import ITEMSIZE
@@ -84,14 +84,18 @@ def render_single(kernel: Kernel, language: CStyleLanguage, buffers: dict, featu
     return renderer_for(kernel, language, buffers, "vectorize" in features).render()
 
 
+def _render_memo() -> bool:
+    """AUTODIFF_RENDER_MEMO=0 renders every kernel and stage (the suite agrees either way)."""
+    return os.environ.get("AUTODIFF_RENDER_MEMO", "1") != "0"
+
+
 def memoized_stages(language: CStyleLanguage, buffers: dict, where: Callable[[int], str],
                     vectorize: bool) -> Callable[[Kernel], Stage]:
     """`render_stage` once per kernel structure (proc/structure.py): the stages of repeated
     layers are rendered once and carried over, their buffers and loop variables mapped
-    position by position (a model of L layers renders ~1/L of its stages).
-    AUTODIFF_RENDER_MEMO=0 renders every stage (the suite agrees either way)."""
+    position by position (a model of L layers renders ~1/L of its stages)."""
     rendered: dict[tuple, tuple[Structure, Stage]] = {}
-    memo = os.environ.get("AUTODIFF_RENDER_MEMO", "1") != "0"
+    memo = _render_memo()
 
     def render(kernel: Kernel) -> Stage:
         if not memo:
@@ -106,6 +110,33 @@ def memoized_stages(language: CStyleLanguage, buffers: dict, where: Callable[[in
         var_of = dict(zip(first.variables, shape.variables))
         return Stage(kernel.name, stage.lines, [buffer_of[b] for b in stage.table],
                      [var_of[v] for v in stage.outer], list(stage.constants))
+    return render
+
+
+def memoized_singles(language: CStyleLanguage, buffers: dict, features: frozenset[str],
+                     tilings: ChooseTiling | None) -> Callable[[Kernel], RenderedKernel]:
+    """`render_single` once per kernel structure, as `memoized_stages` does for stages: a
+    kernel of a repeated layer gets the first one's text, its parameters' buffers and loop
+    variables mapped position by position (the larger transformer's 105 single kernels
+    have 56 structures). Which renderer applies and what it writes depend only on what the
+    structure key holds: the expression, the loads' index forms, the buffers' shapes, dtypes
+    and kinds, the constants' values."""
+    rendered: dict[tuple, tuple[Structure, RenderedKernel]] = {}
+    memo = _render_memo()
+
+    def render(kernel: Kernel) -> RenderedKernel:
+        if not memo:
+            return render_single(kernel, language, buffers, features, tilings)
+        shape = structure(kernel, buffers)
+        if shape.key not in rendered:
+            rendered[shape.key] = (shape, render_single(kernel, language, buffers, features, tilings))
+            return rendered[shape.key][1]
+        first, done = rendered[shape.key]
+        buffer_of = dict(zip(first.buffers, shape.buffers))
+        var_of = dict(zip(first.variables, shape.variables))
+        params = [replace(p, buffer_id=buffer_of.get(p.buffer_id, p.buffer_id),
+                          var=None if p.var is None else var_of[p.var]) for p in done.params]
+        return RenderedKernel(kernel.name, done.body, params, done.global_size, done.local_size)
     return render
 
 
@@ -131,11 +162,12 @@ def render_program(program: ProcProgram, language: CStyleLanguage, features: fro
     groups: list[list[KernelCmd]] = []
     stages = {}
     if "megakernel" in features:
-        render = memoized_stages(language, buffers, where, "vectorize" in features)
-        stages = {id(k): render(k) for k in kernels if is_small(k)}
+        stage_of = memoized_stages(language, buffers, where, "vectorize" in features)
+        stages = {id(k): stage_of(k) for k in kernels if is_small(k)}
         groups = plan_megakernels(program, lambda k: stages[id(k)].signature)
     grouped = {id(cmd.kernel) for group in groups for cmd in group}
-    singles = [(k, render_single(k, language, buffers, features, tilings)) for k in kernels if id(k) not in grouped]
+    single_of = memoized_singles(language, buffers, features, tilings)
+    singles = [(k, single_of(k)) for k in kernels if id(k) not in grouped]
     megakernels = [(group, render_megakernel(f"stages_{n}_{group[0].kernel.name}",
                                              [stages[id(c.kernel)] for c in group], language))
                    for n, group in enumerate(groups)]
