@@ -173,6 +173,21 @@ def test_exp_over_its_whole_range(device):
     np.testing.assert_allclose(got[finite], want[finite], rtol=5e-7, atol=np.finfo(np.float32).tiny)
 
 
+def test_erf_over_its_whole_range(device):
+    """OpenCL renders erf as its own polynomials (|x| < 1 and above), float vectors included:
+    checked against float64 erf around the seam at 1, near 0, far out, and nan, +-inf, -0."""
+    from math import erf
+    x = np.concatenate([np.linspace(-6, 6, 24001, dtype=np.float32),
+                        np.linspace(0.999, 1.001, 2001, dtype=np.float32),
+                        np.float32(10.0) ** np.arange(-30, 1, dtype=np.float32),
+                        np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 3.99, 4.0, 4.01, 40.0, -1.0], np.float32)])
+    got = _run(device, lambda: [ad.Tensor(x).erf()])[0]
+    want = np.array([erf(v) for v in x.astype(np.float64)])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    np.testing.assert_allclose(got, want, rtol=3e-7, atol=1.2e-7)
+
+
 def test_embedding_of_no_indices_has_no_rows_and_a_zero_gradient(device):
     """The index check of an empty index tensor used to fail at trace time (a max over nothing)."""
     import autodiff.nn.functional as F

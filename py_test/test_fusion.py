@@ -157,6 +157,41 @@ def test_linear_epilogue_is_one_kernel():
     assert compiled.kernels_before_fusion == 3
 
 
+def _large_linear(activation: Callable) -> Callable:
+    """activation(x @ w + b) with 64 x 64 x 64 multiply-adds: a tiled product."""
+    def build():
+        x, w, b = ad.Tensor(_data((64, 64), 1)), ad.Tensor(_data((64, 64), 2)), ad.Tensor(_data((64,), 3))
+        out: list = []
+        ad.Receiver(lambda v: out.append(v), [activation(x @ w + b)], name="y")
+        return out, []
+    return build
+
+
+@pytest.mark.parametrize("name", ["tanh", "erf", "gelu"])
+def test_a_large_product_leaves_erf_and_tanh_to_a_kernel_of_their_own(name):
+    """HEAVY_EPILOGUE_OPS (proc/cost.py): in a tiled product's epilogue they ran lane by lane
+    beside the register block, 5x slower than the product; the bias add stays its epilogue."""
+    activation = {"tanh": lambda t: t.tanh(), "erf": lambda t: t.erf(), "gelu": F.gelu}[name]
+    compiled, out, _ = _compile(_large_linear(activation))
+    product, = [k for k in compiled.proc.kernels() if k.kind == "matmul"]
+    assert Op.ADD in _ops(product.value)
+    assert not {Op.TANH, Op.ERF} & set(_ops(product.value))
+    assert len(compiled.proc.kernels()) == 2
+    compiled.run()
+    x, w, b = _data((64, 64), 1), _data((64, 64), 2), _data((64,), 3)
+    torch = pytest.importorskip("torch")
+    want = {"tanh": torch.tanh, "erf": torch.erf, "gelu": torch.nn.functional.gelu}[name](
+        torch.from_numpy(x @ w + b)).numpy()
+    np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_large_product_keeps_sigmoid_in_its_epilogue():
+    """exp is plain arithmetic on OpenCL (ad_exp): sigmoid measured the same fused or apart."""
+    compiled, _, _ = _compile(_large_linear(lambda t: t.sigmoid()))
+    (kernel,) = compiled.proc.kernels()
+    assert kernel.kind == "matmul" and Op.EXP in set(_ops(kernel.value))
+
+
 def test_linear_relu_bias_is_in_the_matmul_kernel():
     """relu(x @ w + b): the bias add is the matmul's epilogue, and the received value is a
     compute node, not a view, so no copy kernel (relu itself: see below)."""

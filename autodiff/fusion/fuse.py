@@ -28,7 +28,8 @@ Rules against harmful fusion, and what each protects:
 - a dot product of TILED_DOT_WORK or more multiply-adds is not inlined into a kernel that
   already has a reduction: a kernel with one product and an epilogue runs as the tiled
   matmul kernel, one with two (attention's q, k and v gradients summed) as a per-output
-  loop, measured 10-20x slower on the larger transformer.
+  loop, measured 10-20x slower on the larger transformer; nor into a consumer with an op of
+  `HEAVY_EPILOGUE_OPS` (erf: GELU), which is cheaper as a vector kernel of its own.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from ..loggers import get_logger
-from ..proc.cost import TILED_DOT_WORK, reduce_work
+from ..proc.cost import TILED_DOT_WORK, has_heavy_epilogue_op, reduce_work
 from ..proc.index import Index, Var
 from ..proc.ir import (Buffer, CollectiveStartCmd, CollectiveWaitCmd, Command, Expr, FeedCmd, Kernel, KernelCmd, Load, LoopCmd, ProcProgram,
                        ReceiveCmd, Reduce, children, expr_size, map_expr, substitute_vars, walk_expr)
@@ -132,7 +133,7 @@ class Fusion:
         read = {load.buffer_id for load, _ in _loads_with_context(producer.value)}
         large_dot = producer.kind == "matmul" and reduce_work(producer) >= TILED_DOT_WORK
         for use in uses:
-            if large_dot and _has_reduce(use.kernel.value):
+            if large_dot and (_has_reduce(use.kernel.value) or has_heavy_epilogue_op(use.kernel.value)):
                 return False
             # nothing in between may write what the producer reads (positions are ascending:
             # the first write after `at` decides)
