@@ -72,7 +72,7 @@ def render_single(kernel: Kernel, language: CStyleLanguage, buffers: dict, featu
         match = match_matmul(kernel, buffers)
         if match is not None:
             tiling = tilings(match.shape) if tilings is not None else None
-            tiled = render_matmul_kernel(kernel, match, language, buffers, tiling)
+            tiled = render_matmul_kernel(kernel, match, language, buffers, tiling, "vectorize" in features)
             if tiled is not None:
                 return tiled
     if "group_reduce" in features and group_reduction(kernel) is not None:

@@ -379,6 +379,10 @@ class KernelRenderer:
         lane = self.lane_of(expr)
         return self.ctype(expr.dtype) + (str(self.lanes[lane]) if lane is not None else "")
 
+    def vector_load(self, width: int, pointer: str) -> str:
+        """`width` floats from `pointer` on, as one vector."""
+        return f"vload{width}(0, {pointer})"
+
     def load(self, expr: Load, scope: _Scope) -> str:
         slot = self.slot(expr.buffer_id)
         form = flat_index(expr.indices, self.buffers[expr.buffer_id].shape)
@@ -387,7 +391,7 @@ class KernelRenderer:
             return f"b{slot}[o{slot} + {self.index(form, scope)}]"
         offset = self.index(without_lane(form, lane), scope)
         if lane_step(form, lane) == 1:
-            return f"vload{self.lanes[lane]}(0, b{slot} + o{slot} + {offset})"
+            return self.vector_load(self.lanes[lane], f"b{slot} + o{slot} + {offset}")
         # names the lane without depending on it: one float, widened
         return f"({self.value_type(expr)})(b{slot}[o{slot} + {offset}])"
 
