@@ -34,7 +34,7 @@ from .opt import CHECK_SWITCHES, PASS_NAMES, Graph, PassRecord, optimize
 from .proc import lower
 from .proc.ir import ProcProgram
 from .profiler import HOST_TRACK, Profile, Recorder, Span
-from .schedule.packing import pack_matmul_operands
+from .schedule.packing import pack_matmul_operands, pack_transposed_b
 from .schedule.receives import sink_receives
 
 KNOWN_OPTIONS = ("disable", "dump_passes", "debug", "profile")
@@ -80,6 +80,8 @@ def _fuse(c: Compilation) -> None:
 
 def _schedule(c: Compilation) -> None:
     pack_matmul_operands(c.proc)
+    if c.backend.untransposed_b and "transposed_b_packing" not in c.disable:
+        pack_transposed_b(c.proc)
 
 
 def _sink_receives(c: Compilation) -> None:
@@ -102,7 +104,8 @@ STAGES: list[Stage] = [
           procedural=False),
     Stage("lowering", _lower, "one kernel per compute node; views become access expressions"),
     Stage("fusion", _fuse, "merge producers into their consumers: fewer kernels, fewer buffers"),
-    Stage("schedule", _schedule, "copy operands the tiled matmul kernel cannot read into packed buffers",
+    Stage("schedule", _schedule, "copy operands the tiled matmul kernel cannot read (or, on backends that ask, "
+          "reads slowly: a transposed B) into packed buffers",
           switch="operand_packing"),
     Stage("receives last", _sink_receives, "in loop bodies, each Receiver after the kernels that do not change "
           "what it reads: longer megakernel runs, bodies that run several iterations per launch",
@@ -111,7 +114,7 @@ STAGES: list[Stage] = [
     Stage("device build", _build, "render, build and warm up the kernels on the backend", procedural=False),
 ]
 # switches the stages read besides their own names; the backends declare theirs
-STAGE_SWITCHES = ("fusion",) + FUSION_KINDS + ("memory_reuse",)
+STAGE_SWITCHES = ("fusion",) + FUSION_KINDS + ("memory_reuse", "transposed_b_packing")
 
 
 def known_switches() -> tuple[str, ...]:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import autodiff as ad
+from autodiff.backends.opencl import opencl_available
 from autodiff.schedule.matmul import match_matmul
 from autodiff.proc.cost import TILED_DOT_WORK
 from autodiff.proc.ir import Reduce, walk_expr
@@ -105,7 +106,38 @@ def test_two_large_products_stay_in_separate_kernels():
     assert all(count == 1 and match is not None for _, count, match in products)
 
 
-@pytest.mark.parametrize("switch", ["operand_packing", "tiled_matmul"])
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_transposed_b_is_copied_untransposed_first_on_opencl(batched):
+    """x @ w.T (a Linear layer's weight) and q @ k.mT per head: the OpenCL backend asks for B as
+    (k, n) (`Backend.untransposed_b`), so a copy of B comes first and the product reads it
+    as A @ B; `transposed_b_packing` off leaves the product on B^T. numpy-proc does not ask."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 64, 48) if batched else (96, 48)).astype(np.float32)
+    w = rng.standard_normal((3, 80, 48) if batched else (80, 48)).astype(np.float32)
+
+    def build():
+        return [ad.Tensor(x) @ ad.Tensor(w, name="w").mT + 1.0]
+
+    def compiled_with(device, disable=frozenset()):
+        ad.reset()
+        got: list[np.ndarray] = []
+        ad.Receiver(lambda v: got.append(v), build(), name="out")
+        compiled = ad.compile(device=device, disable=set(disable))
+        compiled.run()
+        np.testing.assert_allclose(got[0], x @ np.swapaxes(w, -1, -2) + 1, rtol=1e-4, atol=1e-4)
+        return [match for _, _, match in _products(compiled)], compiled.proc.kernels()
+
+    matches, kernels = compiled_with("opencl")
+    assert [k.ops for k in kernels].count(["pack"]) == 1
+    assert len(matches) == 1 and matches[0] is not None and not matches[0].shape.b_transposed
+    for device, disable in (("opencl", {"transposed_b_packing"}), ("numpy-proc", set())):
+        matches, kernels = compiled_with(device, disable)
+        assert ["pack"] not in [k.ops for k in kernels]
+        assert matches[0] is not None and matches[0].shape.b_transposed
+
+
+@pytest.mark.parametrize("switch", ["operand_packing", "tiled_matmul", "transposed_b_packing"])
 def test_attention_training_agrees_with_packing_off(switch, device):
     from autodiff import nn
     if device == "numpy":

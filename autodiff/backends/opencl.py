@@ -532,4 +532,5 @@ register(Backend(
     name="opencl", executor=lambda ir, plan, disable: OpenCLExecutor(ir, plan, disable), takes_proc=True,
     problem=_problem, preference=20, language="opencl", features=FEATURES,
     switches=("feeder_thread", "kernel_cache", "parallel_build", "collective_overlap", "autotune"),
-    description="OpenCL C kernels on any OpenCL device (PoCL runs them on the CPU)"))
+    description="OpenCL C kernels on any OpenCL device (PoCL runs them on the CPU)",
+    untransposed_b=True))

@@ -38,6 +38,8 @@ class Backend:
     description: str = ""
     fallback: bool = False                     # the default only when nothing else runs (slow)
     reference_only: bool = False               # a checker, never the default device
+    untransposed_b: bool = False               # its tiled products want B as (k, n): the schedule
+    #                                            copies a transposed B first (switch transposed_b_packing)
 
 
 BACKENDS: dict[str, Backend] = {}
