@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,14 +16,17 @@ from autodiff.errors import FeederError, ReceiverError
 THREAD_MODES = [frozenset(), frozenset({"feeder_thread"})]
 
 
-def _two_feeders_in_nested_loops(log: list[tuple[str, int]], threads: set[str]) -> list[float]:
-    """Outer loop of 3 with a Feeder, inner loop of 2 with another; returns the Receiver log."""
+def _two_feeders_in_nested_loops(log: list[tuple[str, int]], threads: set[str], slow: bool = False) -> list[float]:
+    """Outer loop of 3 with a Feeder, inner loop of 2 with another; returns the Receiver log.
+    `slow` Feeders take 2 ms a call (past host.SLOW_FEEDER_SECONDS)."""
     seen: list[float] = []
     acc = ad.Tensor(np.zeros((), np.float32), name="acc")
 
     def feeder(name: str):
         def feed() -> np.ndarray:
             threads.add(threading.current_thread().name)
+            if slow:
+                time.sleep(0.002)
             log.append((name, len(log)))
             return np.full((4,), len(log), np.float32)
         return feed
@@ -40,11 +44,12 @@ def _two_feeders_in_nested_loops(log: list[tuple[str, int]], threads: set[str]) 
     return seen
 
 
+@pytest.mark.parametrize("slow", [False, True], ids=["quick", "slow"])
 @pytest.mark.parametrize("disable", THREAD_MODES, ids=["thread", "no-thread"])
-def test_feeders_called_in_program_order(device, disable):
+def test_feeders_called_in_program_order(device, disable, slow):
     log: list[tuple[str, int]] = []
     threads: set[str] = set()
-    seen = _two_feeders_in_nested_loops(log, threads)
+    seen = _two_feeders_in_nested_loops(log, threads, slow)
     ad.execute(device=device, disable=disable)
     assert [name for name, _ in log] == ["a", "b", "b"] * 3
     # the values the program saw are the values of the calls in that order
@@ -58,24 +63,30 @@ def test_feeders_called_in_program_order(device, disable):
 
 @pytest.mark.skipif("feeder_thread" in os.environ.get("AUTODIFF_DISABLE", ""), reason="the switch under test is off")
 @pytest.mark.parametrize("device_name", ["opencl"])
-def test_feeders_run_on_a_background_thread_unless_switched_off(device_name):
+def test_slow_feeders_run_on_a_background_thread_unless_switched_off(device_name):
+    """The first call that takes longer than SLOW_FEEDER_SECONDS starts the thread; quick
+    Feeders stay on the executor's thread (a hand-over costs more than they do)."""
     from autodiff.backends.opencl import opencl_available
     if not opencl_available():
         pytest.skip("no OpenCL device")
     main = threading.current_thread().name
-    for disable, on_main in [(frozenset(), False), (frozenset({"feeder_thread"}), True)]:
+    for slow, disable, on_main in [(True, frozenset(), False), (True, frozenset({"feeder_thread"}), True),
+                                   (False, frozenset(), True)]:
         ad.reset()
         threads: set[str] = set()
-        _two_feeders_in_nested_loops([], threads)
+        _two_feeders_in_nested_loops([], threads, slow)
         ad.execute(device=device_name, disable=disable)
-        assert (threads == {main}) is on_main, threads
+        assert (threads == {main}) is on_main, (slow, disable, threads)
 
 
-def test_feeder_error_raised_in_its_place_and_state_kept(device):
+@pytest.mark.parametrize("slow", [False, True], ids=["quick", "slow"])
+def test_feeder_error_raised_in_its_place_and_state_kept(device, slow):
     calls: list[int] = []
     acc = ad.Tensor(np.zeros((), np.float32), name="acc")
 
     def feed() -> np.ndarray:
+        if slow:                 # past SLOW_FEEDER_SECONDS: the calls after the first on the thread
+            time.sleep(0.0005)
         calls.append(1)
         if len(calls) == 4:
             raise ValueError("disk gone")
@@ -96,6 +107,7 @@ def test_receiver_error_stops_the_feeder_thread(device):
     calls: list[int] = []
 
     def feed() -> np.ndarray:
+        time.sleep(0.0005)       # past SLOW_FEEDER_SECONDS: the feeder thread starts
         calls.append(1)
         return np.ones((2,), np.float32)
 

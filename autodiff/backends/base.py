@@ -8,8 +8,8 @@ wait for the queue to drain. The loop here owns everything else:
 
 - persistent tensors are uploaded before and downloaded after every run, also when the
   run fails, so the work done so far is kept;
-- Feeders are called in program order (`host.Feeds`, on a background thread ahead of the
-  host unless the "feeder_thread" switch is off);
+- Feeders are called in program order (`host.Feeds`; once one is slow, on a background
+  thread ahead of the host, unless the "feeder_thread" switch is off);
 - the host runs at most MAX_ITERATIONS_AHEAD loop iterations ahead of the device;
 - Receivers are called back in program order as their data arrives; after one raises the
   run stops where `host.Failure` says (the same point on every backend), and the error is

@@ -1,8 +1,10 @@
 """Host-side work shared by every device: calling Feeders and Receivers with clear errors."""
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -191,33 +193,53 @@ def feeds_in_order(commands: list, iterations: tuple[int, ...] = ()) -> Iterator
                 yield from feeds_in_order(cmd.body, iterations + (i,))
 
 
+SLOW_FEEDER_SECONDS = 1e-4
+"""A Feeder call taking longer than this starts the feeder thread for the calls after it.
+Handing each value over from a thread costs the host tens of microseconds (the GIL, a
+condition variable), more than a Feeder returning an array it holds: the reference
+transformer at L = 1 and 2 took 0.040 and 0.113 ms/step with every call on the thread
+against 0.028 and 0.077 with none (medians, machine F)."""
+
+
 class Feeds:
     """The Feeder values of one run, taken in program order by a device executor.
 
-    With `ahead` > 0 a background thread calls the Feeders in program order, up to `ahead`
-    values before the executor takes them, so that reading data overlaps with enqueueing and
-    waiting for the device (double-buffered when `ahead` is twice the Feeders per iteration).
-    A Feeder that raises is reported when the executor reaches it, as without the thread.
-    With `ahead` == 0 each Feeder is called when the executor reaches it."""
+    With `ahead` > 0, once a Feeder call takes longer than SLOW_FEEDER_SECONDS a background
+    thread calls the Feeders after it in program order, up to `ahead` values before the
+    executor takes them, so that reading data overlaps with enqueueing and waiting for the
+    device (double-buffered when `ahead` is twice the Feeders per iteration); quick Feeders
+    are called when the executor reaches them. A Feeder that raises is reported when the
+    executor reaches it, either way. With `ahead` == 0 each Feeder is called when the
+    executor reaches it."""
 
     def __init__(self, commands: list, ahead: int) -> None:
+        self.commands = commands
+        self.ahead = ahead
+        self.may_thread = ahead > 0 and _has_feed(commands)
+        self.taken = 0                       # calls made on this thread, before any background one
         self.thread: threading.Thread | None = None
-        if ahead > 0 and _has_feed(commands):
-            self.values: queue.Queue = queue.Queue(maxsize=ahead)
-            self.stopped = threading.Event()
-            self.thread = threading.Thread(target=self._produce, args=(commands,), name="autodiff-feeders",
-                                           daemon=True)
-            self.thread.start()
 
     def take(self, cmd: FeedCmd, iterations: Sequence[int]) -> np.ndarray:
         b = cmd.buffer
         if self.thread is None:
-            return call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, iterations)
+            start = time.perf_counter()
+            value = call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, iterations)
+            self.taken += 1
+            if self.may_thread and time.perf_counter() - start > SLOW_FEEDER_SECONDS:
+                self._start_thread()
+            return value
         fed, value = self.values.get()
         assert fed is cmd, "the feeder thread and the executor disagree on the program order"
         if isinstance(value, BaseException):
             raise value
         return value
+
+    def _start_thread(self) -> None:
+        self.values: queue.Queue = queue.Queue(maxsize=self.ahead)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._produce, args=(self.commands, self.taken),
+                                       name="autodiff-feeders", daemon=True)
+        self.thread.start()
 
     def close(self) -> None:
         """Stop calling Feeders: a run that ends early has called at most `ahead` more than it used."""
@@ -225,8 +247,9 @@ class Feeds:
             self.stopped.set()
             self.thread.join()
 
-    def _produce(self, commands: list) -> None:
-        for cmd, iterations in feeds_in_order(commands):
+    def _produce(self, commands: list, skip: int) -> None:
+        """The Feeder calls of the run after the first `skip` (made on the executor's thread)."""
+        for cmd, iterations in itertools.islice(feeds_in_order(commands), skip, None):
             b = cmd.buffer
             try:
                 value: np.ndarray | BaseException = call_feeder(cmd.fn, cmd.name, b.shape, b.dtype, iterations)
