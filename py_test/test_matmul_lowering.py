@@ -137,6 +137,21 @@ def test_a_transposed_b_is_copied_untransposed_first_on_opencl(batched):
         assert matches[0] is not None and matches[0].shape.b_transposed
 
 
+@pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
+def test_a_product_of_few_rows_reads_its_transposed_b_in_place():
+    """Two rows (examples/linear.py): copying B would cost about what the product does."""
+    from autodiff.schedule.packing import PACK_B_MIN_ROWS
+    x = np.random.default_rng(5).standard_normal((2, 255)).astype(np.float32)
+    w = np.random.default_rng(6).standard_normal((255, 255)).astype(np.float32)
+    assert 2 < PACK_B_MIN_ROWS and 2 * 255 * 255 >= TILED_DOT_WORK
+    got: list[np.ndarray] = []
+    ad.Receiver(lambda v: got.append(v), [ad.Tensor(x) @ ad.Tensor(w, name="w").T], name="out")
+    compiled = ad.compile(device="opencl")
+    compiled.run()
+    np.testing.assert_allclose(got[0], x @ w.T, rtol=1e-4, atol=1e-4)
+    assert ["pack"] not in [k.ops for k in compiled.proc.kernels()]
+
+
 @pytest.mark.parametrize("switch", ["operand_packing", "tiled_matmul", "transposed_b_packing"])
 def test_attention_training_agrees_with_packing_off(switch, device):
     from autodiff import nn

@@ -140,19 +140,26 @@ def pack_matmul_operands(program: ProcProgram) -> int:
     return added
 
 
+PACK_B_MIN_ROWS = 32
+"""Rows of A from which B is copied: the copy reads and writes B once, the product reads it
+once per row, so with few rows the copy costs as much as it saves (examples/linear.py, 2
+rows: a 255 x 255 weight copied in 97 us for a 20-75 us product; machine F)."""
+
+
 def pack_transposed_b(program: ProcProgram) -> int:
     """Copy the B of a large product that reads it stored transposed, (n, k) as a Linear
     layer's weight is, into (k, n) first: on CPUs the tiled kernel is 1.15-2.6x faster on
     A @ B (vector outer products along B's rows) than on A @ B^T (dot products and horizontal
     sums; PoCL on machine F, a 512 x 384 x 128 product 644 -> 244 us), and the copy, a
-    transposing copy in blocks (codegen/transpose.py), is O(k*n) against O(m*n*k). For the
+    transposing copy in blocks (codegen/transpose.py), is O(k*n) against O(m*n*k) for m of
+    at least PACK_B_MIN_ROWS. For the
     backends whose `Backend.untransposed_b` says so. Returns how many copies were added."""
     buffers = {b.id: b for b in program.buffers}
     added = 0
     for commands, at, kernel, product in _large_product_kernels(program):
         match = match_matmul(kernel, buffers)
         operands = _operand_axes(kernel, product)
-        if match is None or not match.shape.b_transposed or operands is None:
+        if match is None or not match.shape.b_transposed or operands is None or match.shape.m < PACK_B_MIN_ROWS:
             continue
         *_, n = kernel.variables
         trial, copies, packed = _with_packed(kernel, [o for o in operands if o[2] is n], buffers, max(buffers) + 1)
