@@ -10,7 +10,7 @@ import pytest
 import autodiff as ad
 from autodiff.backends.opencl import opencl_available
 from autodiff.codegen.lanes import VECTOR_WIDTHS
-from autodiff.codegen.vector import vector_width
+from autodiff.codegen.vector import row_vector_width, vector_width
 
 needs_opencl = pytest.mark.skipif(not opencl_available(), reason="no OpenCL device")
 
@@ -44,6 +44,52 @@ def _t(*shape: int) -> ad.Tensor:
 ])
 def test_which_kernels_vectorize(build, width):
     assert _only_kernel_width(build) == width
+
+
+def _only_kernel_row_width(build) -> int:
+    out = build()
+    ad.Receiver(lambda v: None, [out])
+    compiled = ad.compile(device="numpy-proc")
+    (kernel,) = compiled.proc.kernels()
+    return row_vector_width(kernel, {b.id: b for b in compiled.proc.buffers}, VECTOR_WIDTHS)
+
+
+@pytest.mark.parametrize("build, width", [
+    (lambda: _t(255, 255) * 2.0, 16),                             # rows of 255: 15 vectors and a tail of 15
+    (lambda: _t(3, 37) + _t(37), 16),                             # a row broadcast
+    (lambda: _t(7, 9) - _t(7, 1), 8),                             # a column broadcast is one float
+    (lambda: _t(1023) * 2.0, 16),                                 # one row
+    (lambda: _t(5, 3) * 2.0, 1),                                  # rows shorter than every width
+    (lambda: _t(256, 512) * 2.0, 1),                              # the size divides: vector_width's case
+    (lambda: _t(37, 64).T * 2.0, 1),                              # a transposed read strides
+])
+def test_which_kernels_write_rows_of_vectors_with_a_tail(build, width):
+    assert _only_kernel_row_width(build) == width
+
+
+@needs_opencl
+@pytest.mark.parametrize("megakernel", [True, False], ids=["stages", "single"])
+@pytest.mark.parametrize("disable", [frozenset(), frozenset({"vectorize"})], ids=["vectors", "scalar"])
+def test_rows_of_vectors_with_a_tail_match_numpy(disable, megakernel, rng):
+    """Sizes no vector width divides: elementwise work, broadcasts, and an SGD update of a
+    255 x 255 weight from a two-row product (examples/linear.py's)."""
+    x = rng.standard_normal((255, 255)).astype(np.float32)
+    g = rng.standard_normal((2, 255)).astype(np.float32)
+    h = rng.standard_normal((2, 255)).astype(np.float32)
+    row = rng.standard_normal((37,)).astype(np.float32)
+    y = rng.standard_normal((3, 37)).astype(np.float32)
+    tx, tg, th, trow, ty = (ad.Tensor(a) for a in (x, g, h, row, y))
+    got: dict[str, np.ndarray] = {}
+    outputs = {"update": tx - 0.01 * (tg.T @ th), "broadcast": (ty + trow).relu() * 2.0,
+               "one row": ad.Tensor(x[0, :250]).exp()}
+    ad.Receiver(lambda *vs: got.update(zip(outputs, vs)), list(outputs.values()))
+    compiled = ad.compile(device="opencl", disable=disable | (set() if megakernel else {"megakernel"}))
+    assert ("vstore16" in _kernel_texts(compiled)) == (not disable)
+    compiled.run()
+    expected = {"update": x - 0.01 * (g.T @ h), "broadcast": np.maximum(y + row, 0) * 2.0,
+                "one row": np.exp(x[0, :250])}
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, rtol=2e-6, atol=1e-6, err_msg=name)
 
 
 @needs_opencl
