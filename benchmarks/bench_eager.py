@@ -1,6 +1,6 @@
 """ms per training step of examples/mnist.py's MLP in the three modes, on one device.
 
-    python benchmarks/bench_eager.py [--device opencl] [--steps 60]
+    python benchmarks/bench_eager.py [--device opencl] [--steps 60] [--features 784]
 
 Rows: the `ir_for` program (traced once, run as one loop: per iteration, from a run of
 2*steps minus a run of steps), `ad.jit` (the step compiled once, one run per call), and the
@@ -134,10 +134,14 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--features", type=int, default=None,
+                        help="zero-pad the digits' 64 features to this many (784: MNIST's MLP; default 64)")
     args = parser.parse_args()
     device = args.device or ad.default_device()
     ad.set_default_device(device)
     x, y, _, _ = load_data(None)
+    if args.features and args.features > x.shape[1]:
+        x = np.pad(x, ((0, 0), (0, args.features - x.shape[1])))
     batch = min(args.batch, len(x))
     looped = ir_for_ms(x, y, batch, args.steps, device)
     jitted = jit_ms(x, y, batch, args.steps, device)

@@ -7,7 +7,10 @@ an asynchronous copy out for a Receiver, put a marker in the queue and wait for 
 wait for the queue to drain. The loop here owns everything else:
 
 - persistent tensors are uploaded before and downloaded after every run, also when the
-  run fails, so the work done so far is kept;
+  run fails, so the work done so far is kept; where every host callback is autodiff's own
+  (`keeps_on_device`: an interactive step, an ad.jit function) the run instead leaves each
+  value on the device as a `DeviceValue`, downloaded when it is first read, and the next
+  run of the same program skips the upload of a tensor that still holds its unread value;
 - Feeders are called in program order (`host.Feeds`; once one is slow, on a background
   thread ahead of the host, unless the "feeder_thread" switch is off);
 - the host runs at most MAX_ITERATIONS_AHEAD loop iterations ahead of the device;
@@ -24,6 +27,8 @@ wait for the queue to drain. The loop here owns everything else:
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,7 +39,8 @@ from ..proc.index import Var
 from ..ir.dtypes import ITEMSIZE
 from ..proc.ir import (Buffer, CollectiveStartCmd, CollectiveWaitCmd, FeedCmd, KernelCmd, LoopCmd, ProcProgram,
                        ReceiveCmd)
-from .host import FAILURE_LEAD, Failure, Feeds, PendingReceive, deliver_receives, feeds_ahead, receiver_due
+from .host import (FAILURE_LEAD, Failure, Feeds, PendingReceive, deliver_receives, feeds_ahead, only_internal_callbacks,
+                   receiver_due)
 
 # the host waits when it gets this many loop iterations ahead of the device; the outermost
 # loop's Receivers are delivered no later, which is what makes a failure stop where it says
@@ -83,6 +89,41 @@ def prepare_steps(commands: list, launch_for: Callable[[KernelCmd], Any],
     return steps
 
 
+class DeviceValue:
+    """A persistent tensor's value that a run left on the device (Variable.stored), read
+    back the first time `array()` is called. Handing values out this way saves the download
+    of every tensor nobody reads between two runs, and, when the next run of the same
+    program finds the value unread in the tensor it binds, that tensor's upload too: an
+    interactive training step or an ad.jit step then moves only its inputs and outputs.
+
+    `successor`: set when the next run kept the value on the device and updated it; reading
+    this one then gives that run's value (the value it held is gone)."""
+    __slots__ = ("executor", "buffer", "run", "shape", "dtype", "nbytes", "_array", "kept", "successor",
+                 "__weakref__")
+
+    def __init__(self, executor: "DeviceExecutor", buffer: Buffer, run: int) -> None:
+        self.executor, self.buffer, self.run = executor, buffer, run
+        self.shape, self.dtype, self.nbytes = tuple(buffer.shape), np.dtype(buffer.dtype), buffer.nbytes
+        self._array: np.ndarray | None = None
+        self.kept = False                          # a later run of the executor works on it in place
+        self.successor: DeviceValue | None = None
+
+    @property
+    def unread(self) -> bool:
+        return self._array is None and not self.kept
+
+    def array(self) -> np.ndarray:
+        # a run of the executor in progress (a step in the background) finishes first
+        with self.executor.run_lock:
+            if self.successor is not None:
+                return self.successor.array()
+            if self.kept:   # only a callback inside the run could get here, and those are ours
+                raise RuntimeError(f"'{self.buffer.name}' is being updated by the run in progress")
+            if self._array is None:
+                self._array = self.executor.download(self.buffer)
+            return self._array
+
+
 class DeviceExecutor:
     """Base of the executors that run a procedural program on a device queue.
 
@@ -95,6 +136,7 @@ class DeviceExecutor:
     runs: int = 0
     kernels_launched: int = 0
     overlap_collectives: bool = True    # False with the "collective_overlap" switch off
+    keeps_on_device: bool = False       # see DeviceValue; set by `keep_values_on_device`
 
     # --- device operations a backend supplies ----------------------------------------
     def upload(self, buffer: Buffer, host: np.ndarray) -> None:
@@ -160,10 +202,38 @@ class DeviceExecutor:
         return True
 
     # --- the run loop ----------------------------------------------------------------
+    def keep_values_on_device(self, commands: list, disable: frozenset[str]) -> None:
+        """Hand persistent tensors out as DeviceValues where no callback of the user's could read
+        one during a run (it would see the value from before the run, as a download gives)."""
+        self.keeps_on_device = "device_resident" not in disable and only_internal_callbacks(commands)
+        self.run_lock = threading.RLock()
+        self.handed_out: list[weakref.ref[DeviceValue]] = []
+
     def run(self) -> None:
+        if not self.keeps_on_device:
+            return self._run({})
+        with self.run_lock:
+            persistent = [b for b in self.program.buffers if b.kind == "persistent" and b.nbytes]
+            kept: dict[int, DeviceValue] = {}
+            for b in persistent:
+                value = b.var.stored
+                if (isinstance(value, DeviceValue) and value.executor is self and value.buffer is b
+                        and value.run == self.runs - 1 and value.unread):
+                    kept[b.id] = value
+            # the values of the last run that someone still holds unread go to the host before this
+            # run overwrites them (a bound tensor's own unread value stays: it is this run's input)
+            held = [v for v in (r() for r in self.handed_out) if v is not None and v.unread and v.buffer.id not in kept]
+            for value, array in zip(held, self.download_all([v.buffer for v in held])):
+                value._array = array
+            for value in kept.values():
+                value.kept = True
+            self._run(kept)
+
+    def _run(self, kept: dict[int, DeviceValue]) -> None:
         persistent = [b for b in self.program.buffers if b.kind == "persistent" and b.nbytes]
         for b in persistent:
-            self.upload(b, np.ascontiguousarray(b.var.value, dtype=b.dtype))
+            if b.id not in kept:
+                self.upload(b, np.ascontiguousarray(b.var.value, dtype=b.dtype))
         self.values: dict[Var, int] = {self.program.run_counter: self.runs}
         self.iterations: list[int] = []
         self.pending: list[PendingReceive] = []
@@ -178,11 +248,24 @@ class DeviceExecutor:
             self.feeds.close()
             self.finish()
             self.release_all()
-            for b, value in zip(persistent, self.download_all(persistent)):
-                b.var.value = value
+            if self.keeps_on_device:
+                self._hand_out(persistent, kept)
+            else:
+                for b, value in zip(persistent, self.download_all(persistent)):
+                    b.var.value = value
             self.runs += 1
         if self.failure.error is not None:
             raise self.failure.error
+
+    def _hand_out(self, persistent: list[Buffer], kept: dict[int, DeviceValue]) -> None:
+        """Every persistent tensor gets its value as a DeviceValue of this run."""
+        self.handed_out = []
+        for b in persistent:
+            value = DeviceValue(self, b, self.runs)
+            if b.id in kept:
+                kept[b.id].successor = value
+            b.var.stored = value
+            self.handed_out.append(weakref.ref(value))
 
     def run_steps(self, steps: list[Step]) -> None:
         for step in steps:

@@ -127,6 +127,7 @@ class CUDAExecutor(DeviceExecutor):
                  device_id: int | None = None) -> None:
         cp = _cupy()
         self.feeds_ahead = feeds_ahead_for(program.commands, disable)
+        self.keep_values_on_device(program.commands, disable)
         self.overlap_collectives = "collective_overlap" not in disable
         self.graphs = "cuda_graphs" not in disable   # loop bodies' stretches of launches replayed as graphs
         self.cp = cp
@@ -490,7 +491,7 @@ def _problem() -> str | None:
 register(Backend(
     name="cuda", executor=lambda ir, plan, disable: CUDAExecutor(ir, plan, disable), takes_proc=True,
     problem=_problem, preference=10, language="cuda", features=tuple(sorted(CUDAExecutor.features)),
-    switches=("feeder_thread", "collective_overlap", "nccl", "cuda_graphs"),
+    switches=("feeder_thread", "device_resident", "collective_overlap", "nccl", "cuda_graphs"),
     description="CUDA C kernels through CuPy/NVRTC on an NVIDIA GPU"))
 
 

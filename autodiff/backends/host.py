@@ -6,13 +6,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import FeederError, IndexOutOfRangeError, ReceiverError
 from ..ir.dtypes import INT
-from ..proc.ir import FeedCmd, LoopCmd
+from ..ir.ops import is_internal_callback
+from ..proc.ir import FeedCmd, LoopCmd, ReceiveCmd
 
 INT32_MIN, INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
 
@@ -176,6 +177,16 @@ def deliver_receives(pending: list[PendingReceive], wait: bool, failure: Failure
             call_receiver(first.fn, first.name, first.arrays, first.iterations)
         except RECEIVER_ERRORS as err:
             failure.record(err, first.iterations)
+
+
+def only_internal_callbacks(commands: list) -> bool:
+    """Whether every Feeder and Receiver of the commands is marked `ops.internal_callback`."""
+    for cmd in commands:
+        if isinstance(cmd, (FeedCmd, ReceiveCmd)) and not is_internal_callback(cmd.fn):
+            return False
+        if isinstance(cmd, LoopCmd) and not only_internal_callbacks(cmd.body):
+            return False
+    return True
 
 
 def _has_feed(commands: list) -> bool:

@@ -190,6 +190,7 @@ class OpenCLExecutor(DeviceExecutor):
         if not group_reductions:
             features -= {"group_reduce"}
         self.feeds_ahead = feeds_ahead_for(program.commands, disable)
+        self.keep_values_on_device(program.commands, disable)
         self.overlap_collectives = "collective_overlap" not in disable
         self.tuner = Tuner(self.context, self.queue, "\n".join(device_identity(self.device, BUILD_OPTIONS)),
                            self.device.native_vector_width_float, tune_level(disable))
@@ -531,6 +532,6 @@ def _problem() -> str | None:
 register(Backend(
     name="opencl", executor=lambda ir, plan, disable: OpenCLExecutor(ir, plan, disable), takes_proc=True,
     problem=_problem, preference=20, language="opencl", features=FEATURES,
-    switches=("feeder_thread", "kernel_cache", "parallel_build", "collective_overlap", "autotune"),
+    switches=("feeder_thread", "device_resident", "kernel_cache", "parallel_build", "collective_overlap", "autotune"),
     description="OpenCL C kernels on any OpenCL device (PoCL runs them on the CPU)",
     untransposed_b=True))

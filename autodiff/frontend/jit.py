@@ -21,7 +21,7 @@ from ..errors import TraceError
 from ..ir import ops as O
 from ..ir.dtypes import FLOAT, INT
 from ..ir.graph import Block, Node
-from ..ir.ops import Op
+from ..ir.ops import Op, internal_callback
 from . import entry, lazy
 from .program import Program, current_program
 from .tensor import Tensor
@@ -199,7 +199,8 @@ def _trace(fn: Callable[..., Any], args: tuple, kwargs: dict, static: Callable[[
         lowered.output_nodes = [t.node for t in leaves]
         if leaves:
             make_node(Op.RECEIVER, lowered.output_nodes,
-                      O.ReceiverArgs(lambda *a: lowered.results.extend(np.array(x) for x in a), "outputs", 1),
+                      O.ReceiverArgs(internal_callback(lambda *a: lowered.results.extend(np.array(x) for x in a)),
+                                     "outputs", 1),
                       "jit")
         _check_grads(program, block, grads_before)
     except BaseException:
@@ -221,7 +222,7 @@ def _inputs(value: Any, lowered: Lowered, counter: Any) -> Any:
         index = next(counter)
         dtype = INT if value.dtype.kind in "iu" else FLOAT
         node = make_leaf(Op.FEEDER, value.shape, dtype,
-                         O.FeederArgs(lambda: lowered.feeds[index], f"arg{index}"))
+                         O.FeederArgs(internal_callback(lambda: lowered.feeds[index]), f"arg{index}"))
         return Tensor._wrap(node)
     if isinstance(value, (list, tuple)):
         return type(value)(_inputs(v, lowered, counter) for v in value)

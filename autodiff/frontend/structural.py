@@ -87,6 +87,8 @@ class _ReceiveSlot:
 
 class _Collect:
     """The Receiver of the values a realization hands back."""
+    autodiff_internal = True   # reads no persistent tensor (ir.ops.internal_callback)
+
     def __init__(self, entry: Entry) -> None:
         self.entry = entry
 
@@ -278,7 +280,7 @@ def run_prepared(found: Entry, binding: Binding, part: Part) -> tuple[list[np.nd
 
 def _run_bound(found: Entry, binding: Binding, part: Part) -> tuple[list[np.ndarray], Any]:
     for slot, value in zip(found.slots, binding.slots):
-        slot.value = value.value if isinstance(value, Variable) else value
+        slot.stored = value.stored if isinstance(value, Variable) else value   # not downloaded
     found.feeders[:] = binding.feeders
     found.receivers[:] = binding.receivers
     found.fed[:] = [None] * len(binding.feeders)
@@ -288,7 +290,7 @@ def _run_bound(found: Entry, binding: Binding, part: Part) -> tuple[list[np.ndar
     finally:
         for slot, value in zip(found.slots, binding.slots):
             if isinstance(value, Variable):
-                value.value = slot.value
+                value.stored = slot.stored
         for node, fed in zip(binding.feeder_nodes, found.fed):
             if fed is not None:
                 part.inputs[node] = np.asarray(fed, dtype=node.dtype).reshape(node.shape)

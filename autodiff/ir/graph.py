@@ -17,7 +17,7 @@ in order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -77,23 +77,51 @@ class Block:
                 stack.append(iter(node.args.body.nodes))
 
 
-@dataclass(eq=False)
 class Variable:
-    """A persistent device tensor: a parameter, optimizer state, or any user tensor."""
-    id: int
-    name: str
-    value: np.ndarray
-    requires_grad: bool = True
-    grad: object = None   # the Tensor accumulated by backward() since zero_grad, or None
+    """A persistent device tensor: a parameter, optimizer state, or any user tensor.
+
+    Its value is a numpy array, or after a device run a value left on the device
+    (backends.base.DeviceValue): reading `value` downloads that once and keeps the array;
+    `stored` is whichever of the two it holds, for moving a value without downloading it."""
+    __slots__ = ("id", "name", "_value", "requires_grad", "grad", "__weakref__")
+
+    def __init__(self, id: int, name: str, value: np.ndarray, requires_grad: bool = True,
+                 grad: object = None) -> None:
+        self.id, self.name, self._value = id, name, value
+        self.requires_grad = requires_grad
+        self.grad = grad   # the Tensor accumulated by backward() since zero_grad, or None
+
+    def __repr__(self) -> str:
+        return f"Variable(id={self.id}, name={self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    @property
+    def value(self) -> np.ndarray:
+        value = self._value
+        if not isinstance(value, np.ndarray):   # left on the device by a run: download it now
+            value = self._value = value.array()
+        return value
+
+    @value.setter
+    def value(self, value: np.ndarray) -> None:
+        self._value = value
+
+    @property
+    def stored(self) -> Any:
+        """The array, or the device value not downloaded yet."""
+        return self._value
+
+    @stored.setter
+    def stored(self, value: Any) -> None:
+        self._value = value
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.value.shape)
+        return tuple(self._value.shape)
 
     @property
     def dtype(self) -> str:
-        return str(self.value.dtype)
+        return str(self._value.dtype)
 
     @property
     def nbytes(self) -> int:
-        return int(self.value.nbytes)
+        return int(self._value.nbytes)

@@ -164,6 +164,19 @@ class AssignArgs:
     in_place: bool = False
 
 
+def internal_callback(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a Feeder or Receiver function as autodiff's own (ad.jit's arguments and results,
+    an interactive run's values, index checks): it reads no persistent tensor, so a device
+    program whose callbacks are all such may leave its persistent tensors on the device
+    between runs (backends.base.DeviceValue)."""
+    fn.autodiff_internal = True
+    return fn
+
+
+def is_internal_callback(fn: Callable[..., Any]) -> bool:
+    return getattr(fn, "autodiff_internal", False)
+
+
 @dataclass(frozen=True, eq=False)
 class FeederArgs:
     fn: Callable[[], Any]
