@@ -163,6 +163,28 @@ def test_two_models_alternating_in_one_cached_interactive_step(opencl, monkeypat
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
+def test_an_interactive_step_leaves_parameters_on_the_device_unless_a_user_receiver_runs(opencl):
+    ad.reset()
+    ad.set_default_device(opencl)
+    try:
+        model, opt = _model()
+        seen: list[float] = []
+        for with_receiver in (False, True):
+            x, y = _batches(1)[0]
+            loss = F.cross_entropy(model(ad.Tensor(x)), ad.Tensor(y))
+            if with_receiver:
+                ad.Receiver(lambda v: seen.append(float(v)), [loss], name="loss")
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            loss.item()
+            stored = model[0].weight._var.stored
+            assert isinstance(stored, np.ndarray if with_receiver else DeviceValue)
+        assert len(seen) == 1
+    finally:
+        ad.set_default_device(None)
+
+
 def test_a_user_receiver_keeps_values_on_the_host(opencl):
     ad.reset()
     w = ad.Tensor(np.ones(3, np.float32), name="w")

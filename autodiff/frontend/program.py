@@ -158,9 +158,14 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def user_source_line() -> str:
     """file:line of the innermost caller outside the autodiff package."""
     frame = sys._getframe(1)
+    inside = _inside_package   # looked up here, not called per frame: ~7 frames per traced op
     while frame is not None:
-        if not _in_package(frame.f_code.co_filename):
-            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        filename = frame.f_code.co_filename
+        flag = inside.get(filename)
+        if flag is None:
+            flag = _in_package(filename)
+        if not flag:
+            return f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"
 

@@ -24,8 +24,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..ir import ops as O
+from ..ir.dtypes import dtype_name
 from ..ir.graph import Block, Node, Variable
-from ..ir.ops import Op
+from ..ir.ops import Op, internal_callback, is_internal_callback
 from ..ir.shapes import SHAPE_RULES
 from . import entry
 from .program import Program
@@ -158,10 +159,10 @@ class _Keyer:
         if node.op is Op.FEEDER:
             self.binding.feeders.append(args.fn)
             self.binding.feeder_nodes.append(node)
-            return ("feed", args.name)
+            return ("feed", args.name, is_internal_callback(args.fn))
         if node.op is Op.RECEIVER:
             self.binding.receivers.append(args.fn)
-            return ("receive", args.name, args.every, args.check)
+            return ("receive", args.name, args.every, args.check, is_internal_callback(args.fn))
         if node.op is Op.FOR:
             body = self.block_key(args.body.nodes)
             index = self.index.get(id(args.index)) if args.index is not None else None
@@ -179,7 +180,7 @@ def structural_key(part: Part, device: str, disable: frozenset[str]) -> tuple[An
     keyer = _Keyer(part)
     nodes = keyer.block_key(part.nodes)
     outputs = tuple(keyer.ref(n) for n in part.outputs)
-    slots = tuple((v.shape, v.dtype) if isinstance(v, Variable) else (v.shape, str(v.dtype))
+    slots = tuple((v.shape, v.dtype) if isinstance(v, Variable) else (v.shape, dtype_name(v.dtype))
                   for v in keyer.binding.slots)
     switches = (tuple(sorted(disable)), os.environ.get("AUTODIFF_DISABLE", ""))
     return (device, switches, nodes, outputs, slots), keyer
@@ -224,10 +225,13 @@ def _copy_node(program: Program, node: Node, inputs: tuple[Node, ...], keyer: _K
         var = entry_.slots[keyer.slot_of[id(args.var)]]
         args = O.ReadArgs(var) if node.op is Op.READ else O.AssignArgs(var)
     elif node.op is Op.FEEDER:
-        args = O.FeederArgs(_FeedSlot(entry_, counters["feed"]), args.name)
+        slot = _FeedSlot(entry_, counters["feed"])
+        args = O.FeederArgs(internal_callback(slot) if is_internal_callback(args.fn) else slot, args.name)
         counters["feed"] += 1
     elif node.op is Op.RECEIVER:
-        args = O.ReceiverArgs(_ReceiveSlot(entry_, counters["receive"]), args.name, args.every, args.check)
+        slot = _ReceiveSlot(entry_, counters["receive"])   # internal where what it calls is (in the key)
+        args = O.ReceiverArgs(internal_callback(slot) if is_internal_callback(args.fn) else slot, args.name,
+                              args.every, args.check)
         counters["receive"] += 1
     elif node.op is Op.FOR:
         body = Block(parent=program.block)

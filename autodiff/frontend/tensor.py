@@ -774,6 +774,11 @@ def as_tensor_dtype(value: TensorLike, like: Tensor | None) -> str:
 
 def _binary(op: Op, a: TensorLike, b: TensorLike, float_only: bool = False) -> Tensor:
     """Broadcast, promote int to float where mixed, then make the primitive node."""
+    if (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
+            and (a.dtype == FLOAT or not float_only)):
+        # nothing to broadcast or promote (most ops of a training step): what the general
+        # path does then, without its per-operand work; READs are made in operand order
+        return Tensor._wrap(make_node(op, [a.node, b.node], O.NO_ARGS))
     a, b = broadcast_operands(op.value, [a, b])
     if a.dtype != b.dtype or (float_only and a.dtype != FLOAT):
         a, b = a.float(), b.float()

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .dtypes import itemsize
+from .dtypes import dtype_name, itemsize
 from .ops import Op, OpArgs
 
 
@@ -120,7 +120,7 @@ class Variable:
 
     @property
     def dtype(self) -> str:
-        return str(self._value.dtype)
+        return dtype_name(self._value.dtype)
 
     @property
     def nbytes(self) -> int:
