@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,6 +40,11 @@ def make_model(features: int) -> tuple[nn.Module, nn.Optimizer]:
 
 
 def ir_for_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int, device: str) -> float:
+    return seconds_per_iteration(ir_for_program(x, y, batch, device), steps, rounds=3) * 1e3
+
+
+def ir_for_program(x: np.ndarray, y: np.ndarray, batch: int, device: str) -> Callable[[int], Any]:
+    """The `ir_for` program of `count` training steps, compiled (for timing.seconds_per_iteration)."""
     rng = np.random.default_rng(0)
 
     def program(count: int):
@@ -58,7 +65,7 @@ def ir_for_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int, device: str)
             opt.zero_grad()
         ad.ir_for(count, body)
         return ad.compile(device=device)
-    return seconds_per_iteration(program, steps, rounds=3) * 1e3
+    return program
 
 
 def jit_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int, device: str) -> float:
@@ -129,6 +136,42 @@ def interactive_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int,
     return total, per["prepare"], per["run"], ad.compile_cache_info().misses
 
 
+def interleaved_ratios(x: np.ndarray, y: np.ndarray, batch: int, steps: int, device: str,
+                       rounds: int) -> list[tuple[float, float]]:
+    """(ir_for, interactive) ms/step measured in turn, `rounds` times in one process: the
+    machine's state changes from minute to minute, so each ratio compares neighbours."""
+    program = ir_for_program(x, y, batch, device)
+    short, long = program(steps), program(2 * steps)
+    short.run()
+    long.run()
+    ad.reset()
+    model, opt = make_model(x.shape[1])
+    rng = np.random.default_rng(0)
+
+    def interactive(count: int) -> None:
+        for _ in range(count):
+            picks = rng.integers(0, len(x), batch)
+            loss = F.cross_entropy(model(ad.Tensor(x[picks], requires_grad=False)),
+                                   ad.Tensor(y[picks], requires_grad=False))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        loss.item()
+    interactive(3)
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        short.run()
+        t_short = time.perf_counter() - t
+        t = time.perf_counter()
+        long.run()
+        looped = (time.perf_counter() - t - t_short) / steps * 1e3
+        t = time.perf_counter()
+        interactive(steps)
+        out.append((looped, (time.perf_counter() - t) / steps * 1e3))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None)
@@ -136,6 +179,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--features", type=int, default=None,
                         help="zero-pad the digits' 64 features to this many (784: MNIST's MLP; default 64)")
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="only ir_for against the interactive loop, measured in turn ROUNDS times")
     args = parser.parse_args()
     device = args.device or ad.default_device()
     ad.set_default_device(device)
@@ -143,6 +188,15 @@ def main() -> None:
     if args.features and args.features > x.shape[1]:
         x = np.pad(x, ((0, 0), (0, args.features - x.shape[1])))
     batch = min(args.batch, len(x))
+    if args.interleave:
+        pairs = interleaved_ratios(x, y, batch, args.steps, device, args.interleave)
+        print(f"device {device}, MLP {x.shape[1]}-512-256-10, batch {batch}, {args.steps} steps per round")
+        print(f"{'round':>5} {'ir_for':>8} {'interactive':>12} {'ratio':>6}")
+        for i, (looped, eager) in enumerate(pairs):
+            print(f"{i:5d} {looped:8.2f} {eager:12.2f} {eager / looped:5.2f}x")
+        ratios = sorted(eager / looped for looped, eager in pairs)
+        print(f"median ratio {statistics.median(ratios):.2f}x (min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x)")
+        return
     looped = ir_for_ms(x, y, batch, args.steps, device)
     jitted = jit_ms(x, y, batch, args.steps, device)
     synchronous, key, run, _ = interactive_ms(x, y, batch, args.steps, background=False)

@@ -772,6 +772,9 @@ def as_tensor_dtype(value: TensorLike, like: Tensor | None) -> str:
     return FLOAT if is_float else INT
 
 
+_NUMBERS = (float, int)   # exact types: bool and numpy scalars take the general path
+
+
 def _binary(op: Op, a: TensorLike, b: TensorLike, float_only: bool = False) -> Tensor:
     """Broadcast, promote int to float where mixed, then make the primitive node."""
     if (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
@@ -779,6 +782,14 @@ def _binary(op: Op, a: TensorLike, b: TensorLike, float_only: bool = False) -> T
         # nothing to broadcast or promote (most ops of a training step): what the general
         # path does then, without its per-operand work; READs are made in operand order
         return Tensor._wrap(make_node(op, [a.node, b.node], O.NO_ARGS))
+    # a float tensor and a Python number (x * 0.9, 1 - x): what the general path makes, directly
+    if type(b) in _NUMBERS and isinstance(a, Tensor) and a.dtype == FLOAT:
+        x = a.node
+        return Tensor._wrap(make_node(op, [x, make_leaf(Op.CONST, x.shape, FLOAT, O.ConstArgs(float(b)))],
+                                      O.NO_ARGS))
+    if type(a) in _NUMBERS and isinstance(b, Tensor) and b.dtype == FLOAT:
+        c = make_leaf(Op.CONST, b.shape, FLOAT, O.ConstArgs(float(a)))
+        return Tensor._wrap(make_node(op, [c, b.node], O.NO_ARGS))
     a, b = broadcast_operands(op.value, [a, b])
     if a.dtype != b.dtype or (float_only and a.dtype != FLOAT):
         a, b = a.float(), b.float()

@@ -21,6 +21,10 @@ from typing import Any, Callable
 
 
 class Op(enum.Enum):
+    # members are singletons compared by identity: hash them by identity in C (Enum's own
+    # __hash__ is Python code, and op lookups run for every node traced and compiled)
+    __hash__ = object.__hash__
+
     # leaves
     CONST = "const"            # a tensor filled with one scalar
     IOTA = "iota"              # index along one axis: out[..., i, ...] = i
