@@ -66,6 +66,22 @@ def test_training_loop_matches_torch_and_compiles_once(device):
     assert (info.misses, info.hits) == (1, len(xs) - 1)
 
 
+def test_a_long_interactive_loop_keeps_no_record_of_old_steps(device):
+    """What backward() records to refuse a second pass goes with the steps' nodes."""
+    model = nn.Linear(4, 2)
+    opt = nn.SGD(model.parameters(), lr=0.1)
+    x = np.ones((3, 4), np.float32)
+    sizes = []
+    for _ in range(12):
+        loss = model(ad.Tensor(x, requires_grad=False)).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        loss.item()
+        sizes.append(len(ad.current_program().freed_by_backward))
+    assert max(sizes[4:]) <= max(sizes[:4])   # bounded, not one step's worth more per step
+
+
 def test_grad_and_backward_after_reading_the_loss(device):
     w0 = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
     x0 = np.array([[1.0, 2.0], [-3.0, 0.5]], np.float32)

@@ -57,11 +57,11 @@ def _gradients(outputs: Sequence[Node], seeds: Sequence[Tensor], wrt: Sequence[N
         needs = [depends[i.id] for i in node.inputs]
         if not any(needs):
             continue
-        if node.id in freed:
+        if node in freed:
             raise trace_error(opname, (
                 f"Trying to backward through the graph a second time: node %{node.id} "
                 f"({node.op.value} {list(node.shape)}, made at {node.where}) was already "
-                f"differentiated by the backward() at {freed[node.id]}; specify retain_graph=True "
+                f"differentiated by the backward() at {freed[node]}; specify retain_graph=True "
                 "in that first backward() to backward through the graph a second time"))
         if visited is not None:
             visited.append(node)
@@ -121,7 +121,7 @@ def backward(output: Tensor, grad: TensorLike | None = None, retain_graph: bool 
     if not retain_graph:
         where = user_source_line()
         for node in visited:
-            program.freed_by_backward.setdefault(node.id, where)
+            program.freed_by_backward.setdefault(node, where)
     per_variable: dict[int, Tensor] = {}
     variables = {}
     for read in reads:  # a tensor read several times (before/after updates, in loops) sums up

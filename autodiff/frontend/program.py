@@ -33,7 +33,8 @@ class Program:
         self._random_seeds = 0
         # node id -> source line of the backward() that differentiated through it without
         # retain_graph=True: a second backward() through that node is an error, as in torch
-        self.freed_by_backward: dict[int, str] = {}
+        # node -> the backward() that differentiated it; weak: an interactive loop's old steps go
+        self.freed_by_backward: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         # --- interactive use (lazy.py): what reading a value needs to know --------------
         self._next_var = 0                         # variable ids stay unique when lazy.py drops dead ones
         self.live: weakref.WeakSet = weakref.WeakSet()   # intermediate Tensors the user may still hold
