@@ -95,6 +95,10 @@ class Index:
 
     def __add__(self, other: "int | Index | Atom") -> "Index":
         other = Index.of(other)
+        if not other.terms and other.const == 0:   # x + 0 (flat_index starts from 0)
+            return self
+        if not self.terms and self.const == 0:
+            return other
         coefs: dict[Atom, int] = dict(self.terms)
         for atom, coef in other.terms:
             coefs[atom] = coefs.get(atom, 0) + coef
@@ -110,6 +114,8 @@ class Index:
 
     def __mul__(self, factor: int) -> "Index":
         factor = int(factor)
+        if factor == 1:   # forms are kept simplified: x * 1 is x
+            return self
         return _make({a: c * factor for a, c in self.terms}, self.const * factor)
 
     __rmul__ = __mul__
@@ -119,6 +125,15 @@ class Index:
         assert divisor > 0
         if divisor == 1:
             return self
+        key = (self, divisor)
+        known = _QUOTIENTS.get(key)
+        if known is None:
+            known = _QUOTIENTS[key] = self._floordiv(divisor)
+            if len(_QUOTIENTS) > _MEMO_LIMIT:
+                _QUOTIENTS.clear()
+        return known
+
+    def _floordiv(self, divisor: int) -> "Index":
         # terms whose coefficient divides exactly come out of the floor unchanged
         exact = {a: c // divisor for a, c in self.terms if c % divisor == 0}
         rest = Index(tuple((a, c) for a, c in self.terms if c % divisor), self.const % divisor)
@@ -144,6 +159,15 @@ class Index:
         assert divisor > 0
         if divisor == 1:
             return Index.of(0)
+        key = (self, divisor)
+        known = _REMAINDERS.get(key)
+        if known is None:
+            known = _REMAINDERS[key] = self._mod(divisor)
+            if len(_REMAINDERS) > _MEMO_LIMIT:
+                _REMAINDERS.clear()
+        return known
+
+    def _mod(self, divisor: int) -> "Index":
         rest = Index(tuple((a, c % divisor) for a, c in self.terms if c % divisor), self.const % divisor)
         rest = _make(dict(rest.terms), rest.const)
         low, high = rest.bounds()
@@ -221,6 +245,13 @@ class Index:
         if self._text is None:
             object.__setattr__(self, "_text", render_index(self, lambda v: v.name, str, nested=repr))
         return self._text
+
+
+# `//` and `%` remembered per (form, divisor): the bounds analysis behind them ran thousands of
+# times per compile on the same forms (every load of a fused kernel re-derives its indices)
+_QUOTIENTS: dict[tuple[Index, int], Index] = {}
+_REMAINDERS: dict[tuple[Index, int], Index] = {}
+_MEMO_LIMIT = 200_000
 
 
 def atom_bounds(atom: Atom) -> tuple[int, int]:
