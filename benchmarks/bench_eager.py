@@ -27,7 +27,7 @@ import autodiff as ad
 import autodiff.nn.functional as F
 from autodiff import nn
 from autodiff.frontend import lazy
-from timing import seconds_per_iteration
+from timing import loop_sample, seconds_per_iteration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from mnist import load_data  # noqa: E402
@@ -91,6 +91,18 @@ def jit_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int, device: str) ->
     return (time.perf_counter() - start) / steps * 1e3
 
 
+def interactive_step(model: nn.Module, opt: nn.Optimizer, x: np.ndarray, y: np.ndarray, batch: int,
+                     rng: np.random.Generator) -> ad.Tensor:
+    """One step of the interactive loop (examples/mnist_eager.py's), traced; returns its loss."""
+    picks = rng.integers(0, len(x), batch)
+    loss = F.cross_entropy(model(ad.Tensor(x[picks], requires_grad=False)),
+                           ad.Tensor(y[picks], requires_grad=False))
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return loss
+
+
 def interactive_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int,
                    background: bool) -> tuple[float, float, float, int]:
     """(total, cache walk and key, run) ms per step, and the compiles over the loop."""
@@ -119,12 +131,7 @@ def interactive_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int,
             if step == 1:   # the first step compiles: the steady state starts after it
                 start = time.perf_counter()
                 spent.update(prepare=0.0, run=0.0)
-            picks = rng.integers(0, len(x), batch)
-            loss = F.cross_entropy(model(ad.Tensor(x[picks], requires_grad=False)),
-                                   ad.Tensor(y[picks], requires_grad=False))
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
+            loss = interactive_step(model, opt, x, y, batch, rng)
             if step % 20 == 0:
                 loss.item()
         ad.execute()   # run the last step (a cache hit: the same part as every step)
@@ -150,22 +157,12 @@ def interleaved_ratios(x: np.ndarray, y: np.ndarray, batch: int, steps: int, dev
 
     def interactive(count: int) -> None:
         for _ in range(count):
-            picks = rng.integers(0, len(x), batch)
-            loss = F.cross_entropy(model(ad.Tensor(x[picks], requires_grad=False)),
-                                   ad.Tensor(y[picks], requires_grad=False))
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
+            loss = interactive_step(model, opt, x, y, batch, rng)
         loss.item()
     interactive(3)
     out = []
     for _ in range(rounds):
-        t = time.perf_counter()
-        short.run()
-        t_short = time.perf_counter() - t
-        t = time.perf_counter()
-        long.run()
-        looped = (time.perf_counter() - t - t_short) / steps * 1e3
+        looped = loop_sample(short, long, steps) * 1e3
         t = time.perf_counter()
         interactive(steps)
         out.append((looped, (time.perf_counter() - t) / steps * 1e3))

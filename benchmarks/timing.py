@@ -22,15 +22,18 @@ def seconds_per_iteration(program: Callable[[int], Any], reps: int, rounds: int 
     short.run()
     long.run()
     wait_for_kernel_storing()
-    samples = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        short.run()
-        t_short = time.perf_counter() - t
-        t = time.perf_counter()
-        long.run()
-        samples.append((time.perf_counter() - t - t_short) / reps)
+    samples = [loop_sample(short, long, reps) for _ in range(rounds)]
     return max(statistics.median(samples), 1e-9)
+
+
+def loop_sample(short: Any, long: Any, reps: int) -> float:
+    """One sample of seconds per iteration: (a run of the 2*reps program - a run of the reps one) / reps."""
+    t = time.perf_counter()
+    short.run()
+    t_short = time.perf_counter() - t
+    t = time.perf_counter()
+    long.run()
+    return (time.perf_counter() - t - t_short) / reps
 
 
 def seconds_per_call(fn: Callable[[], Any], reps: int, rounds: int = 5) -> float:
