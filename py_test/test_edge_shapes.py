@@ -199,3 +199,15 @@ def test_embedding_of_no_indices_has_no_rows_and_a_zero_gradient(device):
     ad.execute(device=device)
     assert got[0].shape == (0, 3)
     np.testing.assert_array_equal(got[1], np.zeros((4, 3), np.float32))
+
+
+def test_tanh_of_a_nan_the_compiler_knows_stays_nan(device):
+    """A mean over an empty axis (nan, as torch) fused into tanh and a sum: PoCL's tanh gave a
+    tiny number for a NaN known at compile time, so the sum read 0 (found by a random program)."""
+    ad.reset()
+    empty = ad.Tensor(np.zeros((0, 4), np.float32))
+    total = empty.mean(0, keepdim=True).tanh().sum()
+    seen: list[float] = []
+    ad.Receiver(lambda v: seen.append(float(v)), [total])
+    ad.execute(device=device)
+    assert len(seen) == 1 and np.isnan(seen[0])

@@ -100,7 +100,7 @@ class OpenCLLanguage(CStyleLanguage):
     barrier = "barrier(CLK_GLOBAL_MEM_FENCE);"
     local_barrier = "barrier(CLK_LOCAL_MEM_FENCE);"
     local_qualifier = "__local"
-    math = {**CStyleLanguage.math, Op.EXP: "ad_exp", Op.ERF: "ad_erf"}
+    math = {**CStyleLanguage.math, Op.EXP: "ad_exp", Op.ERF: "ad_erf", Op.TANH: "ad_tanh"}
     vector_loads = True
 
     def __init__(self, native_float_width: int = 8) -> None:
@@ -113,7 +113,8 @@ class OpenCLLanguage(CStyleLanguage):
         vectors = "".join(f"AD_EXP(float{w}, int{w})\n" for w in reversed(self.vector_widths))
         erfs = "".join(f"AD_ERF(float{w})\n" for w in reversed(self.vector_widths))
         horizontal = "".join(f"AD_HORIZONTAL(float{w}, float{w // 2})\n" for w in reversed(self.vector_widths))
-        return super().preamble() + _OPENCL_EXP + vectors + _OPENCL_ERF + erfs + _OPENCL_HORIZONTAL + horizontal
+        tanhs = "".join(f"AD_TANH(float{w}, {w})\n" for w in reversed(self.vector_widths))
+        return super().preamble() + _OPENCL_TANH + tanhs + _OPENCL_EXP + vectors + _OPENCL_ERF + erfs + _OPENCL_HORIZONTAL + horizontal
 
 
 # PoCL 3.0 calls its exp out of line, one element at a time (0.55 ms for 131072 elements
@@ -156,6 +157,17 @@ AD_EXP(float, int)
 # [1, 4] (both least squares in relative error against scipy's float64 erf and erfcx, on
 # Chebyshev points); past 4 the result rounds to +-1. Against float64 erf: at most 2e-7 relative error below 1, 1e-7
 # absolute above it; nan and +-inf as erf, erf(-0) = -0. CUDA keeps erff.
+_OPENCL_TANH = """// tanh that keeps a NaN: PoCL 3.1's tanh gave tiny numbers (-2.9e-34) for a NaN the compiler
+// knew (a mean over an empty axis fused into tanh: 0.0f * NAN), so a NaN skipped tanh
+__attribute__((overloadable)) inline float ad_tanh(float x) {
+    return (as_uint(x) & 0x7fffffffu) > 0x7f800000u ? x : tanh(x);   /* NaN by its bits */
+}
+#define AD_TANH(T, N) \\
+__attribute__((overloadable)) inline T ad_tanh(T x) { \\
+    return select(tanh(x), x, (as_uint##N(x) & 0x7fffffffu) > 0x7f800000u); \\
+}
+"""
+
 _OPENCL_ERF = """
 #define AD_ERF(T) \\
 __attribute__((overloadable)) inline T ad_erf(T x) { \\
