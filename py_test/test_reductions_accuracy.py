@@ -105,3 +105,45 @@ def test_gradients_over_an_empty_batch_are_zero(device, layer, rng):
     for g in grads:
         np.testing.assert_array_equal(g, np.zeros_like(g))
     assert torch.nn.functional.linear(torch.ones(0, 4), torch.ones(6, 4)).shape == (0, 6)
+
+
+# --- sums whose work-items each compute a float vector of outputs (column sums) -----------------
+
+@pytest.mark.parametrize("rows", [300, 5000, 1 << 18])
+def test_long_column_sums_of_float_vectors(device, rows, rng):
+    """A column sum over many rows: each work-item sums W neighbouring columns as one float
+    vector, in blocks of rows with a compensated step per block (5000 rows: a last block of 8)."""
+    constant = ad.Tensor(np.full((rows, 32), 0.1, np.float32), requires_grad=False)
+    data = rng.random((rows, 48)).astype(np.float32) + 1.0
+    w = ad.Tensor(np.zeros(48, np.float32), name="w")
+    w.assign(w - ad.Tensor(data, requires_grad=False).sum(0) * 0.5)   # fused into an update, as a bias's SGD step
+    (columns,) = run(device, [constant.sum(0)])
+    exact = rows * np.float64(np.float32(0.1))
+    np.testing.assert_allclose(columns, np.full(32, exact), rtol=ulps_allowed(rows))
+    np.testing.assert_allclose(w.numpy(), -0.5 * data.astype(np.float64).sum(0), rtol=2 * ulps_allowed(rows))
+
+
+def test_small_kernels_get_a_work_group_per_core():
+    from autodiff.codegen.renderer import LOCAL_SIZE, work_group_size
+    assert work_group_size(8, None) == LOCAL_SIZE            # a GPU: one size always
+    assert work_group_size(8, 2) == 4 and work_group_size(64, 2) == 32 and work_group_size(1, 4) == 1
+    assert work_group_size(128, 2) == LOCAL_SIZE and work_group_size(100_000, 16) == LOCAL_SIZE
+    assert all(-(-n // work_group_size(n, cores)) >= min(n, cores) for n in range(1, 300) for cores in (2, 3, 16))
+
+
+def test_a_small_column_sum_runs_on_every_core_of_a_cpu_device(rng):
+    from autodiff.backends.opencl import opencl_available
+    if not opencl_available():
+        pytest.skip("no OpenCL device")
+    data = rng.random((512, 128)).astype(np.float32)
+    w = ad.Tensor(np.zeros(128, np.float32), name="w")
+    w.assign(w - ad.Tensor(data, requires_grad=False).sum(0) * 0.1)
+    compiled = ad.compile(device="opencl", disable={"megakernel"})
+    compiled.run()
+    np.testing.assert_allclose(w.numpy(), -0.1 * data.astype(np.float64).sum(0), rtol=1e-5)
+    executor = compiled.executor
+    if not executor.device.type & executor.cl.device_type.CPU:
+        pytest.skip("a GPU device: one work-group size")
+    (kernel,) = [k for k in executor.rendered if "sum" in k.name]
+    (global_size,), (local_size,) = kernel.sizes()
+    assert global_size // local_size >= min(2, executor.device.max_compute_units), kernel.sizes()

@@ -180,7 +180,8 @@ class OpenCLExecutor(DeviceExecutor):
         self.plan = plan
         self.device = choose_device(device_name)
         self.context, self.queue = _context_and_queue(self.device)
-        self.language = OpenCLLanguage(self.device.native_vector_width_float)
+        cores = self.device.max_compute_units if self.device.type & cl.device_type.CPU else None
+        self.language = OpenCLLanguage(self.device.native_vector_width_float, cores)
         self._check_memory()
         start = time.perf_counter()
         self._place_buffers()

@@ -70,6 +70,14 @@ def _iota(xs: list[np.ndarray], node: Node) -> np.ndarray:
     return np.broadcast_to(idx.reshape(view), node.shape).copy()
 
 
+def _sum(xs: list[np.ndarray], n: Node) -> np.ndarray:
+    """A float sum accumulates in float64: numpy sums pairwise only along a contiguous axis, and
+    a column sum over 262,144 rows of 0.1 added row by row in float32 was 0.25% off."""
+    if n.dtype != "float32":
+        return np.sum(xs[0], axis=n.args.axes, keepdims=True, dtype=n.dtype)
+    return np.sum(xs[0], axis=n.args.axes, keepdims=True, dtype=np.float64).astype(np.float32)
+
+
 def _argmax(xs: list[np.ndarray], node: Node) -> np.ndarray:
     # first index of the maximum, like torch and numpy
     return np.argmax(xs[0], axis=node.args.axis, keepdims=True).astype(np.int32)
@@ -100,7 +108,7 @@ REFERENCE: dict[Op, Reference] = {
     Op.GT: _f32(np.greater),
     Op.EQ: _f32(np.equal),
     Op.WHERE: lambda xs, n: np.where(xs[0] != 0, xs[1], xs[2]),
-    Op.SUM: lambda xs, n: np.sum(xs[0], axis=n.args.axes, keepdims=True, dtype=n.dtype),
+    Op.SUM: _sum,
     # over an empty axis: -inf (the lowest int), as the kernels give
     Op.MAX: lambda xs, n: np.max(xs[0], axis=n.args.axes, keepdims=True, initial=_lowest(n.dtype)),
     Op.ARGMAX: _argmax,
