@@ -12,7 +12,7 @@ from typing import Callable
 
 from ..proc.index import Var
 from ..proc.ir import Kernel
-from .renderer import LOCAL_SIZE, CStyleLanguage, Param, RenderedKernel
+from .renderer import CStyleLanguage, Param, RenderedKernel
 from .vector import renderer_for
 
 
@@ -33,8 +33,10 @@ class Stage:
 
 
 def render_stage(kernel: Kernel, language: CStyleLanguage, buffers: dict,
-                 where: Callable[[int], str], group: int = LOCAL_SIZE, vectorize: bool = False) -> Stage:
-    """`where(buffer id)` names the device buffer ("arena" or "state") a buffer lives in."""
+                 where: Callable[[int], str], group: int | None = None, vectorize: bool = False) -> Stage:
+    """`where(buffer id)` names the device buffer ("arena" or "state") a buffer lives in;
+    `group` (by default the language's `megakernel_group`) the work-items sharing the stage."""
+    group = group or language.megakernel_group
     renderer = renderer_for(kernel, language, buffers, vectorize)
     body, size = renderer.render_body()
     qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
@@ -106,7 +108,7 @@ def iterated_copies_out(iterated: Iterated, stages_before: int, table: list[int]
 
 
 def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
-                      group: int = LOCAL_SIZE, iterated: Iterated | None = None,
+                      group: int | None = None, iterated: Iterated | None = None,
                       where: Callable[[int], str] = lambda buffer_id: "arena") -> RenderedKernel:
     """Several kernels as the stages of one single-work-group kernel, a barrier between stages.
 
@@ -116,6 +118,7 @@ def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
     float constants from a float table at `constants + KT`. With `iterated`, the stages run
     in a loop over several iterations of the program's loop (`Iterated`), in one launch.
     """
+    group = group or language.megakernel_group
     outer: list[Var] = []
     text_lines: list[str] = []
     table: list[int] = []

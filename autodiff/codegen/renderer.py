@@ -70,6 +70,8 @@ class CStyleLanguage:
     # a CPU device's cores (work-groups run one per core): a kernel too small for one group
     # per core gets smaller groups (`work_group_size`); None (GPUs): LOCAL_SIZE always
     compute_units: int | None = None
+    # work-items of a megakernel's one work-group (codegen/megakernel.py)
+    megakernel_group = LOCAL_SIZE
 
     def preamble(self) -> str:
         return f"""// lowbias32 integer hash: the same bits as autodiff.ir.reference.hash_uniform
@@ -106,13 +108,20 @@ class OpenCLLanguage(CStyleLanguage):
     math = {**CStyleLanguage.math, Op.EXP: "ad_exp", Op.ERF: "ad_erf", Op.TANH: "ad_tanh"}
     vector_loads = True
 
-    def __init__(self, native_float_width: int = 8, compute_units: int | None = None) -> None:
+    def __init__(self, native_float_width: int = 8, compute_units: int | None = None,
+                 megakernel_group: int = LOCAL_SIZE) -> None:
         """`native_float_width`: the device's CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT. Vectors wider
         than it only split into several registers, and on x86 without AVX-512 clang warns at
         every build that a float16 argument changes the ABI; float4 is always allowed.
-        `compute_units`: a CPU device's CL_DEVICE_MAX_COMPUTE_UNITS (None on a GPU)."""
+        `compute_units`: a CPU device's CL_DEVICE_MAX_COMPUTE_UNITS (None on a GPU).
+        `megakernel_group`: 1 on a CPU (the backend's `single_item_megakernels`): there a
+        work-group is a loop over its work-items on one core, so a megakernel of one work-item
+        runs its stages' loops as fast (reference L = 1..6 and the larger model within noise,
+        machine F), and PoCL generates its code at the first launch without the work-item loops
+        around every barrier region (reference L = 1: 2.7 -> 1.6 s)."""
         self.vector_widths = tuple(w for w in VECTOR_WIDTHS if w <= max(4, native_float_width))
         self.compute_units = compute_units
+        self.megakernel_group = megakernel_group
 
     def preamble(self) -> str:
         vectors = "".join(f"AD_EXP(float{w}, int{w})\n" for w in reversed(self.vector_widths))
