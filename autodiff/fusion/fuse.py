@@ -112,6 +112,17 @@ class Fusion:
         self.program = program
         self.enabled = {k for k in FUSION_KINDS if k not in disable and "fusion" not in disable}
         self.received = _received(program.commands)
+        # id(expression) -> (the expression, its loads): a kernel that nothing was inlined
+        # into keeps its value, and each pass over a block asked for every kernel's loads again
+        self._loads: dict[int, tuple[Expr, list[tuple[Load, bool]]]] = {}
+
+    def loads(self, expr: Expr) -> list[tuple[Load, bool]]:
+        """`_loads_with_context(expr)`, remembered per expression (expressions are not changed
+        in place: inlining makes a new one)."""
+        known = self._loads.get(id(expr))
+        if known is None or known[0] is not expr:
+            known = self._loads[id(expr)] = (expr, _loads_with_context(expr))
+        return known[1]
 
     def kind_allowed(self, producer: Kernel, use_inside_reduce: bool) -> str | None:
         """The fusion kind this inlining is, or None when a rule forbids it."""
@@ -130,7 +141,7 @@ class Fusion:
         # equal loads are one read: the renderer computes an equal expression once
         if expensive and (len(uses) != 1 or len(set(load for load, _ in uses[0].loads)) != 1):
             return False
-        read = {load.buffer_id for load, _ in _loads_with_context(producer.value)}
+        read = {load.buffer_id for load, _ in self.loads(producer.value)}
         large_dot = producer.kind == "matmul" and reduce_work(producer) >= TILED_DOT_WORK
         for use in uses:
             if large_dot and (_has_reduce(use.kernel.value) or has_heavy_epilogue_op(use.kernel.value)):
@@ -195,7 +206,7 @@ class Fusion:
             for b in _written(cmd):
                 writes.setdefault(b, []).append(pos)
             if isinstance(cmd, KernelCmd):
-                loads_at[pos] = _loads_with_context(cmd.kernel.value)
+                loads_at[pos] = self.loads(cmd.kernel.value)
                 for b in dict.fromkeys(load.buffer_id for load, _ in loads_at[pos]):
                     readers.setdefault(b, []).append(pos)
         removed: set[int] = set()
@@ -209,7 +220,7 @@ class Fusion:
             if self.can_inline(producer, at, uses, outside, writes):
                 for use in uses:
                     self.inline(producer, use.kernel)
-                    loads_at[use.position] = _loads_with_context(use.kernel.value)
+                    loads_at[use.position] = self.loads(use.kernel.value)
                     for b in dict.fromkeys(load.buffer_id for load, _ in loads_at[use.position]):
                         if use.position not in readers.setdefault(b, []):
                             readers[b].append(use.position)
