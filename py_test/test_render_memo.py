@@ -115,3 +115,26 @@ def test_a_memoized_program_trains_as_on_the_numpy_device(device):
         results.append([np.array(v.value) for v in ad.current_program().variables])
     for got, want in zip(results[1], results[0]):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("disable", [{"megakernel"}, {"megakernel", "tiled_transpose", "vectorize"}],
+                         ids=["blocks", "plain"])
+def test_equal_windows_of_a_buffer_build_once(device, disable, rng):
+    """The q, k and v thirds of one projection, each copied transposed: three kernels that read
+    the same window at three places render to one function (the window's start goes into the
+    offset argument), and each copies its own third."""
+    if device not in ("opencl", "cuda"):
+        pytest.skip("rendered kernels only")
+    data = rng.standard_normal((64, 3 * 128)).astype(np.float32)
+    qkv = ad.Tensor(data, requires_grad=False)
+    outs = [ad.Tensor(np.zeros((128, 64), np.float32), requires_grad=False) for _ in range(3)]
+    for n, out in enumerate(outs):
+        out.copy_(qkv[:, n * 128:(n + 1) * 128].T * 2.0)
+    compiled = ad.compile(device=device, disable=disable)
+    compiled.run()
+    for n, out in enumerate(outs):
+        np.testing.assert_array_equal(out.numpy(), data[:, n * 128:(n + 1) * 128].T * 2.0)
+    rendered = compiled.executor.rendered
+    assert len(rendered) == 3 and len({r.body for r in rendered}) == 1, [r.source for r in rendered]
+    extras = sorted(p.extra for r in rendered for p in r.params if p.kind == "offset" and p.extra)
+    assert extras == [128, 256], extras

@@ -320,6 +320,10 @@ class KernelRenderer:
         self.uses: dict[int, frozenset[Var]] = {}
         self.counter = 0
         self.constants: dict[float, str] = {}      # float constant -> its argument's name (K0, K1, ...)
+        # buffer id -> elements of its loads' constant index term passed in its offset
+        # argument instead of written into the source (`fold_offsets`); a megakernel stage
+        # reads its offsets from a table and folds nothing
+        self.folded: dict[int, int] = {}
 
     # --- names ---------------------------------------------------------------------
     def slot(self, buffer_id: int) -> int:
@@ -411,7 +415,7 @@ class KernelRenderer:
 
     def load(self, expr: Load, scope: _Scope) -> str:
         slot = self.slot(expr.buffer_id)
-        form = flat_index(expr.indices, self.buffers[expr.buffer_id].shape)
+        form = flat_index(expr.indices, self.buffers[expr.buffer_id].shape) - self.folded.get(expr.buffer_id, 0)
         lane = next((v for v in form.variables() if v in self.lanes), None)
         if lane is None:
             return f"b{slot}[o{slot} + {self.index(form, scope)}]"
@@ -687,7 +691,7 @@ class KernelRenderer:
             buffer = self.buffers[buffer_id]
             declarations.append(self.lang.buffer_param(self.ctype(buffer.dtype), f"b{slot}", slot == 0))
             declarations.append(f"const int o{slot}")
-            params += [Param("buffer", buffer_id), Param("offset", buffer_id)]
+            params += [Param("buffer", buffer_id), Param("offset", buffer_id, extra=self.folded.get(buffer_id, 0))]
         for n, var in enumerate(self.outer_vars):
             declarations.append(f"const int L{n}")
             params.append(Param("var", var=var))
@@ -696,7 +700,22 @@ class KernelRenderer:
             params.append(Param("constant", value=value))
         return f"{self.lang.kernel_prefix} {{name}}({', '.join(declarations)}) {{", params
 
+    def fold_offsets(self) -> None:
+        """Each read-only buffer's lowest element read goes into its offset argument: kernels
+        that read equal windows of a buffer at different places (the q, k and v thirds of one
+        projection) then render to one text and build once. The base stays at or below every
+        address the kernel reads, and every index written in the source is 0 or more."""
+        forms: dict[int, list[Index]] = {}
+        for e in walk_expr(self.kernel.value):
+            if isinstance(e, Load) and e.buffer_id in self.buffers and e.buffer_id != self.kernel.out.id:
+                forms.setdefault(e.buffer_id, []).append(flat_index(e.indices, self.buffers[e.buffer_id].shape))
+        for buffer_id, found in forms.items():
+            lowest = min(f.bounds()[0] for f in found)
+            if lowest > 0:   # (below 0: a guarded load's bound; the base could leave the buffer)
+                self.folded[buffer_id] = lowest
+
     def render(self) -> RenderedKernel:
+        self.fold_offsets()
         body, size = self.render_body()
         header, params = self.signature()
         lines = [header, f"    const int gid = {self.lang.global_id};", f"    if (gid >= {size}) return;"]
