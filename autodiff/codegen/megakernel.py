@@ -33,10 +33,10 @@ class Stage:
 
 
 def render_stage(kernel: Kernel, language: CStyleLanguage, buffers: dict,
-                 where: Callable[[int], str], group: int | None = None, vectorize: bool = False) -> Stage:
-    """`where(buffer id)` names the device buffer ("arena" or "state") a buffer lives in;
-    `group` (by default the language's `megakernel_group`) the work-items sharing the stage."""
-    group = group or language.megakernel_group
+                 where: Callable[[int], str], vectorize: bool = False) -> Stage:
+    """`where(buffer id)` names the device buffer ("arena" or "state") a buffer lives in; the
+    language's `megakernel_group` work-items share the stage's outputs."""
+    group = language.megakernel_group
     renderer = renderer_for(kernel, language, buffers, vectorize)
     body, size = renderer.render_body()
     qualifier = f"{language.buffer_qualifier} " if language.buffer_qualifier else ""
@@ -108,7 +108,7 @@ def iterated_copies_out(iterated: Iterated, stages_before: int, table: list[int]
 
 
 def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
-                      group: int | None = None, iterated: Iterated | None = None,
+                      iterated: Iterated | None = None,
                       where: Callable[[int], str] = lambda buffer_id: "arena") -> RenderedKernel:
     """Several kernels as the stages of one single-work-group kernel, a barrier between stages.
 
@@ -118,7 +118,7 @@ def render_megakernel(name: str, stages: list[Stage], language: CStyleLanguage,
     float constants from a float table at `constants + KT`. With `iterated`, the stages run
     in a loop over several iterations of the program's loop (`Iterated`), in one launch.
     """
-    group = group or language.megakernel_group
+    group = language.megakernel_group
     outer: list[Var] = []
     text_lines: list[str] = []
     table: list[int] = []
